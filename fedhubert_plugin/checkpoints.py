@@ -1,0 +1,62 @@
+"""Safe loading of fairseq HuBERT checkpoints on torch >= 2.6.
+
+Checkpoints from other sites are untrusted: they are unpickled with ``weights_only=True``
+and an explicit allow-list of the classes that fairseq HuBERT checkpoints hold, never
+with the safety switched off. ``allow_fairseq_checkpoint_classes()`` (run when the plugin
+is imported) registers the same allow-list with torch so that fairseq's own
+``checkpoint_utils.load_model_ensemble_and_task`` works on these checkpoints too.
+"""
+import pickle
+from pathlib import Path
+from typing import Any, Dict, List, Union
+
+import torch
+from fairseq.data.dictionary import Dictionary
+
+# Every non-container class a fairseq HuBERT checkpoint (trainer state included) holds.
+FAIRSEQ_CHECKPOINT_CLASSES: List[type] = [Dictionary]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or holds something that is not allowed."""
+
+
+def allow_fairseq_checkpoint_classes() -> None:
+    """Allow-list the classes of fairseq HuBERT checkpoints for every ``torch.load``."""
+    torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_CLASSES)
+
+
+def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load a fairseq (or s3prl-converted) HuBERT checkpoint with ``weights_only=True``.
+
+    Raises ``CheckpointError`` naming the file when it is missing, not a torch
+    checkpoint, or holds an object outside the allow-list (the object is not built, so
+    code hidden in the pickle never runs).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    # Not torch's `safe_globals` context manager: on exit it removes the classes from the
+    # process-wide allow-list too, which fairseq's own loader relies on.
+    allow_fairseq_checkpoint_classes()
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects outside the allow-list of fairseq HuBERT "
+            f"checkpoints, and loading them could run code ({blocked_global(err)}). Use checkpoints "
+            f"written by fairseq or fedhubert only"
+        ) from None
+    except RuntimeError as err:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint?): {err}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dictionary")
+    return state
+
+
+def blocked_global(err: Exception) -> str:
+    """The line of torch's weights-only error that names the refused global."""
+    for line in str(err).splitlines():
+        if "global" in line.lower() and "weights_only" not in line:
+            return line.strip().rstrip(".")
+    return "an object torch could not load safely"

@@ -1,0 +1,72 @@
+"""The ``fedhubert`` command line."""
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+logger = logging.getLogger("fedhubert")
+
+
+def add_toy_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "toy-data",
+        help="synthesize a LibriSpeech-layout corpus and a Speech-Commands-layout keyword set with espeak-ng",
+        description="Write DIR/LibriSpeech/{train-clean-5,dev-clean-2} and DIR/speech_commands/{train,test}.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --force)")
+    p.add_argument("--speakers", type=int, default=8, help="speakers in the train subset (default 8)")
+    p.add_argument("--dev-speakers", type=int, default=2, help="speakers in the dev subset (default 2)")
+    p.add_argument("--utterances", type=int, default=6, help="utterances per speaker (default 6)")
+    p.add_argument("--keyword-speakers", type=int, default=6, help="speakers of the keyword train set (default 6)")
+    p.add_argument("--keyword-repeats", type=int, default=2, help="times each keyword speaker says each word (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=4, help="parallel synthesis processes (default 4)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(run=run_toy_data)
+
+
+def run_toy_data(args: argparse.Namespace) -> None:
+    from fedhubert_plugin.toy_data import write_toy_data
+
+    summary = write_toy_data(
+        args.out,
+        speakers=args.speakers,
+        dev_speakers=args.dev_speakers,
+        utterances_per_speaker=args.utterances,
+        keyword_speakers=args.keyword_speakers,
+        keyword_repeats=args.keyword_repeats,
+        seed=args.seed,
+        workers=args.workers,
+        force=args.force,
+    )
+    print(f"LibriSpeech root:     {summary.librispeech_root} ({summary.train_utterances} train, {summary.dev_utterances} dev utterances)")
+    print(f"Speech Commands root: {summary.speech_commands_root} ({summary.keyword_train_files} files)")
+    print(f"Speech Commands test: {summary.speech_commands_test_root} ({summary.keyword_test_files} files)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedhubert", description="Federated HuBERT pretraining with fairseq, Flower and s3prl.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_toy_data_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``fedhubert`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+    )
+    try:
+        args.run(args)
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
+        logger.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

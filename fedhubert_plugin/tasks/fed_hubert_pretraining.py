@@ -1,0 +1,81 @@
+"""fairseq task ``fed_hubert_pretraining``: HuBERT pretraining on one client's shard.
+
+It is fairseq's ``hubert_pretraining`` with the same config fields, so every HuBERT
+recipe works by changing ``task._name``. Before fairseq reads a split it checks that the
+manifest, the label files and the label dictionaries are there and agree, and stops
+with an error that names the offending file and how to fix it (fairseq's own checks
+are bare asserts).
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+from fairseq.data import Dictionary
+from fairseq.tasks import register_task
+from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
+
+logger = logging.getLogger(__name__)
+
+FIX_HINT = "re-run `fedhubert prepare` for this client, or point task.data / task.label_dir at a prepared client folder"
+
+
+class ShardError(ValueError):
+    """A client's manifest, labels or dictionary are missing or disagree."""
+
+
+@dataclass
+class FedHubertPretrainingConfig(HubertPretrainingConfig):
+    """Same fields as fairseq's ``HubertPretrainingConfig``."""
+
+
+def count_manifest_entries(manifest: Path) -> int:
+    """Number of utterances in a fairseq audio manifest (root line excluded)."""
+    with open(manifest) as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    if not lines:
+        raise ShardError(f"{manifest} is empty: a manifest starts with the audio root line; {FIX_HINT}")
+    return len(lines) - 1
+
+
+def count_lines(path: Path) -> int:
+    """Number of lines in a text file."""
+    with open(path) as f:
+        return sum(1 for _ in f)
+
+
+@register_task("fed_hubert_pretraining", dataclass=FedHubertPretrainingConfig)
+class FedHubertPretrainingTask(HubertPretrainingTask):
+    """HuBERT masked-prediction pretraining on the shard of one federated client."""
+
+    cfg: FedHubertPretrainingConfig
+
+    def load_dictionaries(self) -> List[Dictionary]:
+        label_dir = Path(self.get_label_dir())
+        for label in self.cfg.labels:
+            path = label_dir / f"dict.{label}.txt"
+            if not path.is_file():
+                raise ShardError(f"label dictionary {path} not found; {FIX_HINT}")
+        return super().load_dictionaries()
+
+    def check_split(self, split: str) -> None:
+        """Stop with a clear error unless the split's manifest and label files agree."""
+        manifest = Path(self.cfg.data) / f"{split}.tsv"
+        if not manifest.is_file():
+            raise ShardError(f"manifest {manifest} not found; {FIX_HINT}")
+        utterances = count_manifest_entries(manifest)
+        for label in self.cfg.labels:
+            label_path = Path(self.get_label_dir()) / f"{split}.{label}"
+            if not label_path.is_file():
+                raise ShardError(f"label file {label_path} not found (manifest {manifest}); {FIX_HINT}")
+            labelled = count_lines(label_path)
+            if labelled != utterances:
+                raise ShardError(
+                    f"label file {label_path} has {labelled} lines but manifest {manifest} lists "
+                    f"{utterances} utterances; {FIX_HINT}"
+                )
+
+    def load_dataset(self, split: str, **kwargs) -> None:
+        self.check_split(split)
+        super().load_dataset(split, **kwargs)
+        logger.info("fed_hubert_pretraining: %s has %d utterances", split, len(self.datasets[split]))

@@ -1,0 +1,104 @@
+"""Shared fixtures: the toy corpus, one client shard for the tiny recipe, a trained checkpoint.
+
+Everything runs on CPU and talks to nothing but the local disk.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fedhubert_plugin.toy_data import TRAIN_SUBSET, DEV_SUBSET, write_toy_data
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = REPO / "fedhubert_plugin"
+RECIPES = REPO / "recipes" / "librispeech" / "pretrain"
+LABEL_RATE = 100
+ENERGY_BINS = 8
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> Path:
+    """The default toy corpus (seed 0)."""
+    out = tmp_path_factory.mktemp("toy") / "toy"
+    write_toy_data(out, seed=0)
+    return out
+
+
+def energy_labels(wav: np.ndarray) -> list:
+    """Test-only frame targets at 100 Hz: log energy of 25 ms frames quantised into bins.
+
+    They stand in for `fedhubert prepare`'s k-means labels; the count per utterance is the
+    one fairseq's HuBERT dataset expects at label rate 100.
+    """
+    frames = 1 + (len(wav) - 400) // 160
+    energy = np.array([np.log1p(np.sum(wav[i * 160 : i * 160 + 400] ** 2)) for i in range(frames)])
+    edges = np.quantile(energy, np.linspace(0, 1, ENERGY_BINS + 1)[1:-1])
+    return np.digitize(energy, edges).tolist()
+
+
+def write_split(shard: Path, name: str, flacs: list, root: Path) -> None:
+    lines = [str(root)]
+    labels = []
+    for flac in flacs:
+        wav, _ = sf.read(flac, dtype="float32")
+        lines.append(f"{flac.relative_to(root)}\t{len(wav)}")
+        labels.append(" ".join(map(str, energy_labels(wav))))
+    (shard / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    (shard / "labels" / f"{name}.km").write_text("\n".join(labels) + "\n")
+
+
+@pytest.fixture(scope="session")
+def client_shard(toy_corpus, tmp_path_factory) -> Path:
+    """One client folder in the layout of `fedhubert prepare` (train.tsv, valid.tsv, labels/)."""
+    shard = tmp_path_factory.mktemp("shard")
+    (shard / "labels").mkdir()
+    root = toy_corpus / "LibriSpeech"
+    write_split(shard, "train", sorted((root / TRAIN_SUBSET).rglob("*.flac")), root)
+    write_split(shard, "valid", sorted((root / DEV_SUBSET).rglob("*.flac")), root)
+    (shard / "labels" / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(ENERGY_BINS)))
+    return shard
+
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+def fairseq_env() -> dict:
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+
+
+@pytest.fixture(scope="session")
+def trained_run(client_shard, tmp_path_factory) -> dict:
+    """`fairseq-hydra-train` with the tiny recipe for 4 updates; its checkpoint and JSON logs."""
+    run_dir = tmp_path_factory.mktemp("hydra_run")
+    cmd = [
+        str(Path(sys.executable).parent / "fairseq-hydra-train"),
+        "--config-dir", str(RECIPES),
+        "--config-name", "tiny",
+        f"task.data={client_shard}",
+        f"task.label_dir={client_shard / 'labels'}",
+        f"common.user_dir={PLUGIN_DIR}",
+        "common.cpu=true",
+        "optimization.max_update=4",
+        "lr_scheduler.warmup_updates=2",
+        f"checkpoint.save_dir={run_dir / 'checkpoints'}",
+        f"common.tensorboard_logdir={run_dir / 'tb'}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600, cwd=run_dir)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    records = []
+    for line in log.splitlines():
+        start = line.find("{")
+        if start >= 0:
+            try:
+                records.append(json.loads(line[start:]))
+            except json.JSONDecodeError:
+                pass
+    return {"checkpoint": run_dir / "checkpoints" / "checkpoint_last.pt", "records": records, "log": log}

@@ -1,0 +1,62 @@
+"""fed_hubert_pretraining reads a client shard and names the file when the shard is wrong."""
+import shutil
+
+import pytest
+from fairseq import tasks
+
+import fedhubert_plugin  # noqa: F401
+from fedhubert_plugin.tasks.fed_hubert_pretraining import ShardError
+
+
+def setup_task(shard, **overrides):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {"_name": "fed_hubert_pretraining", "data": str(shard), "label_dir": str(shard / "labels"),
+         "labels": ["km"], "label_rate": 100, **overrides}
+    )
+    return tasks.setup_task(cfg)
+
+
+def copy_shard(client_shard, tmp_path):
+    shard = tmp_path / "client"
+    shutil.copytree(client_shard, shard)
+    return shard
+
+
+def test_loads_a_good_shard(client_shard):
+    task = setup_task(client_shard)
+    task.load_dataset("train")
+    dataset = task.datasets["train"]
+    assert len(dataset) == 48
+    item = dataset[0]
+    assert item["source"].ndim == 1 and item["label_list"][0].ndim == 1
+    assert len(task.dictionaries[0]) == 8 + 4  # 8 label symbols + fairseq's 4 specials
+
+
+def test_label_count_mismatch_names_both_files(client_shard, tmp_path):
+    shard = copy_shard(client_shard, tmp_path)
+    label_file = shard / "labels" / "train.km"
+    label_file.write_text("".join(label_file.read_text().splitlines(keepends=True)[:-1]))
+    task = setup_task(shard)
+    with pytest.raises(ShardError) as err:
+        task.load_dataset("train")
+    message = str(err.value)
+    assert str(label_file) in message and str(shard / "train.tsv") in message
+    assert "47 lines" in message and "48 utterances" in message
+
+
+def test_missing_label_file_and_dictionary_are_named(client_shard, tmp_path):
+    shard = copy_shard(client_shard, tmp_path)
+    (shard / "labels" / "valid.km").unlink()
+    with pytest.raises(ShardError, match=str(shard / "labels" / "valid.km")):
+        setup_task(shard).load_dataset("valid")
+    (shard / "labels" / "dict.km.txt").unlink()
+    with pytest.raises(ShardError, match=str(shard / "labels" / "dict.km.txt")):
+        setup_task(shard).load_dataset("train")
+
+
+def test_missing_manifest_is_named(client_shard, tmp_path):
+    shard = copy_shard(client_shard, tmp_path)
+    with pytest.raises(ShardError, match=str(shard / "test.tsv")):
+        setup_task(shard).load_dataset("test")
