@@ -5,7 +5,14 @@ fairseq, registers the fairseq task ``fed_hubert_pretraining`` and allow-lists t
 classes that fairseq HuBERT checkpoints hold, so that fairseq loads them with
 ``weights_only=True`` on torch >= 2.6.
 """
-from fedhubert_plugin import checkpoints, tasks  # noqa: F401  (tasks: registration with fairseq)
+import logging
+
+# Before torchaudio is imported: its FFmpeg probe logs a traceback per missing FFmpeg version
+# at DEBUG, and Flower's SuperLink database (alembic) logs each plugin at INFO.
+for _noisy in ("torio", "alembic"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+from fedhubert_plugin import checkpoints, tasks  # noqa: E402,F401  (tasks: registration with fairseq)
 
 checkpoints.allow_fairseq_checkpoint_classes()
 

@@ -45,11 +45,67 @@ def run_toy_data(args: argparse.Namespace) -> None:
     print(f"Speech Commands test: {summary.speech_commands_test_root} ({summary.keyword_test_files} files)")
 
 
+def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="partition a LibriSpeech tree into clients with fairseq manifests and MFCC k-means labels",
+        description="Scan LibriSpeech subsets, split them across clients (non-IID by speaker by default), "
+        "write fairseq manifests and k-means targets per client under OUT/clients/client_XXX.",
+    )
+    p.add_argument("--librispeech-root", type=Path, required=True, help="folder holding the subsets (e.g. .../LibriSpeech)")
+    p.add_argument("--subsets", nargs="+", required=True, help="e.g. train-clean-100 train-clean-360")
+    p.add_argument("--num-clients", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="prepared data folder")
+    p.add_argument("--partition", choices=["speaker", "iid", "dirichlet"], default="speaker",
+                   help="speaker: each speaker on one client (default); iid: utterance-level baseline; "
+                   "dirichlet: speaker shares ~ Dirichlet(--alpha)")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5; small = more skewed)")
+    p.add_argument("--features", choices=["hubert", "seed"], default="hubert",
+                   help="hubert: 39-dim MFCC+deltas at 100 Hz (default); seed: 13-dim MFCC at 50 Hz")
+    p.add_argument("--kmeans", choices=["federated", "local"], default="federated",
+                   help="federated: one shared codebook via Flower, only sums and counts leave a client (default); "
+                   "local: one codebook per client")
+    p.add_argument("--n-clusters", type=int, default=100)
+    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--min-seconds", type=float, default=2.0,
+                   help="skip shorter utterances (default 2.0 s, HuBERT Base's min_sample_size)")
+    p.add_argument("--min-count", type=int, default=5,
+                   help="federated k-means: a client withholds clusters with fewer frames than this (default 5)")
+    p.add_argument("--kmeans-max-iter", type=int, default=20, help="federated k-means: Lloyd steps at most (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="parallel audio readers for the scan (default 2)")
+    p.set_defaults(run=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    from fedhubert_plugin.data.prepare import PrepareConfig, prepare, summary_table
+
+    cfg = PrepareConfig(
+        librispeech_root=args.librispeech_root,
+        subsets=args.subsets,
+        num_clients=args.num_clients,
+        out=args.out,
+        partition=args.partition,
+        alpha=args.alpha,
+        features=args.features,
+        kmeans=args.kmeans,
+        n_clusters=args.n_clusters,
+        valid_fraction=args.valid_fraction,
+        min_seconds=args.min_seconds,
+        min_count=args.min_count,
+        kmeans_max_iter=args.kmeans_max_iter,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    print(summary_table(prepare(cfg)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedhubert", description="Federated HuBERT pretraining with fairseq, Flower and s3prl.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_toy_data_parser(subparsers)
+    add_prepare_parser(subparsers)
     return parser
 
 
@@ -59,6 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        force=True,
     )
     try:
         args.run(args)

@@ -64,6 +64,18 @@ def client_shard(toy_corpus, tmp_path_factory) -> Path:
     return shard
 
 
+def setup_fed_task(shard: Path, **overrides):
+    """fairseq's own task set-up (dataclass defaults merged) for a client folder."""
+    from fairseq import tasks
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {"_name": "fed_hubert_pretraining", "data": str(shard), "label_dir": str(shard / "labels"),
+         "labels": ["km"], "label_rate": 100, **overrides}
+    )
+    return tasks.setup_task(cfg)
+
+
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 

@@ -2,20 +2,11 @@
 import shutil
 
 import pytest
-from fairseq import tasks
+
+from conftest import setup_fed_task
 
 import fedhubert_plugin  # noqa: F401
 from fedhubert_plugin.tasks.fed_hubert_pretraining import ShardError
-
-
-def setup_task(shard, **overrides):
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create(
-        {"_name": "fed_hubert_pretraining", "data": str(shard), "label_dir": str(shard / "labels"),
-         "labels": ["km"], "label_rate": 100, **overrides}
-    )
-    return tasks.setup_task(cfg)
 
 
 def copy_shard(client_shard, tmp_path):
@@ -25,7 +16,7 @@ def copy_shard(client_shard, tmp_path):
 
 
 def test_loads_a_good_shard(client_shard):
-    task = setup_task(client_shard)
+    task = setup_fed_task(client_shard)
     task.load_dataset("train")
     dataset = task.datasets["train"]
     assert len(dataset) == 48
@@ -38,7 +29,7 @@ def test_label_count_mismatch_names_both_files(client_shard, tmp_path):
     shard = copy_shard(client_shard, tmp_path)
     label_file = shard / "labels" / "train.km"
     label_file.write_text("".join(label_file.read_text().splitlines(keepends=True)[:-1]))
-    task = setup_task(shard)
+    task = setup_fed_task(shard)
     with pytest.raises(ShardError) as err:
         task.load_dataset("train")
     message = str(err.value)
@@ -50,13 +41,22 @@ def test_missing_label_file_and_dictionary_are_named(client_shard, tmp_path):
     shard = copy_shard(client_shard, tmp_path)
     (shard / "labels" / "valid.km").unlink()
     with pytest.raises(ShardError, match=str(shard / "labels" / "valid.km")):
-        setup_task(shard).load_dataset("valid")
+        setup_fed_task(shard).load_dataset("valid")
     (shard / "labels" / "dict.km.txt").unlink()
     with pytest.raises(ShardError, match=str(shard / "labels" / "dict.km.txt")):
-        setup_task(shard).load_dataset("train")
+        setup_fed_task(shard).load_dataset("train")
 
 
 def test_missing_manifest_is_named(client_shard, tmp_path):
     shard = copy_shard(client_shard, tmp_path)
     with pytest.raises(ShardError, match=str(shard / "test.tsv")):
-        setup_task(shard).load_dataset("test")
+        setup_fed_task(shard).load_dataset("test")
+
+
+def test_labels_made_at_another_rate_are_refused_with_the_fix(client_shard, tmp_path):
+    shard = copy_shard(client_shard, tmp_path)
+    (shard / "labels" / "labels.json").write_text('{"label_rate": 50, "features": "seed"}')
+    with pytest.raises(ShardError) as err:
+        setup_fed_task(shard).load_dataset("train")
+    assert str(shard / "labels" / "labels.json") in str(err.value) and "task.label_rate=50" in str(err.value)
+    setup_fed_task(shard, label_rate=50).load_dataset("train")

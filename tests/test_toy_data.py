@@ -56,14 +56,15 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
 
-def test_refuses_non_empty_folder_unless_forced(tmp_path, caplog):
+def test_refuses_non_empty_folder_unless_forced(tmp_path, capsys):
     out = tmp_path / "toy"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     args = ["toy-data", "--out", str(out), "--speakers", "1", "--dev-speakers", "1", "--utterances", "1",
             "--keyword-speakers", "2", "--keyword-repeats", "1"]
     assert main(args) == 1
-    assert "--force" in caplog.text and str(out) in caplog.text
+    error = capsys.readouterr().err
+    assert "--force" in error and str(out) in error
     assert (out / "keep.txt").exists()
     assert main(args + ["--force"]) == 0
     assert not (out / "keep.txt").exists()

@@ -2,10 +2,12 @@
 
 It is fairseq's ``hubert_pretraining`` with the same config fields, so every HuBERT
 recipe works by changing ``task._name``. Before fairseq reads a split it checks that the
-manifest, the label files and the label dictionaries are there and agree, and stops
-with an error that names the offending file and how to fix it (fairseq's own checks
-are bare asserts).
+manifest, the label files and the label dictionaries are there and agree, and that the
+labels were made at ``task.label_rate`` (from ``labels.json``, written by
+``fedhubert prepare``); it stops with an error that names the offending file and the fix
+(fairseq's own checks are bare asserts, and a wrong label rate only logs warnings).
 """
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import List
 from fairseq.data import Dictionary
 from fairseq.tasks import register_task
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
+
+from fedhubert_plugin.data import LABELS_META
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,18 @@ class FedHubertPretrainingTask(HubertPretrainingTask):
                 raise ShardError(f"label dictionary {path} not found; {FIX_HINT}")
         return super().load_dictionaries()
 
+    def check_label_rate(self) -> None:
+        """Stop when ``labels.json`` says the labels were made at another rate than ``task.label_rate``."""
+        meta_path = Path(self.get_label_dir()) / LABELS_META
+        if not meta_path.is_file():
+            return
+        made_at = json.loads(meta_path.read_text())["label_rate"]
+        if float(made_at) != float(self.cfg.label_rate):
+            raise ShardError(
+                f"labels in {meta_path.parent} were made at label rate {made_at} Hz ({meta_path}) but "
+                f"task.label_rate is {self.cfg.label_rate}; pass task.label_rate={made_at}"
+            )
+
     def check_split(self, split: str) -> None:
         """Stop with a clear error unless the split's manifest and label files agree."""
         manifest = Path(self.cfg.data) / f"{split}.tsv"
@@ -76,6 +92,7 @@ class FedHubertPretrainingTask(HubertPretrainingTask):
                 )
 
     def load_dataset(self, split: str, **kwargs) -> None:
+        self.check_label_rate()
         self.check_split(split)
         super().load_dataset(split, **kwargs)
         logger.info("fed_hubert_pretraining: %s has %d utterances", split, len(self.datasets[split]))

@@ -1,0 +1,106 @@
+"""K-means targets: the local codebook, the statistics federated k-means exchanges, label files.
+
+Federated k-means never moves frames. A client sends, per cluster, the sum of its frames
+and their count; clusters with fewer than ``min_count`` frames are withheld (a sum of one
+frame *is* that frame). The server starts from the count-weighted k-means of the clients'
+local centroids (sums / counts) and refines with Lloyd steps on summed statistics.
+"""
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+from sklearn.cluster import KMeans, MiniBatchKMeans
+
+from fedhubert_plugin.files import atomic_write_text
+
+FRAMES_PER_CLUSTER = 20  # local k-means: at least this many frames per cluster (adaptive K)
+CHUNK = 65_536
+
+
+def nearest(feats: np.ndarray, codebook: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest centroid of every frame, and the squared distance to it."""
+    codebook = codebook.astype(np.float32)
+    c_norm = (codebook**2).sum(1)
+    labels = np.empty(len(feats), dtype=np.int64)
+    dists = np.empty(len(feats), dtype=np.float64)
+    for start in range(0, len(feats), CHUNK):
+        x = np.asarray(feats[start : start + CHUNK], dtype=np.float32)
+        d = (x**2).sum(1, keepdims=True) - 2 * x @ codebook.T + c_norm
+        idx = d.argmin(1)
+        labels[start : start + len(x)] = idx
+        dists[start : start + len(x)] = np.maximum(d[np.arange(len(x)), idx], 0)
+    return labels, dists
+
+
+def cluster_statistics(
+    feats: np.ndarray, codebook: np.ndarray, min_count: int
+) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Per-cluster frame sums (float64) and counts, withholding clusters under ``min_count``; and the inertia."""
+    labels, dists = nearest(feats, codebook)
+    k = len(codebook)
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    sums = np.stack([np.bincount(labels, weights=feats[:, d], minlength=k) for d in range(feats.shape[1])], axis=1)
+    withheld = counts < min_count
+    sums[withheld] = 0.0
+    counts[withheld] = 0
+    return sums, counts, float(dists.sum())
+
+
+def local_codebook(feats: np.ndarray, n_clusters: int, seed: int, n_init: int = 3, batch_size: int = 10_000) -> np.ndarray:
+    """MiniBatchKMeans on one client's frames (the HuBERT recipe's settings but ``n_init``, 20 there)."""
+    km = MiniBatchKMeans(
+        n_clusters=n_clusters,
+        init="k-means++",
+        max_iter=100,
+        batch_size=batch_size,
+        tol=0.0,
+        max_no_improvement=100,
+        n_init=n_init,
+        reassignment_ratio=0.0,
+        random_state=seed,
+        compute_labels=False,
+    )
+    return km.fit(feats).cluster_centers_.astype(np.float32)
+
+
+def adaptive_clusters(n_frames: int, n_clusters: int) -> int:
+    """The local mode's cluster count: ``n_clusters``, fewer when a client has few frames."""
+    return int(max(2, min(n_clusters, n_frames // FRAMES_PER_CLUSTER)))
+
+
+def pooled_codebook(sums: Sequence[np.ndarray], counts: Sequence[np.ndarray], n_clusters: int, seed: int) -> np.ndarray:
+    """Initial global codebook: k-means of all clients' local centroids, weighted by their counts."""
+    sums_all = np.concatenate(sums)
+    counts_all = np.concatenate(counts)
+    keep = counts_all > 0
+    centroids = sums_all[keep] / counts_all[keep, None]
+    if len(centroids) < n_clusters:
+        raise ValueError(
+            f"the clients shared only {len(centroids)} clusters with at least the minimum count; "
+            f"use fewer --n-clusters than that, or more audio"
+        )
+    km = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed)
+    return km.fit(centroids, sample_weight=counts_all[keep]).cluster_centers_.astype(np.float32)
+
+
+def lloyd_step(codebook: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """New centroids from summed statistics; a cluster nobody reported keeps its centroid."""
+    new = codebook.astype(np.float64).copy()
+    filled = counts > 0
+    new[filled] = sums[filled] / counts[filled, None]
+    return new.astype(np.float32)
+
+
+def write_labels(path: Path, labels: np.ndarray, lengths: np.ndarray) -> None:
+    """One line of space-separated cluster ids per utterance (fairseq's ``.km`` format)."""
+    lines: List[str] = []
+    offset = 0
+    for length in lengths:
+        lines.append(" ".join(map(str, labels[offset : offset + length].tolist())))
+        offset += int(length)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_dictionary(path: Path, n_clusters: int) -> None:
+    """fairseq dictionary of the cluster ids ``0 .. n_clusters-1``."""
+    atomic_write_text(path, "".join(f"{i} 1\n" for i in range(n_clusters)))

@@ -1,0 +1,1 @@
+"""Flower apps: federated k-means (data preparation) and, on top of the same helpers, training."""

@@ -1,0 +1,57 @@
+"""Where a client's data lives, and how a simulation of clients is started.
+
+In deployment each SuperNode is one site, started with
+``flower-supernode --node-config 'data-dir=/data/client_007'``: its client folder.
+In simulation the node config holds Flower's ``partition-id``, and the server names the
+prepared data folder, so virtual client ``i`` reads ``DATA/clients/client_{i:03d}``.
+"""
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+from flwr.app import ConfigRecord, Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+from flwr.simulation import run_simulation
+
+logger = logging.getLogger(__name__)
+
+
+def client_name(index: int) -> str:
+    """Folder name of client ``index`` in a prepared data folder."""
+    return f"client_{index:03d}"
+
+
+def client_folder(context: Context, config: ConfigRecord) -> Path:
+    """This node's client folder: ``data-dir`` from the node config, else the simulated partition's."""
+    if "data-dir" in context.node_config:
+        folder = Path(str(context.node_config["data-dir"]))
+    else:
+        folder = Path(str(config["data-root"])) / "clients" / client_name(int(context.node_config["partition-id"]))
+    if not (folder / "train.tsv").is_file():
+        raise FileNotFoundError(f"client folder {folder} has no train.tsv; run `fedhubert prepare` or fix data-dir")
+    return folder
+
+
+def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: float = 0.0) -> Dict[str, Any]:
+    """Ray settings for a simulation on this machine: loopback only, our own temp dir, no dashboard."""
+    temp_dir = os.environ.get("FEDHUBERT_RAY_TMP", os.path.join(tempfile.gettempdir(), f"fedhubert-ray-{os.getuid()}"))
+    return {
+        "client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": num_gpus_per_client},
+        "init_args": {
+            "_node_ip_address": "127.0.0.1",
+            "_temp_dir": temp_dir,
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "log_to_driver": True,
+        },
+    }
+
+
+def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend_config: Dict[str, Any]) -> None:
+    """Run the apps with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config)
