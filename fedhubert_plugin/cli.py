@@ -71,7 +71,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="skip shorter utterances (default 2.0 s, HuBERT Base's min_sample_size)")
     p.add_argument("--min-count", type=int, default=5,
                    help="federated k-means: a client withholds clusters with fewer frames than this (default 5)")
-    p.add_argument("--kmeans-max-iter", type=int, default=20, help="federated k-means: Lloyd steps at most (default 20)")
+    p.add_argument("--kmeans-max-iter", type=int, default=10, help="federated k-means: Lloyd steps at most (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="parallel audio readers for the scan (default 2)")
     p.set_defaults(run=run_prepare)

@@ -52,9 +52,13 @@ stamp="$venv_dir/.fedhubert-lock"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_hash" ]; then
     say "venv $venv_dir matches $LOCK"
 else
-    say "building venv $venv_dir from $LOCK (first time: ~6 min, ~6.5 GB)"
-    rm -rf "$venv_dir"
-    "$PYTHON" -m venv "$venv_dir"
+    if [ -f "$stamp" ]; then
+        say "syncing venv $venv_dir with the changed $LOCK"
+    else
+        say "building venv $venv_dir from $LOCK (first time: ~6 min, ~6.5 GB)"
+        rm -rf "$venv_dir"
+        "$PYTHON" -m venv "$venv_dir"
+    fi
     pip_in "$venv_dir" install -q --upgrade $(grep -E '^(pip|setuptools|wheel)==' requirements/build.txt)
     # fairseq-fixed is an sdist that must be compiled against the pinned torch, so it
     # is installed after everything else, without build isolation.

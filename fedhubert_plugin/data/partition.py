@@ -53,7 +53,7 @@ def partition_utterances(
             )
         clients = greedy_by_duration([by_speaker[s] for s in speakers], num_clients)
     elif method == "iid":
-        shuffled = [by_speaker[s][i] for s in speakers for i in range(len(by_speaker[s]))]
+        shuffled = [utt for speaker in speakers for utt in by_speaker[speaker]]
         rng.shuffle(shuffled)
         clients = greedy_by_duration([[u] for u in shuffled], num_clients)
     elif method == "dirichlet":

@@ -58,7 +58,7 @@ class PrepareConfig:
     valid_fraction: float = 0.1
     min_seconds: float = 2.0
     min_count: int = 5
-    kmeans_max_iter: int = 20
+    kmeans_max_iter: int = 10
     seed: int = 0
     workers: int = 2
 

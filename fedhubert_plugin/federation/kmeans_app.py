@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -79,7 +79,7 @@ def kmeans_stats(msg: Message, context: Context) -> Message:
         codebook = msg.content["codebook"]["centroids"].numpy()
     else:
         k = int(min(int(config["n-clusters"]), max(1, len(feats) // min_count)))
-        codebook = local_codebook(np.asarray(feats), k, seed=int(config["seed"]))
+        codebook = local_codebook(np.asarray(feats), k, seed=int(config["seed"]), n_init=1)  # Lloyd steps refine it
     sums, counts, inertia = cluster_statistics(feats, codebook, min_count)
     content = RecordDict(
         {
@@ -117,7 +117,7 @@ class FederatedKMeansSettings:
     features: str = "hubert"
     seed: int = 0
     min_count: int = 5
-    max_iter: int = 20
+    max_iter: int = 10
     tol: float = 1e-4
     timeout: float = 3600.0
 
@@ -126,7 +126,7 @@ class FederatedKMeansSettings:
 class FederatedKMeansResult:
     """The shared codebook and how the pooled inertia went, step by step."""
 
-    codebook: np.ndarray = None
+    codebook: Optional[np.ndarray] = None
     inertia: List[float] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
