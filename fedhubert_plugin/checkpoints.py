@@ -6,12 +6,17 @@ with the safety switched off. ``allow_fairseq_checkpoint_classes()`` (run when t
 is imported) registers the same allow-list with torch so that fairseq's own
 ``checkpoint_utils.load_model_ensemble_and_task`` works on these checkpoints too.
 """
+import io
 import pickle
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Mapping, Union
 
+import numpy as np
 import torch
 from fairseq.data.dictionary import Dictionary
+from omegaconf import DictConfig, OmegaConf
+
+from fedhubert_plugin.files import atomic_write
 
 # Every non-container class a fairseq HuBERT checkpoint (trainer state included) holds.
 FAIRSEQ_CHECKPOINT_CLASSES: List[type] = [Dictionary]
@@ -60,3 +65,36 @@ def blocked_global(err: Exception) -> str:
         if "global" in line.lower() and "weights_only" not in line:
             return line.strip().rstrip(".")
     return "an object torch could not load safely"
+
+
+def cluster_dictionary(n_clusters: int) -> Dictionary:
+    """The fairseq dictionary that ``dict.km.txt`` of ``n_clusters`` clusters loads to."""
+    return Dictionary.load(io.StringIO("".join(f"{i} 1\n" for i in range(n_clusters))))
+
+
+def save_fairseq_checkpoint(
+    path: Path, cfg: DictConfig, weights: Mapping[str, np.ndarray], n_clusters: int, num_updates: int, extra: Dict[str, Any]
+) -> None:
+    """A fairseq HuBERT checkpoint of ``weights`` that ``load_model_ensemble_and_task`` loads."""
+    state = {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()},
+        "optimizer_history": [
+            {"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam", "lr_scheduler_state": {}, "num_updates": num_updates}
+        ],
+        "task_state": {"dictionaries": [cluster_dictionary(n_clusters)]},
+        "extra_state": extra,
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_s3prl_checkpoint(path: Path, cfg: DictConfig, weights: Mapping[str, np.ndarray], n_clusters: int) -> None:
+    """s3prl's converted HuBERT format (plain containers only): stock ``hubert_local`` loads it."""
+    state = {
+        "task_cfg": OmegaConf.to_container(cfg.task, resolve=True, enum_to_str=True),
+        "model_cfg": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
+        "model_weight": {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()},
+        "dictionaries_symbols": [list(cluster_dictionary(n_clusters).symbols)],
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))

@@ -100,12 +100,92 @@ def run_prepare(args: argparse.Namespace) -> None:
     print(summary_table(prepare(cfg)))
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "librispeech" / "pretrain"
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe yaml: a path, or the name of one in recipes/librispeech/pretrain (tiny, base)."""
+    path = Path(name)
+    if path.is_file():
+        return path.resolve()
+    if (RECIPES / f"{name}.yaml").is_file():
+        return RECIPES / f"{name}.yaml"
+    raise FileNotFoundError(f"recipe {name} not found: give a yaml path or one of {sorted(p.stem for p in RECIPES.glob('*.yaml'))}")
+
+
+def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="federated HuBERT pretraining of the prepared clients (Flower simulation, fairseq trainers)",
+        description="Each round every client trains the global model with fairseq's Trainer on its own shard; "
+        "the server aggregates (FedAdam by default) and checkpoints SAVE/server/. Trailing KEY=VALUE "
+        "arguments are fairseq/hydra overrides of the recipe (e.g. model.encoder_layers=4).",
+    )
+    p.add_argument("--data", type=Path, required=True, help="folder made by `fedhubert prepare`")
+    p.add_argument("--save-dir", type=Path, required=True)
+    p.add_argument("--recipe", default="tiny", help="fairseq hydra yaml, or tiny / base (default tiny)")
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--strategy", choices=["fedadam", "fedavg", "fedyogi", "fedadagrad"], default="fedadam")
+    p.add_argument("--eta", type=float, default=1e-3, help="server learning rate (FedAdam/Yogi/Adagrad; default 1e-3)")
+    p.add_argument("--eta-l", type=float, default=0.0, help="client peak learning rate sent to clients (default: the recipe's)")
+    p.add_argument("--beta-1", type=float, default=0.9)
+    p.add_argument("--beta-2", type=float, default=0.99)
+    p.add_argument("--tau", type=float, default=1e-6, help="adaptivity (default 1e-6)")
+    local = p.add_mutually_exclusive_group()
+    local.add_argument("--local-updates", type=int, default=0, help="fairseq updates per client per round (default 10)")
+    local.add_argument("--local-epochs", type=int, default=0, help="local epochs per round instead of updates")
+    p.add_argument("--fraction-train", type=float, default=1.0, help="share of clients sampled each round")
+    p.add_argument("--min-train-nodes", type=int, default=2, help="fewest usable client updates for a round (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue after the last completed round in SAVE/server")
+    p.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client (default 1)")
+    p.add_argument("--gpus-per-client", type=float, default=0.0, help="Ray GPUs per virtual client (default 0)")
+    p.add_argument("overrides", nargs="*", help="fairseq/hydra overrides, e.g. model.encoder_layers=4")
+    p.set_defaults(run=run_pretrain)
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    import json
+
+    from fedhubert_plugin.federation.pretrain_app import PretrainSettings, simulate_pretraining
+
+    prepared = args.data / "prepare.json"
+    if not prepared.is_file():
+        raise FileNotFoundError(f"{prepared} not found: run `fedhubert prepare --out {args.data}` first (or let it finish)")
+    meta = json.loads(prepared.read_text())
+    settings = PretrainSettings(
+        save_dir=str(args.save_dir.resolve()),
+        recipe=str(recipe_path(args.recipe)),
+        label_rate=meta["label_rate"],
+        n_clusters=meta["n_clusters"],
+        rounds=args.rounds,
+        data_root=str(args.data.resolve()),
+        overrides=args.overrides,
+        strategy=args.strategy,
+        eta=args.eta,
+        eta_l=args.eta_l,
+        beta_1=args.beta_1,
+        beta_2=args.beta_2,
+        tau=args.tau,
+        local_updates=args.local_updates or (0 if args.local_epochs else 10),
+        local_epochs=args.local_epochs,
+        fraction_train=args.fraction_train,
+        min_train_nodes=min(args.min_train_nodes, meta["num_clients"]),
+        min_available_nodes=meta["num_clients"],
+        seed=args.seed,
+        resume=args.resume,
+    )
+    simulate_pretraining(settings, meta["num_clients"], args.cpus_per_client, args.gpus_per_client)
+    print(f"checkpoints in {args.save_dir / 'server'}; metrics in {args.save_dir / 'server' / 'metrics.jsonl'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedhubert", description="Federated HuBERT pretraining with fairseq, Flower and s3prl.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_toy_data_parser(subparsers)
     add_prepare_parser(subparsers)
+    add_pretrain_parser(subparsers)
     return parser
 
 

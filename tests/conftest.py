@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import shutil
+
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+import torchaudio
 
 from fedhubert_plugin.toy_data import TRAIN_SUBSET, DEV_SUBSET, write_toy_data
 
@@ -19,6 +23,7 @@ PLUGIN_DIR = REPO / "fedhubert_plugin"
 RECIPES = REPO / "recipes" / "librispeech" / "pretrain"
 LABEL_RATE = 100
 ENERGY_BINS = 8
+N_CLUSTERS = 100
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +119,39 @@ def trained_run(client_shard, tmp_path_factory) -> dict:
             except json.JSONDecodeError:
                 pass
     return {"checkpoint": run_dir / "checkpoints" / "checkpoint_last.pt", "records": records, "log": log}
+
+
+@pytest.fixture(scope="session")
+def messy_librispeech(toy_corpus, tmp_path_factory):
+    """The toy LibriSpeech with a corrupted flac, an empty flac, a stereo 44.1 kHz flac and a chapter without transcript."""
+    root = tmp_path_factory.mktemp("messy") / "LibriSpeech"
+    shutil.copytree(toy_corpus / "LibriSpeech", root)
+    speakers = sorted((root / TRAIN_SUBSET).iterdir())
+    corrupted = sorted(speakers[0].rglob("*.flac"))[0]
+    data = bytearray(corrupted.read_bytes())
+    middle = len(data) // 3
+    data[middle : middle + 2000] = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    corrupted.write_bytes(bytes(data))
+    chapter = next(speakers[1].iterdir())
+    empty = chapter / f"{speakers[1].name}-{chapter.name}-0099.flac"
+    empty.write_bytes(b"")
+    stereo = sorted(speakers[2].rglob("*.flac"))[0]
+    wav, _ = sf.read(stereo, dtype="float32")
+    up = torchaudio.functional.resample(torch.from_numpy(wav), 16000, 44100).numpy()
+    sf.write(stereo, np.stack([up, 0.5 * up], axis=1), 44100)
+    untranscribed = next(speakers[3].iterdir())
+    next(untranscribed.glob("*.trans.txt")).unlink()
+    return root, {"corrupted": corrupted, "empty": empty, "stereo": stereo, "untranscribed": untranscribed}
+
+
+@pytest.fixture(scope="session")
+def prepared(messy_librispeech, tmp_path_factory):
+    """4 clients, speaker partition, federated k-means through Flower, via the CLI."""
+    root, _ = messy_librispeech
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    from fedhubert_plugin.cli import main
+
+    args = ["prepare", "--librispeech-root", str(root), "--subsets", TRAIN_SUBSET, DEV_SUBSET,
+            "--num-clients", "4", "--out", str(out), "--min-seconds", "1.0", "--n-clusters", str(N_CLUSTERS)]
+    assert main(args) == 0
+    return out

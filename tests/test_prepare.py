@@ -6,51 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-import torchaudio
 
-from conftest import DEV_SUBSET, TRAIN_SUBSET, setup_fed_task
+from conftest import DEV_SUBSET, N_CLUSTERS, TRAIN_SUBSET, setup_fed_task
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.data.features import PRESETS, manifest_features, num_frames, read_manifest
 from fedhubert_plugin.data.kmeans import local_codebook, nearest
 from fedhubert_plugin.data.prepare import PrepareConfig, prepare
-
-N_CLUSTERS = 100
-
-
-@pytest.fixture(scope="session")
-def messy_librispeech(toy_corpus, tmp_path_factory):
-    """The toy LibriSpeech with a corrupted flac, an empty flac, a stereo 44.1 kHz flac and a chapter without transcript."""
-    root = tmp_path_factory.mktemp("messy") / "LibriSpeech"
-    shutil.copytree(toy_corpus / "LibriSpeech", root)
-    speakers = sorted((root / TRAIN_SUBSET).iterdir())
-    corrupted = sorted(speakers[0].rglob("*.flac"))[0]
-    data = bytearray(corrupted.read_bytes())
-    middle = len(data) // 3
-    data[middle : middle + 2000] = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
-    corrupted.write_bytes(bytes(data))
-    chapter = next(speakers[1].iterdir())
-    empty = chapter / f"{speakers[1].name}-{chapter.name}-0099.flac"
-    empty.write_bytes(b"")
-    stereo = sorted(speakers[2].rglob("*.flac"))[0]
-    wav, _ = sf.read(stereo, dtype="float32")
-    up = torchaudio.functional.resample(torch.from_numpy(wav), 16000, 44100).numpy()
-    sf.write(stereo, np.stack([up, 0.5 * up], axis=1), 44100)
-    untranscribed = next(speakers[3].iterdir())
-    next(untranscribed.glob("*.trans.txt")).unlink()
-    return root, {"corrupted": corrupted, "empty": empty, "stereo": stereo, "untranscribed": untranscribed}
-
-
-@pytest.fixture(scope="session")
-def prepared(messy_librispeech, tmp_path_factory):
-    """4 clients, speaker partition, federated k-means through Flower, via the CLI."""
-    root, _ = messy_librispeech
-    out = tmp_path_factory.mktemp("prepared") / "data"
-    args = ["prepare", "--librispeech-root", str(root), "--subsets", TRAIN_SUBSET, DEV_SUBSET,
-            "--num-clients", "4", "--out", str(out), "--min-seconds", "1.0", "--n-clusters", str(N_CLUSTERS)]
-    assert main(args) == 0
-    return out
-
 
 def manifest_entries(out: Path):
     """(client, split, absolute path, samples) for every manifest row."""

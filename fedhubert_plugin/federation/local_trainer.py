@@ -1,0 +1,167 @@
+"""One client's local HuBERT training and validation with fairseq's own Trainer.
+
+The recipe is the yaml a user gives ``fairseq-hydra-train``; the client's manifests and
+labels and the label rate are filled in. Model and criterion are built once per process
+and kept (a Ray worker serving many virtual clients, or a SuperNode's process, reuses
+them); a client's task and dataset index are kept per client folder. Each round builds a
+fresh fairseq ``Trainer`` around them, so the optimizer state never leaks between clients,
+and sets its update count so the recipe's learning-rate schedule runs across rounds.
+"""
+import contextlib
+import copy
+import logging
+import resource
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from fairseq import metrics, tasks
+from fairseq.data import iterators
+from fairseq.data.data_utils import numpy_seed
+from fairseq.trainer import Trainer
+from omegaconf import DictConfig, open_dict
+
+from fedhubert_plugin.federation.recipe import compose_recipe
+
+logger = logging.getLogger(__name__)
+
+# fairseq's hubert criterion logs these (masked / unmasked prediction accuracy)
+METRIC_NAMES = {"loss": "loss", "ppl": "ppl", "correct_m_0": "acc_masked", "correct_u_0": "acc_unmasked"}
+
+
+@contextlib.contextmanager
+def reproducible_masks():
+    """Draw fairseq's HuBERT masks from numpy's global RNG while inside.
+
+    fairseq's ``compute_mask_indices`` builds ``np.random.default_rng(None)`` per utterance
+    when the model passes no seed (HuBERT does not), i.e. masks come from OS entropy and no
+    local round can be reproduced or resumed bit-exactly. Inside this context an unseeded
+    ``default_rng`` is seeded from the global RNG, which ``numpy_seed`` controls; the masks
+    are as random as before.
+    """
+    original = np.random.default_rng
+
+    def seeded_default_rng(seed=None):
+        return original(np.random.randint(2**31) if seed is None else seed)
+
+    np.random.default_rng = seeded_default_rng
+    try:
+        yield
+    finally:
+        np.random.default_rng = original
+
+
+@dataclass
+class LocalResult:
+    """What a client returns after a round."""
+
+    arrays: Dict[str, np.ndarray]
+    num_examples: int
+    metrics: Dict[str, float]
+
+
+def peak_memory_metrics() -> Dict[str, float]:
+    """Peak CPU RSS, and peak GPU memory allocated when a GPU is used (MB)."""
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+class LocalTrainer:
+    """fairseq Trainer for any client folder, from one recipe and its overrides."""
+
+    def __init__(self, recipe: Path, overrides: Sequence[str] = (), label_rate: Optional[float] = None, lr: Optional[float] = None):
+        extra = [f"task.label_rate={label_rate}"] if label_rate else []
+        extra += [f"optimization.lr=[{lr}]"] if lr else []
+        self.cfg = compose_recipe(recipe, list(overrides) + extra)
+        self.model = None
+        self.criterion = None
+        self.tasks: Dict[Path, Tuple[DictConfig, object]] = {}
+
+    def client_task(self, folder: Path):
+        """The client's config and task with train and valid loaded (kept for later rounds)."""
+        folder = Path(folder).resolve()
+        if folder not in self.tasks:
+            cfg = copy.deepcopy(self.cfg)
+            with open_dict(cfg):
+                cfg.task.data = str(folder)
+                cfg.task.label_dir = str(folder / "labels")
+            task = tasks.setup_task(cfg.task)
+            task.load_dataset("train")
+            task.load_dataset("valid")
+            if self.model is None:
+                self.model = task.build_model(cfg.model)
+                self.criterion = task.build_criterion(cfg.criterion)
+            self.tasks[folder] = (cfg, task)
+        return self.tasks[folder]
+
+    def initial_arrays(self, folder: Path) -> Dict[str, np.ndarray]:
+        """The freshly initialised model's weights (seeded by the recipe's common.seed)."""
+        self.client_task(folder)
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    def trainer_with(self, folder: Path, arrays: Dict[str, np.ndarray], num_updates: int) -> Tuple[Trainer, DictConfig, object]:
+        cfg, task = self.client_task(folder)
+        self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+        trainer = Trainer(cfg, task, self.model, self.criterion)
+        trainer.set_num_updates(num_updates)
+        return trainer, cfg, task
+
+    def fit(
+        self,
+        folder: Path,
+        arrays: Dict[str, np.ndarray],
+        num_updates: int,
+        local_updates: int = 0,
+        local_epochs: int = 0,
+        round_seed: int = 0,
+    ) -> LocalResult:
+        """Train from ``arrays`` for ``local_updates`` updates, or ``local_epochs`` epochs."""
+        if (local_updates > 0) == (local_epochs > 0):
+            raise ValueError("give exactly one of local_updates and local_epochs")
+        trainer, cfg, task = self.trainer_with(folder, arrays, num_updates)
+        start = time.perf_counter()
+        done, utterances, epoch = 0, 0, 1
+        with numpy_seed(cfg.common.seed, round_seed, zlib.crc32(Path(folder).name.encode())), reproducible_masks():
+            with metrics.aggregate(new_root=True) as agg:
+                while (local_updates and done < local_updates) or (local_epochs and epoch <= local_epochs):
+                    epoch_itr = trainer.get_train_iterator(
+                        epoch=round_seed * 1000 + epoch, load_dataset=False, disable_iterator_cache=True
+                    )
+                    batches = iterators.GroupedIterator(epoch_itr.next_epoch_itr(shuffle=True), cfg.optimization.update_freq[0])
+                    for samples in batches:
+                        if trainer.train_step(samples) is None:
+                            continue  # fp16 overflow: fairseq skipped the update
+                        done += 1
+                        utterances += sum(len(s["id"]) for s in samples if s)
+                        if local_updates and done >= local_updates:
+                            break
+                    epoch += 1
+                stats = agg.get_smoothed_values()
+        seconds = time.perf_counter() - start
+        result = {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
+        result.update(
+            updates=done,
+            seconds=seconds,
+            samples_per_second=utterances / seconds,
+            lr=float(trainer.get_lr()),
+            **peak_memory_metrics(),
+        )
+        state = {k: v.detach().float().cpu().numpy() for k, v in trainer.model.state_dict().items()}
+        return LocalResult(state, len(task.dataset("train")), result)
+
+    def evaluate(self, folder: Path, arrays: Dict[str, np.ndarray], round_seed: int = 0) -> LocalResult:
+        """Validation loss and accuracies of ``arrays`` on the client's valid split."""
+        trainer, cfg, task = self.trainer_with(folder, arrays, 0)
+        with numpy_seed(cfg.common.seed, round_seed, zlib.crc32(Path(folder).name.encode())), reproducible_masks():
+            with metrics.aggregate(new_root=True) as agg:
+                for sample in trainer.get_valid_iterator("valid").next_epoch_itr(shuffle=False):
+                    trainer.valid_step(sample)
+                stats = agg.get_smoothed_values()
+        result = {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
+        return LocalResult({}, len(task.dataset("valid")), result)

@@ -1,0 +1,315 @@
+"""Federated HuBERT pretraining: Flower ClientApp running fairseq trainers, ServerApp aggregating.
+
+Server, each round ``r``: send the global weights (``train``), drop replies that failed or
+hold non-finite numbers (logged with the client), aggregate with the strategy (FedAdam by
+default), cast back to the model's dtypes, ask every client to validate (``evaluate``),
+then write ``SAVE/server/checkpoint_round{r}.pt``, ``checkpoint_last.pt``, the best by
+validation loss (``checkpoint_best.pt`` and s3prl's ``best_global_model.pt``), the server
+state for ``--resume`` and one JSON line in ``metrics.jsonl``.
+"""
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
+
+from fedhubert_plugin.checkpoints import load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
+from fedhubert_plugin.federation.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.nodes import client_folder, ray_backend_config, simulate
+from fedhubert_plugin.federation.recipe import compose_recipe
+from fedhubert_plugin.files import atomic_write, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+_TRAINERS: Dict[tuple, LocalTrainer] = {}
+
+
+def local_trainer(config: ConfigRecord) -> LocalTrainer:
+    """This process's trainer for the run's recipe (built once, reused by every client it serves)."""
+    key = (str(config["recipe"]), tuple(config["overrides"]), float(config["label-rate"]), float(config["lr"]))
+    if key not in _TRAINERS:
+        _TRAINERS.clear()
+        _TRAINERS[key] = LocalTrainer(Path(key[0]), key[1], label_rate=key[2], lr=key[3] or None)
+    return _TRAINERS[key]
+
+
+def arrays_of(record: ArrayRecord) -> Dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def record_of(arrays: Dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local fairseq training from the global weights."""
+    config = msg.content["config"]
+    folder = client_folder(context, config)
+    result = local_trainer(config).fit(
+        folder,
+        arrays_of(msg.content["arrays"]),
+        num_updates=int(config["num-updates"]),
+        local_updates=int(config["local-updates"]),
+        local_epochs=int(config["local-epochs"]),
+        round_seed=int(config["server-round"]),
+    )
+    content = RecordDict(
+        {
+            "arrays": record_of(result.arrays),
+            "metrics": MetricRecord({**result.metrics, "num-examples": result.num_examples}),
+            "client": ConfigRecord({"name": folder.name}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@client_app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Validation of the global weights on the client's valid split."""
+    config = msg.content["config"]
+    folder = client_folder(context, config)
+    result = local_trainer(config).evaluate(folder, arrays_of(msg.content["arrays"]), round_seed=int(config["server-round"]))
+    content = RecordDict(
+        {
+            "metrics": MetricRecord({**result.metrics, "num-examples": result.num_examples}),
+            "client": ConfigRecord({"name": folder.name}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@dataclass
+class PretrainSettings:
+    """Everything the server needs for a federated pretraining run."""
+
+    save_dir: str
+    recipe: str
+    label_rate: float
+    n_clusters: int
+    rounds: int
+    data_root: str = ""  # simulation: the prepared data folder; deployment: empty (nodes know theirs)
+    overrides: List[str] = field(default_factory=list)
+    strategy: str = "fedadam"
+    eta: float = 1e-3
+    eta_l: float = 0.0  # client learning rate sent to clients; 0: the recipe's
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-6
+    local_updates: int = 10
+    local_epochs: int = 0
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    min_available_nodes: int = 2
+    seed: int = 0
+    resume: bool = False
+    timeout: float = 6 * 3600.0
+
+
+def build_strategy(settings: PretrainSettings):
+    """The Flower strategy named by ``settings.strategy``."""
+    common = dict(
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=1.0,
+        min_train_nodes=settings.min_train_nodes,
+        min_evaluate_nodes=settings.min_train_nodes,
+        min_available_nodes=settings.min_available_nodes,
+    )
+    adaptive = dict(eta=settings.eta, eta_l=settings.eta_l or 1.0, tau=settings.tau)
+    if settings.strategy == "fedavg":
+        return FedAvg(**common)
+    if settings.strategy == "fedadagrad":
+        return FedAdagrad(**common, **adaptive)
+    if settings.strategy in ("fedadam", "fedyogi"):
+        cls = FedAdam if settings.strategy == "fedadam" else FedYogi
+        return cls(**common, **adaptive, beta_1=settings.beta_1, beta_2=settings.beta_2)
+    raise ValueError(f"unknown strategy {settings.strategy!r}; choose fedadam, fedavg, fedyogi or fedadagrad")
+
+
+def initial_model(settings: PretrainSettings):
+    """The recipe's config and the seeded initial weights, built on the server without any client data."""
+    from fairseq import tasks
+
+    from fedhubert_plugin.checkpoints import cluster_dictionary
+
+    # The server has no shard: the saved config names the prepared data root (informative only;
+    # loading a checkpoint reads no data, but fairseq refuses a missing task.data).
+    data = settings.data_root or "federated"
+    overrides = [f"task.label_rate={settings.label_rate}", f"task.data={data}", f"task.label_dir={data}"]
+    cfg = compose_recipe(Path(settings.recipe), settings.overrides + overrides)
+    task = tasks.setup_task(cfg.task)
+    task.load_state_dict({"dictionaries": [cluster_dictionary(settings.n_clusters)]})
+    torch.manual_seed(cfg.common.seed)
+    model = task.build_model(cfg.model)
+    return cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def screen(replies: List[Message], reference: Dict[str, np.ndarray]) -> Tuple[List[Message], List[Dict]]:
+    """Replies fit to aggregate, and the rejected ones with the client and the reason."""
+    good, rejected = [], []
+    for reply in replies:
+        if reply.has_error():
+            rejected.append({"node": reply.metadata.src_node_id, "reason": f"client error: {reply.error.reason}"})
+            continue
+        name = str(reply.content["client"]["name"])
+        arrays = reply.content["arrays"]
+        if set(arrays.keys()) != set(reference):
+            rejected.append({"client": name, "reason": "weights do not match the model's parameter names"})
+        elif not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
+            rejected.append({"client": name, "reason": "update holds NaN or Inf"})
+        else:
+            good.append(reply)
+    # a fixed summation order: FedAdam's m/sqrt(v) amplifies last-bit differences of near-zero updates
+    good.sort(key=lambda reply: str(reply.content["client"]["name"]))
+    for r in rejected:
+        logger.warning("round update rejected: %s", r)
+    return good, rejected
+
+
+def client_rows(replies: List[Message], prefix: str) -> Dict[str, Dict[str, float]]:
+    rows = {}
+    for reply in replies:
+        if not reply.has_error():
+            metrics = dict(reply.content["metrics"])
+            rows[str(reply.content["client"]["name"])] = {f"{prefix}{k}": v for k, v in metrics.items()}
+    return rows
+
+
+def message_bytes(messages: List[Message]) -> int:
+    return int(sum(r.count_bytes() for m in messages if m.has_content() for r in m.content.array_records.values()))
+
+
+class ServerState:
+    """What ``--resume`` needs: the round done, the best so far, strategy moments, RNG."""
+
+    def __init__(self, server_dir: Path):
+        self.path = server_dir / "server_state.pt"
+
+    def save(self, round_done: int, best_loss: float, best_round: int, strategy) -> None:
+        moments = {name: {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in (getattr(strategy, name, None) or {}).items()}
+                   for name in ("m_t", "v_t")}
+        state = {"round": round_done, "best_loss": best_loss, "best_round": best_round, "random": random.getstate(), **moments}
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+
+    def restore(self, strategy) -> Tuple[int, float, int]:
+        state = load_checkpoint(self.path)
+        random.setstate(state["random"])
+        for name in ("m_t", "v_t"):
+            if state[name]:
+                setattr(strategy, name, {k: v.numpy() for k, v in state[name].items()})
+        return int(state["round"]), float(state["best_loss"]), int(state["best_round"])
+
+
+def simulate_pretraining(settings: PretrainSettings, num_clients: int, cpus_per_client: float = 1.0, gpus_per_client: float = 0.0) -> None:
+    """Run the federation with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
+    simulate(pretrain_server_app(settings), client_app, num_clients, ray_backend_config(cpus_per_client, gpus_per_client))
+
+
+def pretrain_server_app(settings: PretrainSettings) -> ServerApp:
+    """A ServerApp running ``settings.rounds`` rounds of federated pretraining."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_rounds(grid, settings)
+
+    return app
+
+
+def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
+    """The round loop (see the module docstring)."""
+    server_dir = Path(settings.save_dir) / "server"
+    server_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(server_dir / "settings.json", json.dumps(asdict(settings), indent=2) + "\n")
+    random.seed(settings.seed)
+    strategy = build_strategy(settings)
+    cfg, weights = initial_model(settings)
+    dtypes = {k: v.dtype for k, v in weights.items()}
+    state = ServerState(server_dir)
+    first_round, best_loss, best_round = 1, float("inf"), 0
+    if settings.resume and state.path.is_file():
+        done, best_loss, best_round = state.restore(strategy)
+        weights = {k: v.numpy() for k, v in load_checkpoint(server_dir / "checkpoint_last.pt")["model"].items()}
+        first_round = done + 1
+        keep = [line for line in (server_dir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["round"] <= done]
+        atomic_write_text(server_dir / "metrics.jsonl", "".join(line + "\n" for line in keep))
+        logger.info("resuming after round %d (best valid loss %.4f at round %d)", done, best_loss, best_round)
+    elif settings.resume:
+        logger.info("--resume: no server state in %s, starting at round 1", server_dir)
+
+    base_config = {
+        "recipe": str(Path(settings.recipe).resolve()),
+        "overrides": list(settings.overrides),
+        "label-rate": float(settings.label_rate),
+        "lr": float(settings.eta_l),
+        "data-root": settings.data_root,
+    }
+    for rnd in range(first_round, settings.rounds + 1):
+        start = time.monotonic()
+        num_updates = (rnd - 1) * settings.local_updates
+        train_config = ConfigRecord(
+            {**base_config, "num-updates": num_updates, "local-updates": settings.local_updates, "local-epochs": settings.local_epochs}
+        )
+        messages = list(strategy.configure_train(rnd, record_of(weights), train_config, grid))
+        replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
+        good, rejected = screen(replies, weights)
+        if len(good) < settings.min_train_nodes:
+            raise RuntimeError(
+                f"round {rnd}: {len(good)} usable client updates, fewer than --min-train-nodes {settings.min_train_nodes}; "
+                f"rejected: {rejected}. The global model is unchanged since round {rnd - 1} (checkpoint_last.pt)."
+            )
+        aggregated, train_metrics = strategy.aggregate_train(rnd, good)
+        weights = {k: v.numpy().astype(dtypes[k]) for k, v in aggregated.items()}  # Flower's FedOpt returns float64
+        for name in ("m_t", "v_t"):
+            if getattr(strategy, name, None):
+                setattr(strategy, name, {k: v.astype(np.float32) for k, v in getattr(strategy, name).items()})
+
+        eval_messages = list(strategy.configure_evaluate(rnd, record_of(weights), ConfigRecord(dict(base_config)), grid))
+        eval_replies = list(grid.send_and_receive(eval_messages, timeout=settings.timeout))
+        eval_good = [r for r in eval_replies if not r.has_error()]
+        valid = dict(strategy.aggregate_evaluate(rnd, eval_good) or {})
+        valid_loss = float(valid.get("loss", float("inf")))
+
+        extra = {"federated_round": rnd, "valid_loss": valid_loss}
+        round_path = server_dir / f"checkpoint_round{rnd}.pt"
+        save_fairseq_checkpoint(round_path, cfg, weights, settings.n_clusters, num_updates + settings.local_updates, extra)
+        atomic_write(server_dir / "checkpoint_last.pt", lambda tmp: shutil.copyfile(round_path, tmp))
+        if valid_loss < best_loss:
+            best_loss, best_round = valid_loss, rnd
+            atomic_write(server_dir / "checkpoint_best.pt", lambda tmp: shutil.copyfile(round_path, tmp))
+            save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
+
+        clients = client_rows(good, "train_")
+        for name, row in client_rows(eval_good, "valid_").items():
+            clients.setdefault(name, {}).update(row)
+        line = {
+            "round": rnd,
+            "train": dict(train_metrics or {}),
+            "valid": valid,
+            "participants": sorted(clients),
+            "rejected": rejected,
+            "bytes_sent": message_bytes(messages) + message_bytes(eval_messages),
+            "bytes_received": message_bytes(replies),
+            "round_seconds": time.monotonic() - start,
+            "clients": clients,
+            "best_round": best_round,
+        }
+        with open(server_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        state.save(rnd, best_loss, best_round, strategy)
+        logger.info("round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)",
+                    rnd, line["train"].get("loss", float("nan")), valid_loss, valid.get("acc_masked", float("nan")),
+                    len(good), line["round_seconds"])

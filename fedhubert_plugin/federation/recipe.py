@@ -1,0 +1,33 @@
+"""Compose a fairseq hydra recipe from Python, exactly as ``fairseq-hydra-train`` would."""
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def compose_recipe(recipe: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved fairseq config of ``recipe`` (a yaml path) with hydra-style ``overrides``.
+
+    fairseq's schema must be registered under the recipe's name first (``hydra_init``), and
+    recipes start with the old ``# @package _group_`` header, hence hydra's 1.1 semantics.
+    """
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from fairseq.dataclass.utils import omegaconf_no_object_check
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    recipe = Path(recipe).resolve()
+    if not recipe.is_file():
+        raise FileNotFoundError(f"recipe {recipe} not found; see recipes/librispeech/pretrain/")
+    hydra_init(recipe.stem)
+    GlobalHydra.instance().clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # hydra's notes on the old package header
+        with initialize_config_dir(config_dir=str(recipe.parent), version_base="1.1"):
+            cfg = compose(config_name=recipe.stem, overrides=list(overrides))
+    add_defaults(cfg)
+    with omegaconf_no_object_check():
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(cfg, True)
+    return cfg

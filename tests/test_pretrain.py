@@ -1,0 +1,115 @@
+"""Federated pretraining on the toy corpus: Flower simulation, fairseq trainers, FedAdam, checkpoints, resume."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from conftest import N_CLUSTERS, REPO
+from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.federation.pretrain_app import PretrainSettings, screen, simulate_pretraining
+
+TINY = str(REPO / "recipes" / "librispeech" / "pretrain" / "tiny.yaml")
+
+
+def settings_for(prepared, save_dir, rounds, **kwargs) -> PretrainSettings:
+    return PretrainSettings(
+        save_dir=str(save_dir), recipe=TINY, label_rate=100, n_clusters=N_CLUSTERS, rounds=rounds,
+        data_root=str(prepared), overrides=["common.cpu=true"], local_updates=3,
+        min_train_nodes=2, min_available_nodes=4, **kwargs,
+    )
+
+
+def metric_lines(save_dir):
+    return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight_run(prepared, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("straight")
+    simulate_pretraining(settings_for(prepared, save_dir, rounds=3), num_clients=4)
+    return save_dir
+
+
+@pytest.mark.slow
+def test_validation_loss_goes_down_and_metrics_are_complete(straight_run):
+    lines = metric_lines(straight_run)
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert lines[-1]["valid"]["loss"] < lines[0]["valid"]["loss"]
+    for line in lines:
+        assert line["participants"] == ["client_000", "client_001", "client_002", "client_003"]
+        assert line["rejected"] == []
+        assert line["bytes_sent"] > 4 * 4 * 500_000 and line["bytes_received"] > 4 * 500_000
+        for client in line["clients"].values():
+            assert client["train_updates"] == 3 and client["train_lr"] > 0
+            assert client["train_samples_per_second"] > 0 and client["train_peak_rss_mb"] > 100
+            assert 0 <= client["valid_acc_masked"] <= 1 and client["train_ppl"] > 1
+
+
+@pytest.mark.slow
+def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(straight_run):
+    from fairseq import checkpoint_utils
+    from s3prl.upstream.hubert.convert import load_converted_model
+
+    server = straight_run / "server"
+    for name in ("checkpoint_round1.pt", "checkpoint_round2.pt", "checkpoint_round3.pt", "checkpoint_last.pt", "checkpoint_best.pt"):
+        state = load_checkpoint(server / name)
+        assert all(v.dtype == torch.float32 for v in state["model"].values())  # no float64 from FedAdam
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(server / "checkpoint_best.pt")])
+    assert type(task).__name__ == "FedHubertPretrainingTask"
+    s3prl_model, _ = load_converted_model(str(server / "best_global_model.pt"))  # plain torch.load, no plugin needed
+    audio = torch.randn(1, 24000)
+    with torch.no_grad():
+        ours, _ = models[0].eval().extract_features(audio, mask=False)
+        theirs, _ = s3prl_model.eval().extract_features(audio, mask=False)
+    assert torch.equal(ours, theirs)
+    best_round = metric_lines(straight_run)[-1]["best_round"]
+    assert torch.equal(load_checkpoint(server / "checkpoint_best.pt")["model"]["final_proj.weight"],
+                       load_checkpoint(server / f"checkpoint_round{best_round}.pt")["model"]["final_proj.weight"])
+
+
+@pytest.mark.slow
+def test_resume_gives_the_weights_of_an_uninterrupted_run(straight_run, prepared, tmp_path):
+    simulate_pretraining(settings_for(prepared, tmp_path, rounds=2), num_clients=4)
+    simulate_pretraining(settings_for(prepared, tmp_path, rounds=3, resume=True), num_clients=4)
+    assert [line["round"] for line in metric_lines(tmp_path)] == [1, 2, 3]
+    resumed = load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"]
+    straight = load_checkpoint(straight_run / "server" / "checkpoint_round3.pt")["model"]
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_failing_client_does_not_stop_the_round(prepared, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    (data / "clients" / "client_002" / "labels" / "train.km").unlink()  # this client raises a ShardError
+    settings = settings_for(data, tmp_path / "save", rounds=1)
+    simulate_pretraining(settings, num_clients=4)
+    (line,) = metric_lines(tmp_path / "save")
+    assert line["participants"] == ["client_000", "client_001", "client_003"]
+    assert len(line["rejected"]) == 1 and "train.km" in line["rejected"][0]["reason"]
+    assert (tmp_path / "save" / "server" / "checkpoint_last.pt").is_file()
+
+
+def reply(name, arrays):
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                          "metrics": MetricRecord({"num-examples": 1}), "client": ConfigRecord({"name": name})})
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def test_non_finite_and_mismatched_updates_are_rejected_with_the_client():
+    reference = {"w": np.zeros(3, np.float32), "b": np.zeros(1, np.float32)}
+    good = reply("client_000", {"w": np.ones(3, np.float32), "b": np.ones(1, np.float32)})
+    nan = reply("client_001", {"w": np.array([1, np.nan, 0], np.float32), "b": np.ones(1, np.float32)})
+    inf = reply("client_002", {"w": np.ones(3, np.float32), "b": np.array([np.inf], np.float32)})
+    other = reply("client_003", {"w": np.ones(3, np.float32)})
+    kept, rejected = screen([good, nan, inf, other], reference)
+    assert kept == [good]
+    assert [(r["client"], r["reason"]) for r in rejected] == [
+        ("client_001", "update holds NaN or Inf"),
+        ("client_002", "update holds NaN or Inf"),
+        ("client_003", "weights do not match the model's parameter names"),
+    ]
