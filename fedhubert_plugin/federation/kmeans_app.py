@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -34,7 +34,7 @@ from fedhubert_plugin.data.kmeans import (
     write_labels,
 )
 from fedhubert_plugin.files import atomic_write
-from fedhubert_plugin.federation.nodes import client_folder
+from fedhubert_plugin.federation.nodes import client_folder, client_reply
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +81,8 @@ def kmeans_stats(msg: Message, context: Context) -> Message:
         k = int(min(int(config["n-clusters"]), max(1, len(feats) // min_count)))
         codebook = local_codebook(np.asarray(feats), k, seed=int(config["seed"]), n_init=1)  # Lloyd steps refine it
     sums, counts, inertia = cluster_statistics(feats, codebook, min_count)
-    content = RecordDict(
-        {
-            "stats": ArrayRecord({"sums": Array(sums), "counts": Array(counts)}),
-            "metrics": MetricRecord({"inertia": inertia, "frames": len(feats)}),
-            "client": ConfigRecord({"name": folder.name}),
-        }
-    )
-    return Message(content, reply_to=msg)
+    stats = ArrayRecord({"sums": Array(sums), "counts": Array(counts)})
+    return client_reply(msg, folder, {"inertia": inertia, "frames": len(feats)}, stats=stats)
 
 
 @client_app.query("kmeans_labels")
@@ -98,13 +92,7 @@ def kmeans_labels(msg: Message, context: Context) -> Message:
     folder = client_folder(context, config)
     codebook = msg.content["codebook"]["centroids"].numpy()
     frames = label_client(folder, codebook, PRESETS[str(config["features"])], dictionary_size=len(codebook))
-    content = RecordDict(
-        {
-            "metrics": MetricRecord({"train_frames": frames["train"], "valid_frames": frames["valid"]}),
-            "client": ConfigRecord({"name": folder.name}),
-        }
-    )
-    return Message(content, reply_to=msg)
+    return client_reply(msg, folder, {"train_frames": frames["train"], "valid_frames": frames["valid"]})
 
 
 @dataclass
@@ -145,6 +133,11 @@ def ask_all(grid: Grid, nodes: List[int], message_type: str, content: RecordDict
     return sorted(replies, key=lambda r: str(r.content["client"]["name"]))
 
 
+def with_codebook(config: ConfigRecord, codebook: np.ndarray) -> RecordDict:
+    """Message content: the run's config and the current codebook."""
+    return RecordDict({"config": config, "codebook": ArrayRecord({"centroids": Array(codebook)})})
+
+
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> List[int]:
     """The ids of ``count`` connected nodes, waiting up to ``timeout`` seconds for them."""
     deadline = time.monotonic() + timeout
@@ -183,8 +176,7 @@ def federated_kmeans_server_app(settings: FederatedKMeansSettings, result: Feder
         )
         result.frames = int(sum(r.content["metrics"]["frames"] for r in replies))
         for step in range(settings.max_iter):
-            content = RecordDict({"config": config, "codebook": ArrayRecord({"centroids": Array(codebook)})})
-            replies = ask_all(grid, nodes, "query.kmeans_stats", content, settings.timeout)
+            replies = ask_all(grid, nodes, "query.kmeans_stats", with_codebook(config, codebook), settings.timeout)
             sums = np.sum([r.content["stats"]["sums"].numpy() for r in replies], axis=0)
             counts = np.sum([r.content["stats"]["counts"].numpy() for r in replies], axis=0)
             result.inertia.append(float(sum(r.content["metrics"]["inertia"] for r in replies)))
@@ -192,8 +184,7 @@ def federated_kmeans_server_app(settings: FederatedKMeansSettings, result: Feder
             codebook = lloyd_step(codebook, sums, counts)
             if len(result.inertia) > 1 and result.inertia[-2] - result.inertia[-1] <= settings.tol * result.inertia[-2]:
                 break
-        content = RecordDict({"config": config, "codebook": ArrayRecord({"centroids": Array(codebook)})})
-        ask_all(grid, nodes, "query.kmeans_labels", content, settings.timeout)
+        ask_all(grid, nodes, "query.kmeans_labels", with_codebook(config, codebook), settings.timeout)
         result.codebook = codebook
         result.seconds = time.monotonic() - start
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
@@ -33,6 +33,12 @@ def client_folder(context: Context, config: ConfigRecord) -> Path:
     if not (folder / "train.tsv").is_file():
         raise FileNotFoundError(f"client folder {folder} has no train.tsv; run `fedhubert prepare` or fix data-dir")
     return folder
+
+
+def client_reply(msg: Message, folder: Path, metrics: Dict[str, Any], **arrays: ArrayRecord) -> Message:
+    """A reply with this client's ``metrics``, its name (the folder's) and any ``arrays`` records."""
+    content = RecordDict({**arrays, "metrics": MetricRecord(metrics), "client": ConfigRecord({"name": folder.name})})
+    return Message(content, reply_to=msg)
 
 
 def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: float = 0.0) -> Dict[str, Any]:

@@ -18,14 +18,14 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
 
 from fedhubert_plugin.checkpoints import load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
-from fedhubert_plugin.federation.nodes import client_folder, ray_backend_config, simulate
+from fedhubert_plugin.federation.nodes import client_folder, client_reply, ray_backend_config, simulate
 from fedhubert_plugin.federation.recipe import compose_recipe
 from fedhubert_plugin.files import atomic_write, atomic_write_text
 
@@ -67,14 +67,7 @@ def train(msg: Message, context: Context) -> Message:
         local_epochs=int(config["local-epochs"]),
         round_seed=int(config["server-round"]),
     )
-    content = RecordDict(
-        {
-            "arrays": record_of(result.arrays),
-            "metrics": MetricRecord({**result.metrics, "num-examples": result.num_examples}),
-            "client": ConfigRecord({"name": folder.name}),
-        }
-    )
-    return Message(content, reply_to=msg)
+    return client_reply(msg, folder, {**result.metrics, "num-examples": result.num_examples}, arrays=record_of(result.arrays))
 
 
 @client_app.evaluate()
@@ -83,13 +76,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     folder = client_folder(context, config)
     result = local_trainer(config).evaluate(folder, arrays_of(msg.content["arrays"]), round_seed=int(config["server-round"]))
-    content = RecordDict(
-        {
-            "metrics": MetricRecord({**result.metrics, "num-examples": result.num_examples}),
-            "client": ConfigRecord({"name": folder.name}),
-        }
-    )
-    return Message(content, reply_to=msg)
+    return client_reply(msg, folder, {**result.metrics, "num-examples": result.num_examples})
 
 
 @dataclass
