@@ -100,17 +100,17 @@ def run_prepare(args: argparse.Namespace) -> None:
     print(summary_table(prepare(cfg)))
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "librispeech" / "pretrain"
-
-
 def recipe_path(name: str) -> Path:
     """A recipe yaml: a path, or the name of one in recipes/librispeech/pretrain (tiny, base)."""
+    from fedhubert_plugin.federation.recipe import APP_DIR
+
+    recipes = APP_DIR / "recipes" / "librispeech" / "pretrain"
     path = Path(name)
     if path.is_file():
         return path.resolve()
-    if (RECIPES / f"{name}.yaml").is_file():
-        return RECIPES / f"{name}.yaml"
-    raise FileNotFoundError(f"recipe {name} not found: give a yaml path or one of {sorted(p.stem for p in RECIPES.glob('*.yaml'))}")
+    if (recipes / f"{name}.yaml").is_file():
+        return recipes / f"{name}.yaml"
+    raise FileNotFoundError(f"recipe {name} not found: give a yaml path or one of {sorted(p.stem for p in recipes.glob('*.yaml'))}")
 
 
 def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -200,6 +200,47 @@ class ServerState:
         return int(state["round"]), float(state["best_loss"]), int(state["best_round"])
 
 
+def settings_from_run_config(run_config: Dict) -> PretrainSettings:
+    """Settings from ``[tool.flwr.app.config]`` of pyproject.toml (``flwr run``); save-dir and data-root
+    relative to the SuperLink's working directory."""
+    def path(key: str) -> str:
+        value = str(run_config[key])
+        return str(Path(value).resolve()) if value else ""
+
+    return PretrainSettings(
+        save_dir=path("save-dir"),
+        recipe=str(run_config["recipe"]),  # relative: inside the app, resolved by each node
+        label_rate=float(run_config["label-rate"]),
+        n_clusters=int(run_config["n-clusters"]),
+        rounds=int(run_config["num-server-rounds"]),
+        data_root=path("data-root"),
+        overrides=str(run_config["overrides"]).split(),
+        strategy=str(run_config["strategy"]),
+        eta=float(run_config["eta"]),
+        eta_l=float(run_config["eta-l"]),
+        beta_1=float(run_config["beta-1"]),
+        beta_2=float(run_config["beta-2"]),
+        tau=float(run_config["tau"]),
+        local_updates=int(run_config["local-updates"]),
+        local_epochs=int(run_config["local-epochs"]),
+        fraction_train=float(run_config["fraction-train"]),
+        min_train_nodes=int(run_config["min-train-nodes"]),
+        min_available_nodes=int(run_config["min-available-nodes"]),
+        seed=int(run_config["seed"]),
+        resume=bool(run_config["resume"]),
+        timeout=float(run_config["round-timeout"]),
+    )
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def flwr_run_main(grid: Grid, context: Context) -> None:
+    """Entry of ``flwr run`` (deployment or Flower's own simulation): settings from the run config."""
+    run_rounds(grid, settings_from_run_config(context.run_config))
+
+
 def simulate_pretraining(settings: PretrainSettings, num_clients: int, cpus_per_client: float = 1.0, gpus_per_client: float = 0.0) -> None:
     """Run the federation with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
     simulate(pretrain_server_app(settings), client_app, num_clients, ray_backend_config(cpus_per_client, gpus_per_client))
@@ -238,7 +279,7 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         logger.info("--resume: no server state in %s, starting at round 1", server_dir)
 
     base_config = {
-        "recipe": str(Path(settings.recipe).resolve()),
+        "recipe": settings.recipe,
         "overrides": list(settings.overrides),
         "label-rate": float(settings.label_rate),
         "lr": float(settings.eta_l),

@@ -5,6 +5,14 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+APP_DIR = Path(__file__).resolve().parents[2]  # the repository, or the installed Flower app (FAB)
+
+
+def resolve_recipe(recipe: str) -> Path:
+    """An absolute recipe path as is; a relative one inside the app (same on every node's FAB copy)."""
+    path = Path(recipe)
+    return path if path.is_absolute() else APP_DIR / path
+
 
 def compose_recipe(recipe: Path, overrides: Sequence[str] = ()) -> DictConfig:
     """The resolved fairseq config of ``recipe`` (a yaml path) with hydra-style ``overrides``.
@@ -17,7 +25,7 @@ def compose_recipe(recipe: Path, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    recipe = Path(recipe).resolve()
+    recipe = resolve_recipe(str(recipe))
     if not recipe.is_file():
         raise FileNotFoundError(f"recipe {recipe} not found; see recipes/librispeech/pretrain/")
     hydra_init(recipe.stem)
