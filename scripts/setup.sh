@@ -35,6 +35,9 @@ missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox)
 ldconfig -p | grep -qE 'libsox\.so( |$)' || missing+=(libsox-dev)
+# openssl and ssh-keygen make the TLS certificates and SuperNode keys (recipes/flower/)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing Debian packages: ${missing[*]}. Run: sudo apt-get install -y ${missing[*]} (then this script again)"
     say "installing Debian packages: ${missing[*]}"

@@ -1,4 +1,7 @@
-"""Real deployment on loopback: flower-superlink, one flower-supernode per client, `flwr run .`."""
+"""Real deployment on loopback: flower-superlink, one flower-supernode per client, `flwr run .`.
+
+Insecure, and with TLS plus SuperNode authentication (only registered SuperNodes may join).
+"""
 import json
 import os
 import socket
@@ -30,53 +33,108 @@ def wait_for_port(port: int, seconds: float = 60) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+class LoopbackFederation:
+    """A SuperLink and SuperNodes as processes on 127.0.0.1, with their logs in ``workdir``."""
+
+    def __init__(self, workdir: Path, tls_dir: Path = None):
+        self.workdir = workdir
+        self.port = free_port()
+        self.tls_dir = tls_dir
+        flwr_home = workdir / "flwr_home"
+        flwr_home.mkdir()
+        security = f'root-certificates = "{tls_dir / "certificates" / "ca.crt"}"' if tls_dir else "insecure = true"
+        (flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n{security}\n'
+        )
+        self.env = dict(os.environ, FLWR_HOME=str(flwr_home), PATH=f"{BIN}:{os.environ['PATH']}",
+                        FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
+        self.procs = {}
+
+    def start(self, name, cmd):
+        log = open(self.workdir / f"{name}.log", "w")
+        self.procs[name] = (subprocess.Popen(cmd, env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True), log)
+        return self.procs[name][0]
+
+    def security_args(self, role: str):
+        if not self.tls_dir:
+            return ["--insecure"]
+        certs = self.tls_dir / "certificates"
+        if role == "superlink":
+            return ["--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
+                    "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth"]
+        return ["--root-certificates", str(certs / "ca.crt")]
+
+    def start_superlink(self):
+        self.start("superlink", [str(BIN / "flower-superlink"), *self.security_args("superlink"), "--host", "127.0.0.1",
+                                 "--port", str(self.port), "--database", str(self.workdir / "state.db"),
+                                 "--disable-runtime-dependency-installation"])
+        wait_for_port(self.port)
+
+    def start_supernode(self, name, data_dir, key=None):
+        auth = ["--auth-supernode-private-key", str(key)] if key else []
+        return self.start(name, [str(BIN / "flower-supernode"), *self.security_args("supernode"), "--superlink",
+                                 f"127.0.0.1:{self.port}", "--host", "127.0.0.1", "--port", str(free_port()),
+                                 "--node-config", f'data-dir="{data_dir}"', *auth])
+
+    def flwr(self, *args, timeout=900):
+        return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+    def run_rounds(self, save: Path, rounds: int):
+        proc = self.flwr("run", str(REPO), "loopback", "--stream", "--run-config",
+                         f'num-server-rounds={rounds} local-updates=2 save-dir="{save}"')
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
+
+    def stop(self):
+        for proc, _ in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+        for proc, log in self.procs.values():
+            proc.wait(timeout=30)
+            log.close()
+
+
 @pytest.fixture
-def federation(prepared, tmp_path):
-    """An insecure SuperLink and two SuperNodes (client_000, client_001) on 127.0.0.1; stopped afterwards."""
-    flwr_home = tmp_path / "flwr_home"
-    flwr_home.mkdir()
-    link_port = free_port()
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
-    )
-    env = dict(os.environ, FLWR_HOME=str(flwr_home), PATH=f"{BIN}:{os.environ['PATH']}",
-               FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
-    logs = []
-    procs = []
+def federation_factory(tmp_path):
+    made = []
 
-    def start(name, cmd):
-        log = open(tmp_path / f"{name}.log", "w")
-        logs.append(log)
-        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    def make(tls_dir=None):
+        made.append(LoopbackFederation(tmp_path, tls_dir))
+        return made[-1]
 
-    start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
-                        "--database", str(tmp_path / "state.db"), "--disable-runtime-dependency-installation"])
-    wait_for_port(link_port)
-    for i in range(2):
-        start(f"supernode{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                                "--host", "127.0.0.1", "--port", str(free_port()),
-                                "--node-config", f'data-dir="{prepared / "clients" / f"client_00{i}"}"'])
-    yield env, tmp_path
-    for proc in procs:
-        os.killpg(proc.pid, 15)
-    for proc in procs:
-        proc.wait(timeout=30)
-    for log in logs:
-        log.close()
+    yield make
+    for federation in made:
+        federation.stop()
 
 
 @pytest.mark.slow
-def test_flwr_run_trains_two_rounds_over_superlink_and_supernodes(federation):
-    env, tmp_path = federation
-    save = tmp_path / "save"
-    proc = subprocess.run(
-        [str(BIN / "flwr"), "run", str(REPO), "loopback", "--stream",
-         "--run-config", f'num-server-rounds=2 local-updates=2 save-dir="{save}"'],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
+def test_flwr_run_trains_two_rounds_over_superlink_and_supernodes(prepared, federation_factory, tmp_path):
+    federation = federation_factory()
+    federation.start_superlink()
+    for i in range(2):
+        federation.start_supernode(f"supernode{i}", prepared / "clients" / f"client_00{i}")
+    lines = federation.run_rounds(tmp_path / "save", rounds=2)
     assert [line["round"] for line in lines] == [1, 2]
     assert all(line["participants"] == ["client_000", "client_001"] for line in lines)
     for name in ("checkpoint_round2.pt", "checkpoint_last.pt", "checkpoint_best.pt", "best_global_model.pt"):
-        assert (save / "server" / name).is_file()
+        assert (tmp_path / "save" / "server" / name).is_file()
+
+
+@pytest.mark.slow
+def test_tls_and_supernode_authentication_refuse_an_unregistered_node(prepared, federation_factory, tmp_path):
+    credentials = tmp_path / "credentials"
+    subprocess.run(["bash", str(REPO / "recipes" / "flower" / "generate_credentials.sh"), str(credentials), "3"],
+                   check=True, capture_output=True, timeout=120)
+    federation = federation_factory(tls_dir=credentials)
+    federation.start_superlink()
+    for i in (1, 2):
+        registered = federation.flwr("supernode", "register", str(credentials / "keys" / f"supernode_{i}.pub"), "loopback", timeout=120)
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+    for i in (1, 2):
+        federation.start_supernode(f"supernode{i}", prepared / "clients" / f"client_00{i - 1}", credentials / "keys" / f"supernode_{i}")
+    stranger = federation.start_supernode("stranger", prepared / "clients" / "client_003", credentials / "keys" / "supernode_3")
+    assert stranger.wait(timeout=300) != 0  # gives up: the SuperLink does not know its key
+    assert "No SuperNode found with the given public key" in (tmp_path / "superlink.log").read_text()
+    (line,) = federation.run_rounds(tmp_path / "save", rounds=1)
+    assert line["participants"] == ["client_000", "client_001"]

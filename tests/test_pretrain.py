@@ -113,3 +113,42 @@ def test_non_finite_and_mismatched_updates_are_rejected_with_the_client():
         ("client_002", "update holds NaN or Inf"),
         ("client_003", "weights do not match the model's parameter names"),
     ]
+
+
+@pytest.mark.slow
+def test_fairseq_hydra_train_continues_from_the_global_checkpoint(straight_run, prepared, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import PLUGIN_DIR, fairseq_env
+
+    client = prepared / "clients" / "client_000"
+    last = straight_run / "server" / "checkpoint_last.pt"
+    cmd = [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(REPO / "recipes" / "librispeech" / "pretrain"),
+           "--config-name", "tiny", f"task.data={client}", f"task.label_dir={client / 'labels'}", f"common.user_dir={PLUGIN_DIR}",
+           "common.cpu=true", "optimization.max_update=2", f"checkpoint.restore_file={last}", "checkpoint.reset_optimizer=true",
+           "checkpoint.reset_dataloader=true", "checkpoint.reset_meters=true", f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+           f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert f"Loaded checkpoint {last}" in log
+    first_loss = float(json.loads(next(line[line.index("{"):] for line in log.splitlines() if "train_inner" in line and '"loss"' in line))["loss"])
+    assert first_loss < metric_lines(straight_run)[0]["train"]["loss"]  # it starts from the federated weights, not from scratch
+    assert (tmp_path / "ckpt" / "checkpoint_last.pt").is_file()
+
+
+def test_flower_run_configs_become_settings():
+    import tomllib
+
+    from fedhubert_plugin.federation.pretrain_app import settings_from_run_config
+    from fedhubert_plugin.federation.recipe import resolve_recipe
+
+    defaults = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    base = tomllib.loads((REPO / "recipes" / "librispeech" / "flower_base.toml").read_text())
+    assert set(base) <= set(defaults)  # flwr only accepts keys that pyproject declares
+    for run_config in (defaults, {**defaults, **base}):
+        settings = settings_from_run_config(run_config)
+        assert resolve_recipe(settings.recipe).is_file()
+    assert settings.rounds == 400 and settings.local_updates == 1000 and settings.overrides == []
