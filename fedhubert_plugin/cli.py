@@ -1,5 +1,6 @@
 """The ``fedhubert`` command line."""
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -145,8 +146,6 @@ def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
-    import json
-
     from fedhubert_plugin.federation.pretrain_app import PretrainSettings, simulate_pretraining
 
     prepared = args.data / "prepare.json"

@@ -100,7 +100,11 @@ def reply(name, arrays):
     return Message(content, dst_node_id=1, message_type="train")
 
 
-def test_non_finite_and_mismatched_updates_are_rejected_with_the_client():
+def test_non_finite_and_mismatched_updates_are_rejected_with_the_client(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_run_id", "_task_id", "_node_id"):  # messages exist inside a run
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
     reference = {"w": np.zeros(3, np.float32), "b": np.zeros(1, np.float32)}
     good = reply("client_000", {"w": np.ones(3, np.float32), "b": np.ones(1, np.float32)})
     nan = reply("client_001", {"w": np.array([1, np.nan, 0], np.float32), "b": np.ones(1, np.float32)})

@@ -100,11 +100,6 @@ class LocalTrainer:
             self.tasks[folder] = (cfg, task)
         return self.tasks[folder]
 
-    def initial_arrays(self, folder: Path) -> Dict[str, np.ndarray]:
-        """The freshly initialised model's weights (seeded by the recipe's common.seed)."""
-        self.client_task(folder)
-        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
-
     def trainer_with(self, folder: Path, arrays: Dict[str, np.ndarray], num_updates: int) -> Tuple[Trainer, DictConfig, object]:
         cfg, task = self.client_task(folder)
         self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})

@@ -18,12 +18,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from fairseq import tasks
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
 
-from fedhubert_plugin.checkpoints import load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
+from fedhubert_plugin.checkpoints import cluster_dictionary, load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
 from fedhubert_plugin.federation.nodes import client_folder, client_reply, ray_backend_config, simulate
 from fedhubert_plugin.federation.recipe import compose_recipe
@@ -128,10 +129,6 @@ def build_strategy(settings: PretrainSettings):
 
 def initial_model(settings: PretrainSettings):
     """The recipe's config and the seeded initial weights, built on the server without any client data."""
-    from fairseq import tasks
-
-    from fedhubert_plugin.checkpoints import cluster_dictionary
-
     # The server has no shard: the saved config names the prepared data root (informative only;
     # loading a checkpoint reads no data, but fairseq refuses a missing task.data).
     data = settings.data_root or "federated"

@@ -3,6 +3,10 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from fairseq.dataclass.initialize import add_defaults, hydra_init
+from fairseq.dataclass.utils import omegaconf_no_object_check
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the repository, or the installed Flower app (FAB)
@@ -20,11 +24,6 @@ def compose_recipe(recipe: Path, overrides: Sequence[str] = ()) -> DictConfig:
     fairseq's schema must be registered under the recipe's name first (``hydra_init``), and
     recipes start with the old ``# @package _group_`` header, hence hydra's 1.1 semantics.
     """
-    from fairseq.dataclass.initialize import add_defaults, hydra_init
-    from fairseq.dataclass.utils import omegaconf_no_object_check
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     recipe = resolve_recipe(str(recipe))
     if not recipe.is_file():
         raise FileNotFoundError(f"recipe {recipe} not found; see recipes/librispeech/pretrain/")
