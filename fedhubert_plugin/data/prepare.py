@@ -28,7 +28,7 @@ from fedhubert_plugin.data.features import PRESETS
 from fedhubert_plugin.data.kmeans import adaptive_clusters, local_codebook, nearest
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import Utterance, scan_librispeech
-from fedhubert_plugin.files import atomic_write, atomic_write_json, atomic_write_text
+from fedhubert_plugin.files import atomic_save_array, atomic_write_json, atomic_write_text
 from fedhubert_plugin.federation.kmeans_app import (
     FederatedKMeansResult,
     FederatedKMeansSettings,
@@ -113,7 +113,7 @@ def run_local_kmeans(cfg: PrepareConfig, folders: List[Path]) -> float:
         codebook = local_codebook(np.asarray(feats), k, seed=cfg.seed)
         inertia += float(nearest(feats, codebook)[1].sum())
         frames += len(feats)
-        atomic_write(cfg.out / "kmeans" / f"{folder.name}.npy", lambda tmp: np.save(tmp.open("wb"), codebook))
+        atomic_save_array(cfg.out / "kmeans" / f"{folder.name}.npy", codebook)
         label_client(folder, codebook, preset, dictionary_size=cfg.n_clusters)
         logger.info("local k-means %s: %d clusters on %d frames", folder.name, k, len(feats))
     return inertia / frames
@@ -134,7 +134,7 @@ def run_federated_kmeans(cfg: PrepareConfig, num_clients: int) -> float:
     simulate(federated_kmeans_server_app(settings, result), client_app, num_clients, ray_backend_config())
     if result.codebook is None:
         raise RuntimeError("federated k-means did not finish; see the Flower log above")
-    atomic_write(cfg.out / "kmeans" / "codebook.npy", lambda tmp: np.save(tmp.open("wb"), result.codebook))
+    atomic_save_array(cfg.out / "kmeans" / "codebook.npy", result.codebook)
     atomic_write_json(cfg.out / "kmeans" / "federated.json", {"inertia_per_step": result.inertia, "frames": result.frames, "seconds": result.seconds})
     return result.inertia[-1] / result.frames
 

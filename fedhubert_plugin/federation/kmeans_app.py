@@ -33,7 +33,7 @@ from fedhubert_plugin.data.kmeans import (
     write_dictionary,
     write_labels,
 )
-from fedhubert_plugin.files import atomic_write
+from fedhubert_plugin.files import atomic_save_array
 from fedhubert_plugin.federation.nodes import client_folder, client_reply
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def cached_features(folder: Path, split: str, preset: FeaturePreset) -> Tuple[np
     lengths_path = folder / FEATURES_DIR / f"{split}.{preset.name}.lengths.npy"
     if not (feats_path.is_file() and lengths_path.is_file()):
         feats, lengths = manifest_features(folder / f"{split}.tsv", preset, desc=f"{folder.name} {split} mfcc")
-        atomic_write(feats_path, lambda tmp: np.save(tmp.open("wb"), feats))
-        atomic_write(lengths_path, lambda tmp: np.save(tmp.open("wb"), lengths))
+        atomic_save_array(feats_path, feats)
+        atomic_save_array(lengths_path, lengths)
     return np.load(feats_path, mmap_mode="r"), np.load(lengths_path)
 
 

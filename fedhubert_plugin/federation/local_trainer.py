@@ -55,6 +55,20 @@ def reproducible_masks():
         np.random.default_rng = original
 
 
+@contextlib.contextmanager
+def reproducible_round(seed: int, round_seed: int, folder: Path):
+    """numpy seeded for this client and round, HuBERT masks drawn from it, fairseq metrics kept apart."""
+    with numpy_seed(seed, round_seed, zlib.crc32(Path(folder).name.encode())), reproducible_masks():
+        with metrics.aggregate(new_root=True) as agg:
+            yield agg
+
+
+def hubert_metrics(agg) -> Dict[str, float]:
+    """The hubert criterion's smoothed figures under our names (loss, ppl, acc_masked, acc_unmasked)."""
+    stats = agg.get_smoothed_values()
+    return {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
+
+
 @dataclass
 class LocalResult:
     """What a client returns after a round."""
@@ -122,24 +136,22 @@ class LocalTrainer:
         trainer, cfg, task = self.trainer_with(folder, arrays, num_updates)
         start = time.perf_counter()
         done, utterances, epoch = 0, 0, 1
-        with numpy_seed(cfg.common.seed, round_seed, zlib.crc32(Path(folder).name.encode())), reproducible_masks():
-            with metrics.aggregate(new_root=True) as agg:
-                while (local_updates and done < local_updates) or (local_epochs and epoch <= local_epochs):
-                    epoch_itr = trainer.get_train_iterator(
-                        epoch=round_seed * 1000 + epoch, load_dataset=False, disable_iterator_cache=True
-                    )
-                    batches = iterators.GroupedIterator(epoch_itr.next_epoch_itr(shuffle=True), cfg.optimization.update_freq[0])
-                    for samples in batches:
-                        if trainer.train_step(samples) is None:
-                            continue  # fp16 overflow: fairseq skipped the update
-                        done += 1
-                        utterances += sum(len(s["id"]) for s in samples if s)
-                        if local_updates and done >= local_updates:
-                            break
-                    epoch += 1
-                stats = agg.get_smoothed_values()
+        with reproducible_round(cfg.common.seed, round_seed, folder) as agg:
+            while (local_updates and done < local_updates) or (local_epochs and epoch <= local_epochs):
+                epoch_itr = trainer.get_train_iterator(
+                    epoch=round_seed * 1000 + epoch, load_dataset=False, disable_iterator_cache=True
+                )
+                batches = iterators.GroupedIterator(epoch_itr.next_epoch_itr(shuffle=True), cfg.optimization.update_freq[0])
+                for samples in batches:
+                    if trainer.train_step(samples) is None:
+                        continue  # fp16 overflow: fairseq skipped the update
+                    done += 1
+                    utterances += sum(len(s["id"]) for s in samples if s)
+                    if local_updates and done >= local_updates:
+                        break
+                epoch += 1
+            result = hubert_metrics(agg)
         seconds = time.perf_counter() - start
-        result = {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
         result.update(
             updates=done,
             seconds=seconds,
@@ -153,10 +165,8 @@ class LocalTrainer:
     def evaluate(self, folder: Path, arrays: Dict[str, np.ndarray], round_seed: int = 0) -> LocalResult:
         """Validation loss and accuracies of ``arrays`` on the client's valid split."""
         trainer, cfg, task = self.trainer_with(folder, arrays, 0)
-        with numpy_seed(cfg.common.seed, round_seed, zlib.crc32(Path(folder).name.encode())), reproducible_masks():
-            with metrics.aggregate(new_root=True) as agg:
-                for sample in trainer.get_valid_iterator("valid").next_epoch_itr(shuffle=False):
-                    trainer.valid_step(sample)
-                stats = agg.get_smoothed_values()
-        result = {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
+        with reproducible_round(cfg.common.seed, round_seed, folder) as agg:
+            for sample in trainer.get_valid_iterator("valid").next_epoch_itr(shuffle=False):
+                trainer.valid_step(sample)
+            result = hubert_metrics(agg)
         return LocalResult({}, len(task.dataset("valid")), result)
