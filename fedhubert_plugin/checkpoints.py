@@ -22,6 +22,9 @@ from fedhubert_plugin.files import atomic_write
 FAIRSEQ_CHECKPOINT_CLASSES: List[type] = [Dictionary]
 
 
+S3PRL_KEYS = {"task_cfg", "model_cfg", "model_weight", "dictionaries_symbols"}
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or holds something that is not allowed."""
 
@@ -89,12 +92,42 @@ def save_fairseq_checkpoint(
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def save_s3prl_checkpoint(path: Path, cfg: DictConfig, weights: Mapping[str, np.ndarray], n_clusters: int) -> None:
-    """s3prl's converted HuBERT format (plain containers only): stock ``hubert_local`` loads it."""
-    state = {
-        "task_cfg": OmegaConf.to_container(cfg.task, resolve=True, enum_to_str=True),
-        "model_cfg": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
-        "model_weight": {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()},
-        "dictionaries_symbols": [list(cluster_dictionary(n_clusters).symbols)],
+def s3prl_state(task_cfg: Mapping, model_cfg: Mapping, weights: Mapping[str, Any], symbols: List[List[str]]) -> Dict[str, Any]:
+    """A checkpoint in s3prl's converted HuBERT format (plain containers and tensors only)."""
+    return {
+        "task_cfg": dict(task_cfg),
+        "model_cfg": dict(model_cfg),
+        "model_weight": {k: v if torch.is_tensor(v) else torch.from_numpy(np.asarray(v)) for k, v in weights.items()},
+        "dictionaries_symbols": [list(s) for s in symbols],
     }
+
+
+def save_s3prl_checkpoint(path: Path, cfg: DictConfig, weights: Mapping[str, np.ndarray], n_clusters: int) -> None:
+    """s3prl's converted HuBERT format: stock ``hubert_local`` loads it."""
+    state = s3prl_state(
+        OmegaConf.to_container(cfg.task, resolve=True, enum_to_str=True),
+        OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
+        weights,
+        [cluster_dictionary(n_clusters).symbols],
+    )
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def as_s3prl_state(state: Mapping[str, Any], path: Union[str, Path]) -> Dict[str, Any]:
+    """Any HuBERT checkpoint we write (s3prl-converted or fairseq format) in s3prl's format.
+
+    ``state`` is what ``load_checkpoint(path)`` returned; ``path`` names the file in errors.
+    """
+    if S3PRL_KEYS <= state.keys():
+        return s3prl_state(state["task_cfg"], state["model_cfg"], state["model_weight"], state["dictionaries_symbols"])
+    if isinstance(state.get("cfg"), Mapping) and "model" in state and "task_state" in state:
+        cfg = state["cfg"]
+        if OmegaConf.is_config(cfg):
+            cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        symbols = [d.symbols for d in state["task_state"]["dictionaries"]]
+        return s3prl_state(cfg["task"], cfg["model"], state["model"], symbols)
+    raise CheckpointError(
+        f"{path} is neither an s3prl HuBERT checkpoint (keys {sorted(S3PRL_KEYS)}) nor a fairseq checkpoint "
+        f"with 'cfg', 'model' and 'task_state' (it has {sorted(state)[:8]}); pass a checkpoint written by "
+        f"fairseq-hydra-train or fedhubert (SAVE/server/checkpoint_best.pt or best_global_model.pt)"
+    )

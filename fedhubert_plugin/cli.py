@@ -178,6 +178,43 @@ def run_pretrain(args: argparse.Namespace) -> None:
     print(f"checkpoints in {args.save_dir / 'server'}; metrics in {args.save_dir / 'server' / 'metrics.jsonl'}")
 
 
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="write a checkpoint in s3prl's converted HuBERT format (for stock s3prl)",
+        description="--checkpoint converts a fairseq-format checkpoint (SAVE/server/checkpoint_best.pt, "
+        "fairseq-hydra-train's) or an s3prl one; --initial writes the untrained model of a recipe (the "
+        "weights federated round 1 starts from), the random-init baseline for downstream comparisons.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint to convert")
+    source.add_argument("--initial", metavar="RECIPE", help="recipe (yaml path, or tiny / base) whose initial model to write")
+    p.add_argument("--out", type=Path, required=True, help="output .pt file")
+    p.add_argument("--n-clusters", type=int, default=100, help="with --initial: k-means clusters of the targets (default 100)")
+    p.add_argument("--label-rate", type=float, default=100, help="with --initial: label rate in Hz (default 100)")
+    p.add_argument("overrides", nargs="*", help="with --initial: fairseq/hydra overrides of the recipe")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from fedhubert_plugin.export import export_initial, export_s3prl
+
+    if args.checkpoint:
+        out = export_s3prl(args.checkpoint, args.out)
+    else:
+        out = export_initial(recipe_path(args.initial), args.out, args.n_clusters, args.label_rate, args.overrides)
+    print(f"wrote {out} (s3prl format: run_downstream.py -u hubert_local -k {out})")
+
+
+def add_downstream_parser(subparsers: argparse._SubParsersAction) -> None:
+    subparsers.add_parser(
+        "downstream",
+        add_help=False,
+        help="s3prl's run_downstream with our hubert_local (every argument passed through unchanged)",
+        description="fedhubert downstream -m train -u hubert_local -k SAVE/server/best_global_model.pt -d speech_commands ...",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedhubert", description="Federated HuBERT pretraining with fairseq, Flower and s3prl.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -185,12 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_toy_data_parser(subparsers)
     add_prepare_parser(subparsers)
     add_pretrain_parser(subparsers)
+    add_export_parser(subparsers)
+    add_downstream_parser(subparsers)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``fedhubert`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["downstream"]:  # s3prl's own command line follows: hand it over untouched
+        from fedhubert_plugin.downstream import run_downstream
+
+        args = argparse.Namespace(verbose=False, run=lambda _: run_downstream(argv[1:]))
+    else:
+        args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",

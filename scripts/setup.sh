@@ -78,8 +78,12 @@ fi
 
 # 4. The project itself, editable, unless .venv already imports it from this checkout.
 here=$(pwd -P)
-installed=$(.venv/bin/python -c 'import importlib.util as u; s = u.find_spec("fedhubert_plugin"); print(s.submodule_search_locations[0] if s else "")' 2>/dev/null || true)
-if [ "$installed" != "$here/fedhubert_plugin" ] || [ ! -x .venv/bin/fedhubert ]; then
+installed=$(cd / && "$here/.venv/bin/python" -c '
+import importlib.util as u
+for name in ("fedhubert_plugin", "upstream"):
+    s = u.find_spec(name)
+    print(s.submodule_search_locations[0] if s else "")' 2>/dev/null || true)
+if [ "$installed" != "$(printf '%s\n%s' "$here/fedhubert_plugin" "$here/upstream")" ] || [ ! -x .venv/bin/fedhubert ]; then
     say "installing fedhubert (editable) from $here"
     pip_in .venv install -q --no-deps --no-build-isolation -e .
 fi

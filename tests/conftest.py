@@ -155,3 +155,27 @@ def prepared(messy_librispeech, tmp_path_factory):
             "--num-clients", "4", "--out", str(out), "--min-seconds", "1.0", "--n-clusters", str(N_CLUSTERS)]
     assert main(args) == 0
     return out
+
+
+TINY = str(REPO / "recipes" / "librispeech" / "pretrain" / "tiny.yaml")
+
+
+def pretrain_settings(prepared, save_dir, rounds, **kwargs):
+    """Settings of a federated run of the tiny recipe on the `prepared` clients, 3 local updates."""
+    from fedhubert_plugin.federation.pretrain_app import PretrainSettings
+
+    return PretrainSettings(
+        save_dir=str(save_dir), recipe=TINY, label_rate=100, n_clusters=N_CLUSTERS, rounds=rounds,
+        data_root=str(prepared), overrides=["common.cpu=true"], local_updates=3,
+        min_train_nodes=2, min_available_nodes=4, **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def federated_run(prepared, tmp_path_factory) -> Path:
+    """3 federated rounds of the tiny recipe on 4 prepared clients; the save dir."""
+    from fedhubert_plugin.federation.pretrain_app import simulate_pretraining
+
+    save_dir = tmp_path_factory.mktemp("federated")
+    simulate_pretraining(pretrain_settings(prepared, save_dir, rounds=3), num_clients=4)
+    return save_dir

@@ -7,35 +7,17 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from conftest import N_CLUSTERS, REPO
+from conftest import REPO, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation.pretrain_app import PretrainSettings, screen, simulate_pretraining
-
-TINY = str(REPO / "recipes" / "librispeech" / "pretrain" / "tiny.yaml")
-
-
-def settings_for(prepared, save_dir, rounds, **kwargs) -> PretrainSettings:
-    return PretrainSettings(
-        save_dir=str(save_dir), recipe=TINY, label_rate=100, n_clusters=N_CLUSTERS, rounds=rounds,
-        data_root=str(prepared), overrides=["common.cpu=true"], local_updates=3,
-        min_train_nodes=2, min_available_nodes=4, **kwargs,
-    )
-
+from fedhubert_plugin.federation.pretrain_app import screen, simulate_pretraining
 
 def metric_lines(save_dir):
     return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def straight_run(prepared, tmp_path_factory):
-    save_dir = tmp_path_factory.mktemp("straight")
-    simulate_pretraining(settings_for(prepared, save_dir, rounds=3), num_clients=4)
-    return save_dir
-
-
 @pytest.mark.slow
-def test_validation_loss_goes_down_and_metrics_are_complete(straight_run):
-    lines = metric_lines(straight_run)
+def test_validation_loss_goes_down_and_metrics_are_complete(federated_run):
+    lines = metric_lines(federated_run)
     assert [line["round"] for line in lines] == [1, 2, 3]
     assert lines[-1]["valid"]["loss"] < lines[0]["valid"]["loss"]
     for line in lines:
@@ -49,11 +31,11 @@ def test_validation_loss_goes_down_and_metrics_are_complete(straight_run):
 
 
 @pytest.mark.slow
-def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(straight_run):
+def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(federated_run):
     from fairseq import checkpoint_utils
     from s3prl.upstream.hubert.convert import load_converted_model
 
-    server = straight_run / "server"
+    server = federated_run / "server"
     for name in ("checkpoint_round1.pt", "checkpoint_round2.pt", "checkpoint_round3.pt", "checkpoint_last.pt", "checkpoint_best.pt"):
         state = load_checkpoint(server / name)
         assert all(v.dtype == torch.float32 for v in state["model"].values())  # no float64 from FedAdam
@@ -65,18 +47,18 @@ def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(stra
         ours, _ = models[0].eval().extract_features(audio, mask=False)
         theirs, _ = s3prl_model.eval().extract_features(audio, mask=False)
     assert torch.equal(ours, theirs)
-    best_round = metric_lines(straight_run)[-1]["best_round"]
+    best_round = metric_lines(federated_run)[-1]["best_round"]
     assert torch.equal(load_checkpoint(server / "checkpoint_best.pt")["model"]["final_proj.weight"],
                        load_checkpoint(server / f"checkpoint_round{best_round}.pt")["model"]["final_proj.weight"])
 
 
 @pytest.mark.slow
-def test_resume_gives_the_weights_of_an_uninterrupted_run(straight_run, prepared, tmp_path):
-    simulate_pretraining(settings_for(prepared, tmp_path, rounds=2), num_clients=4)
-    simulate_pretraining(settings_for(prepared, tmp_path, rounds=3, resume=True), num_clients=4)
+def test_resume_gives_the_weights_of_an_uninterrupted_run(federated_run, prepared, tmp_path):
+    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=2), num_clients=4)
+    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=3, resume=True), num_clients=4)
     assert [line["round"] for line in metric_lines(tmp_path)] == [1, 2, 3]
     resumed = load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"]
-    straight = load_checkpoint(straight_run / "server" / "checkpoint_round3.pt")["model"]
+    straight = load_checkpoint(federated_run / "server" / "checkpoint_round3.pt")["model"]
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
 
@@ -86,7 +68,7 @@ def test_a_failing_client_does_not_stop_the_round(prepared, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(prepared, data)
     (data / "clients" / "client_002" / "labels" / "train.km").unlink()  # this client raises a ShardError
-    settings = settings_for(data, tmp_path / "save", rounds=1)
+    settings = pretrain_settings(data, tmp_path / "save", rounds=1)
     simulate_pretraining(settings, num_clients=4)
     (line,) = metric_lines(tmp_path / "save")
     assert line["participants"] == ["client_000", "client_001", "client_003"]
@@ -120,7 +102,7 @@ def test_non_finite_and_mismatched_updates_are_rejected_with_the_client(monkeypa
 
 
 @pytest.mark.slow
-def test_fairseq_hydra_train_continues_from_the_global_checkpoint(straight_run, prepared, tmp_path):
+def test_fairseq_hydra_train_continues_from_the_global_checkpoint(federated_run, prepared, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
@@ -128,7 +110,7 @@ def test_fairseq_hydra_train_continues_from_the_global_checkpoint(straight_run, 
     from conftest import PLUGIN_DIR, fairseq_env
 
     client = prepared / "clients" / "client_000"
-    last = straight_run / "server" / "checkpoint_last.pt"
+    last = federated_run / "server" / "checkpoint_last.pt"
     cmd = [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(REPO / "recipes" / "librispeech" / "pretrain"),
            "--config-name", "tiny", f"task.data={client}", f"task.label_dir={client / 'labels'}", f"common.user_dir={PLUGIN_DIR}",
            "common.cpu=true", "optimization.max_update=2", f"checkpoint.restore_file={last}", "checkpoint.reset_optimizer=true",
@@ -139,7 +121,7 @@ def test_fairseq_hydra_train_continues_from_the_global_checkpoint(straight_run, 
     assert proc.returncode == 0, log[-3000:]
     assert f"Loaded checkpoint {last}" in log
     first_loss = float(json.loads(next(line[line.index("{"):] for line in log.splitlines() if "train_inner" in line and '"loss"' in line))["loss"])
-    assert first_loss < metric_lines(straight_run)[0]["train"]["loss"]  # it starts from the federated weights, not from scratch
+    assert first_loss < metric_lines(federated_run)[0]["train"]["loss"]  # it starts from the federated weights, not from scratch
     assert (tmp_path / "ckpt" / "checkpoint_last.pt").is_file()
 
 

@@ -18,16 +18,16 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from fairseq import tasks
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
+from omegaconf import DictConfig
 
-from fedhubert_plugin.checkpoints import cluster_dictionary, load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
+from fedhubert_plugin.checkpoints import load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
 from fedhubert_plugin.federation.nodes import client_folder, client_reply, ray_backend_config, simulate
-from fedhubert_plugin.federation.recipe import compose_recipe
+from fedhubert_plugin.federation.recipe import recipe_initial_model
 from fedhubert_plugin.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -127,18 +127,9 @@ def build_strategy(settings: PretrainSettings):
     raise ValueError(f"unknown strategy {settings.strategy!r}; choose fedadam, fedavg, fedyogi or fedadagrad")
 
 
-def initial_model(settings: PretrainSettings):
-    """The recipe's config and the seeded initial weights, built on the server without any client data."""
-    # The server has no shard: the saved config names the prepared data root (informative only;
-    # loading a checkpoint reads no data, but fairseq refuses a missing task.data).
-    data = settings.data_root or "federated"
-    overrides = [f"task.label_rate={settings.label_rate}", f"task.data={data}", f"task.label_dir={data}"]
-    cfg = compose_recipe(Path(settings.recipe), settings.overrides + overrides)
-    task = tasks.setup_task(cfg.task)
-    task.load_state_dict({"dictionaries": [cluster_dictionary(settings.n_clusters)]})
-    torch.manual_seed(cfg.common.seed)
-    model = task.build_model(cfg.model)
-    return cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+def initial_model(settings: PretrainSettings) -> Tuple[DictConfig, Dict[str, np.ndarray]]:
+    """The recipe's config and seeded initial weights, built on the server without client data."""
+    return recipe_initial_model(Path(settings.recipe), settings.overrides, settings.label_rate, settings.n_clusters, settings.data_root)
 
 
 def screen(replies: List[Message], reference: Dict[str, np.ndarray]) -> Tuple[List[Message], List[Dict]]:

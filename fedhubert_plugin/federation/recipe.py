@@ -1,13 +1,18 @@
 """Compose a fairseq hydra recipe from Python, exactly as ``fairseq-hydra-train`` would."""
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, Sequence, Tuple
 
+import numpy as np
+import torch
+from fairseq import tasks
 from fairseq.dataclass.initialize import add_defaults, hydra_init
 from fairseq.dataclass.utils import omegaconf_no_object_check
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
+
+from fedhubert_plugin.checkpoints import cluster_dictionary
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the repository, or the installed Flower app (FAB)
 
@@ -38,3 +43,20 @@ def compose_recipe(recipe: Path, overrides: Sequence[str] = ()) -> DictConfig:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def recipe_initial_model(
+    recipe: Path, overrides: Sequence[str], label_rate: float, n_clusters: int, data_root: str = ""
+) -> Tuple[DictConfig, Dict[str, np.ndarray]]:
+    """The recipe's config and its initial weights, seeded by ``common.seed``; no data is read.
+
+    The saved config names ``data_root`` (informative only: loading a checkpoint reads no
+    data, but fairseq refuses an empty ``task.data``).
+    """
+    data = data_root or "federated"
+    cfg = compose_recipe(recipe, list(overrides) + [f"task.label_rate={label_rate}", f"task.data={data}", f"task.label_dir={data}"])
+    task = tasks.setup_task(cfg.task)
+    task.load_state_dict({"dictionaries": [cluster_dictionary(n_clusters)]})
+    torch.manual_seed(cfg.common.seed)
+    model = task.build_model(cfg.model)
+    return cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}

@@ -1,0 +1,56 @@
+"""``fedhubert downstream``: s3prl's ``run_downstream`` with fedhubert's ``hubert_local``.
+
+Every argument goes to s3prl unchanged (without a GPU, ``--device cpu`` is added unless a
+device is named). Two things differ from ``python -m
+s3prl.run_downstream``: ``-u hubert_local`` is fedhubert's upstream (it also reads
+fairseq-format server checkpoints and distilled students), and s3prl's own experiment
+checkpoints load on torch >= 2.6. Those hold the run's ``argparse.Namespace``, which
+``torch.load``'s default ``weights_only=True`` refuses, so ``-m evaluate -e dev-best.ckpt``
+and resuming with ``-e`` fail in stock s3prl. We allow-list exactly that class (plus the
+fairseq classes of HuBERT checkpoints); the safety stays on.
+"""
+import argparse
+import logging
+import sys
+from typing import List
+
+import torch
+
+from fedhubert_plugin.checkpoints import allow_fairseq_checkpoint_classes
+
+logger = logging.getLogger(__name__)
+
+# Every non-container class in s3prl's downstream experiment checkpoints (states-*.ckpt, dev-best.ckpt).
+DOWNSTREAM_CHECKPOINT_CLASSES: List[type] = [argparse.Namespace]
+
+
+def register_upstream() -> None:
+    """Make ``-u hubert_local`` in s3prl's hub fedhubert's upstream."""
+    from s3prl import hub
+
+    from upstream.hubert_local.hubconf import hubert_local
+
+    hub.hubert_local = hubert_local
+
+
+def with_device(argv: List[str]) -> List[str]:
+    """``argv`` plus ``--device cpu`` when it names no device and there is no GPU (s3prl defaults to cuda)."""
+    if "--device" in argv or any(arg.startswith("--device=") for arg in argv) or torch.cuda.is_available():
+        return list(argv)
+    logger.info("no GPU: running s3prl with --device cpu")
+    return [*argv, "--device", "cpu"]
+
+
+def run_downstream(argv: List[str]) -> None:
+    """Run s3prl's ``run_downstream`` with ``argv`` (its own command line; ``--device cpu`` added without a GPU)."""
+    register_upstream()
+    allow_fairseq_checkpoint_classes()
+    torch.serialization.add_safe_globals(DOWNSTREAM_CHECKPOINT_CLASSES)
+    from s3prl import run_downstream as s3prl_run_downstream
+
+    saved_argv = sys.argv
+    sys.argv = ["run_downstream.py", *with_device(argv)]
+    try:
+        s3prl_run_downstream.main()
+    finally:
+        sys.argv = saved_argv

@@ -1,0 +1,1 @@
+"""``hubert_local``: fedhubert checkpoints as an s3prl upstream."""
