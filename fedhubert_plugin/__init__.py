@@ -1,8 +1,8 @@
 """fedhubert: federated HuBERT pretraining as a fairseq user-dir plugin.
 
 Importing this package, or passing ``common.user_dir=<path to fedhubert_plugin>`` to
-fairseq, registers the fairseq task ``fed_hubert_pretraining`` and allow-lists the
-classes that fairseq HuBERT checkpoints hold, so that fairseq loads them with
+fairseq, registers the fairseq task ``fed_hubert_pretraining`` and the criterion
+``hubert_distillation``, and allow-lists the classes that fairseq HuBERT checkpoints hold, so that fairseq loads them with
 ``weights_only=True`` on torch >= 2.6.
 """
 import logging
@@ -12,7 +12,7 @@ import logging
 for _noisy in ("torio", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
-from fedhubert_plugin import checkpoints, tasks  # noqa: E402,F401  (tasks: registration with fairseq)
+from fedhubert_plugin import checkpoints, criterions, tasks  # noqa: E402,F401  (registration with fairseq)
 
 checkpoints.allow_fairseq_checkpoint_classes()
 

@@ -131,3 +131,27 @@ def as_s3prl_state(state: Mapping[str, Any], path: Union[str, Path]) -> Dict[str
         f"with 'cfg', 'model' and 'task_state' (it has {sorted(state)[:8]}); pass a checkpoint written by "
         f"fairseq-hydra-train or fedhubert (SAVE/server/checkpoint_best.pt or best_global_model.pt)"
     )
+
+
+def load_hubert_model(path: Union[str, Path]):
+    """fairseq's ``HubertModel`` with the weights of any HuBERT checkpoint we write (either format).
+
+    No task or data is set up: the config and the label dictionary come from the file.
+    """
+    from fairseq.models.hubert.hubert import HubertConfig, HubertModel
+    from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+
+    state = as_s3prl_state(load_checkpoint(path), path)
+
+    def config(cls, values: Mapping[str, Any]):
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+    dictionaries = []
+    for symbols in state["dictionaries_symbols"]:
+        dictionary = Dictionary()
+        for symbol in symbols[dictionary.nspecial :]:
+            dictionary.add_symbol(symbol)
+        dictionaries.append(dictionary)
+    model = HubertModel(config(HubertConfig, state["model_cfg"]), config(HubertPretrainingConfig, state["task_cfg"]), dictionaries)
+    model.load_state_dict(state["model_weight"])
+    return model

@@ -101,11 +101,11 @@ def run_prepare(args: argparse.Namespace) -> None:
     print(summary_table(prepare(cfg)))
 
 
-def recipe_path(name: str) -> Path:
-    """A recipe yaml: a path, or the name of one in recipes/librispeech/pretrain (tiny, base)."""
+def recipe_path(name: str, folder: str = "pretrain") -> Path:
+    """A recipe yaml: a path, or the name of one in recipes/librispeech/<folder> (pretrain: tiny, base)."""
     from fedhubert_plugin.federation.recipe import APP_DIR
 
-    recipes = APP_DIR / "recipes" / "librispeech" / "pretrain"
+    recipes = APP_DIR / "recipes" / "librispeech" / folder
     path = Path(name)
     if path.is_file():
         return path.resolve()
@@ -114,17 +114,10 @@ def recipe_path(name: str) -> Path:
     raise FileNotFoundError(f"recipe {name} not found: give a yaml path or one of {sorted(p.stem for p in recipes.glob('*.yaml'))}")
 
 
-def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "pretrain",
-        help="federated HuBERT pretraining of the prepared clients (Flower simulation, fairseq trainers)",
-        description="Each round every client trains the global model with fairseq's Trainer on its own shard; "
-        "the server aggregates (FedAdam by default) and checkpoints SAVE/server/. Trailing KEY=VALUE "
-        "arguments are fairseq/hydra overrides of the recipe (e.g. model.encoder_layers=4).",
-    )
+def add_federation_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every federated training command (pretrain, distill)."""
     p.add_argument("--data", type=Path, required=True, help="folder made by `fedhubert prepare`")
     p.add_argument("--save-dir", type=Path, required=True)
-    p.add_argument("--recipe", default="tiny", help="fairseq hydra yaml, or tiny / base (default tiny)")
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--strategy", choices=["fedadam", "fedavg", "fedyogi", "fedadagrad"], default="fedadam")
     p.add_argument("--eta", type=float, default=1e-3, help="server learning rate (FedAdam/Yogi/Adagrad; default 1e-3)")
@@ -142,10 +135,10 @@ def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client (default 1)")
     p.add_argument("--gpus-per-client", type=float, default=0.0, help="Ray GPUs per virtual client (default 0)")
     p.add_argument("overrides", nargs="*", help="fairseq/hydra overrides, e.g. model.encoder_layers=4")
-    p.set_defaults(run=run_pretrain)
 
 
-def run_pretrain(args: argparse.Namespace) -> None:
+def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str], init_from_teacher: str = "") -> None:
+    """Simulate the federation of ``args`` on the prepared clients with ``recipe``."""
     from fedhubert_plugin.federation.pretrain_app import PretrainSettings, simulate_pretraining
 
     prepared = args.data / "prepare.json"
@@ -154,12 +147,12 @@ def run_pretrain(args: argparse.Namespace) -> None:
     meta = json.loads(prepared.read_text())
     settings = PretrainSettings(
         save_dir=str(args.save_dir.resolve()),
-        recipe=str(recipe_path(args.recipe)),
+        recipe=str(recipe),
         label_rate=meta["label_rate"],
         n_clusters=meta["n_clusters"],
         rounds=args.rounds,
         data_root=str(args.data.resolve()),
-        overrides=args.overrides,
+        overrides=overrides,
         strategy=args.strategy,
         eta=args.eta,
         eta_l=args.eta_l,
@@ -173,9 +166,56 @@ def run_pretrain(args: argparse.Namespace) -> None:
         min_available_nodes=meta["num_clients"],
         seed=args.seed,
         resume=args.resume,
+        init_from_teacher=init_from_teacher,
     )
     simulate_pretraining(settings, meta["num_clients"], args.cpus_per_client, args.gpus_per_client)
     print(f"checkpoints in {args.save_dir / 'server'}; metrics in {args.save_dir / 'server' / 'metrics.jsonl'}")
+
+
+def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="federated HuBERT pretraining of the prepared clients (Flower simulation, fairseq trainers)",
+        description="Each round every client trains the global model with fairseq's Trainer on its own shard; "
+        "the server aggregates (FedAdam by default) and checkpoints SAVE/server/. Trailing KEY=VALUE "
+        "arguments are fairseq/hydra overrides of the recipe (e.g. model.encoder_layers=4).",
+    )
+    p.add_argument("--recipe", default="tiny", help="fairseq hydra yaml, or tiny / base (default tiny)")
+    add_federation_options(p)
+    p.set_defaults(run=run_pretrain)
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    run_federation(args, recipe_path(args.recipe), args.overrides)
+
+
+def add_distill_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "distill",
+        help="federated knowledge distillation of a frozen teacher into a smaller student",
+        description="Same federation as pretrain; each client trains the student with the criterion "
+        "hubert_distillation (KD from the teacher + HuBERT loss on its own k-means targets, + layer "
+        "regression). The teacher is read from --teacher on each client and never sent.",
+    )
+    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (SAVE/server/checkpoint_best.pt or best_global_model.pt)")
+    p.add_argument("--recipe", default="student", help="fairseq hydra yaml, or student / tiny_student (default student)")
+    p.add_argument("--alpha", type=float, help="KD weight (default: the recipe's, 0.5)")
+    p.add_argument("--temperature", type=float, help="KD temperature (default: the recipe's, 2.0)")
+    p.add_argument("--hidden-weight", type=float, help="layer regression weight, 0 turns it off (default: the recipe's)")
+    p.add_argument("--init-from-teacher", action="store_true", help="start the student from the teacher's fitting tensors (mapped layers, conv extractor)")
+    add_federation_options(p)
+    p.set_defaults(run=run_distill)
+
+
+def run_distill(args: argparse.Namespace) -> None:
+    teacher = args.teacher.resolve()
+    if not teacher.is_file():
+        raise FileNotFoundError(f"teacher {teacher} not found: pass SAVE/server/checkpoint_best.pt of a `fedhubert pretrain` run")
+    overrides = [f"criterion.teacher_checkpoint={teacher}"]
+    for key, value in (("alpha", args.alpha), ("temperature", args.temperature), ("hidden_weight", args.hidden_weight)):
+        if value is not None:
+            overrides.append(f"criterion.{key}={value}")
+    run_federation(args, recipe_path(args.recipe, "distill"), overrides + args.overrides, str(teacher) if args.init_from_teacher else "")
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -222,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_toy_data_parser(subparsers)
     add_prepare_parser(subparsers)
     add_pretrain_parser(subparsers)
+    add_distill_parser(subparsers)
     add_export_parser(subparsers)
     add_downstream_parser(subparsers)
     return parser

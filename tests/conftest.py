@@ -161,14 +161,12 @@ TINY = str(REPO / "recipes" / "librispeech" / "pretrain" / "tiny.yaml")
 
 
 def pretrain_settings(prepared, save_dir, rounds, **kwargs):
-    """Settings of a federated run of the tiny recipe on the `prepared` clients, 3 local updates."""
+    """Settings of a federated run (default: the tiny recipe, 3 local updates) on the `prepared` clients."""
     from fedhubert_plugin.federation.pretrain_app import PretrainSettings
 
-    return PretrainSettings(
-        save_dir=str(save_dir), recipe=TINY, label_rate=100, n_clusters=N_CLUSTERS, rounds=rounds,
-        data_root=str(prepared), overrides=["common.cpu=true"], local_updates=3,
-        min_train_nodes=2, min_available_nodes=4, **kwargs,
-    )
+    defaults = dict(recipe=TINY, label_rate=100, n_clusters=N_CLUSTERS, data_root=str(prepared), overrides=["common.cpu=true"],
+                    local_updates=3, min_train_nodes=2, min_available_nodes=4)
+    return PretrainSettings(save_dir=str(save_dir), rounds=rounds, **{**defaults, **kwargs})
 
 
 @pytest.fixture(scope="session")

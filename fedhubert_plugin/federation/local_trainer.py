@@ -30,7 +30,9 @@ from fedhubert_plugin.federation.recipe import compose_recipe
 logger = logging.getLogger(__name__)
 
 # fairseq's hubert criterion logs these (masked / unmasked prediction accuracy)
-METRIC_NAMES = {"loss": "loss", "ppl": "ppl", "correct_m_0": "acc_masked", "correct_u_0": "acc_unmasked"}
+METRIC_NAMES = {"loss": "loss", "ppl": "ppl", "correct_m_0": "acc_masked", "correct_u_0": "acc_unmasked",
+                # criterion hubert_distillation: its terms (bits per masked frame)
+                "loss_hubert": "hubert_loss", "loss_kd": "kd_loss", "loss_hidden": "hidden_loss"}
 
 
 @contextlib.contextmanager

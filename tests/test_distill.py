@@ -1,0 +1,121 @@
+"""Federated knowledge distillation: criterion hubert_distillation, fedhubert distill, the student in s3prl."""
+import json
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, pretrain_settings, setup_fed_task
+from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.cli import main
+from fedhubert_plugin.criterions.hubert_distillation import (
+    cluster_logits_of, cluster_logits_of_student, frozen_teacher, student_pass, teacher_layer_for,
+)
+from fedhubert_plugin.export import export_initial
+from fedhubert_plugin.federation.pretrain_app import simulate_pretraining
+
+TINY_STUDENT = str(REPO / "recipes" / "librispeech" / "distill" / "tiny_student.yaml")
+
+
+def test_student_layers_map_evenly_onto_teacher_layers():
+    assert [teacher_layer_for(i, 6, 12) for i in range(1, 7)] == [2, 4, 6, 8, 10, 12]
+    assert [teacher_layer_for(i, 1, 2) for i in (1,)] == [2]
+    assert [teacher_layer_for(i, 4, 12) for i in range(1, 5)] == [3, 6, 9, 12]
+
+
+def test_kd_compares_both_models_over_the_same_cluster_vocabulary(tmp_path):
+    ckpt = export_initial(TINY, tmp_path / "m.pt", n_clusters=20, label_rate=100, overrides=["common.cpu=true"])
+    model = frozen_teacher(str(ckpt))  # eval mode: no dropout
+    source = torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    targets = [torch.randint(0, 20, (2, 100), generator=torch.Generator().manual_seed(1))]
+    captured = {}
+    with torch.no_grad(), student_pass(model, captured):
+        net_output = model(source, target_list=targets, padding_mask=torch.zeros(2, 16000, dtype=torch.bool))
+    assert "apply_mask" not in vars(model)  # the capture is undone
+    masked = torch.logical_and(~net_output["padding_mask"], captured["mask_indices"])
+    assert masked.sum() > 0 and len(captured["layers"]) == 2
+    # fairseq's logits (target first, -inf in the target's column), re-ordered to one column per
+    # cluster, equal the teacher-side formula applied to the same frames' encoder output
+    from_fairseq = cluster_logits_of_student(net_output["logit_m_list"][0])
+    encoder_out = captured["layers"][-1][:, : masked.size(1)]
+    with torch.no_grad():
+        direct = cluster_logits_of(model, encoder_out[masked])
+    assert from_fairseq.shape == (int(masked.sum()), 24) and torch.isfinite(from_fairseq).all()
+    torch.testing.assert_close(from_fairseq, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_is_frozen_hidden_from_fairseq_and_must_share_the_vocabulary(client_shard, tmp_path):
+    matching = export_initial(TINY, tmp_path / "t8.pt", n_clusters=8, label_rate=100, overrides=["common.cpu=true"])
+    task = setup_fed_task(client_shard)  # 8 energy bins: 8 clusters
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"_name": "hubert_distillation", "teacher_checkpoint": str(matching)})
+    criterion = task.build_criterion(cfg)
+    assert list(criterion.parameters()) == [] and criterion.state_dict() == {}
+    assert not criterion.teacher.training and not any(p.requires_grad for p in criterion.teacher.parameters())
+    assert criterion.teacher is task.build_criterion(cfg).teacher  # loaded once per process
+    other = export_initial(TINY, tmp_path / "t50.pt", n_clusters=50, label_rate=100, overrides=["common.cpu=true"])
+    with pytest.raises(ValueError, match="predicts 54 classes but the student's labels"):
+        task.build_criterion(OmegaConf.create({"_name": "hubert_distillation", "teacher_checkpoint": str(other)}))
+    with pytest.raises(ValueError, match="criterion.teacher_checkpoint"):
+        task.build_criterion(OmegaConf.create({"_name": "hubert_distillation"}))
+
+
+@pytest.fixture(scope="module")
+def distilled(federated_run, prepared, tmp_path_factory):
+    save = tmp_path_factory.mktemp("distill")
+    teacher = federated_run / "server" / "checkpoint_best.pt"
+    args = ["distill", "--data", str(prepared), "--teacher", str(teacher), "--recipe", "tiny_student",
+            "--save-dir", str(save), "--rounds", "3", "--local-updates", "3", "--init-from-teacher", "common.cpu=true"]
+    assert main(args) == 0
+    return save, teacher
+
+
+def metric_lines(save):
+    return [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_distillation_loss_goes_down_and_the_student_is_smaller(distilled):
+    save, teacher = distilled
+    lines = metric_lines(save)
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert lines[-1]["train"]["kd_loss"] < lines[0]["train"]["kd_loss"]
+    assert lines[-1]["train"]["loss"] < lines[0]["train"]["loss"]
+    assert lines[-1]["valid"]["loss"] < lines[0]["valid"]["loss"]
+    assert all(line["rejected"] == [] for line in lines)
+    student = load_checkpoint(save / "server" / "checkpoint_last.pt")
+    teacher_state = load_checkpoint(teacher)
+    count = lambda weights: sum(v.numel() for v in weights.values())
+    assert count(student["model"]) < count(teacher_state["model"])
+    assert student["cfg"]["criterion"]["_name"] == "hubert_distillation"
+    assert not any(k.startswith("teacher") for k in student["model"])  # only the student travels and is saved
+    # init-from-teacher: the conv extractor is the teacher's as round 1 started
+    assert student["cfg"]["model"]["encoder_embed_dim"] == 64
+
+
+@pytest.mark.slow
+def test_student_loads_in_stock_s3prl_hubert_local(distilled):
+    from s3prl.upstream.hubert.hubconf import hubert_local
+
+    save, _ = distilled
+    upstream = hubert_local(ckpt=str(save / "server" / "best_global_model.pt"))
+    with torch.no_grad():
+        states = upstream.eval()([torch.randn(16000)])["hidden_states"]
+    assert len(states) == 2 and states[-1].shape[-1] == 64
+
+
+@pytest.mark.slow
+def test_distillation_resumes_like_pretraining(distilled, prepared, tmp_path):
+    save, teacher = distilled
+    overrides = [f"criterion.teacher_checkpoint={teacher}", "common.cpu=true"]
+
+    def settings(rounds, resume):
+        return pretrain_settings(prepared, tmp_path, rounds, recipe=TINY_STUDENT, overrides=overrides,
+                                 init_from_teacher=str(teacher), resume=resume)
+
+    simulate_pretraining(settings(2, False), num_clients=4)
+    simulate_pretraining(settings(3, True), num_clients=4)
+    resumed = load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"]
+    straight = load_checkpoint(save / "server" / "checkpoint_round3.pt")["model"]
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-5)
