@@ -12,7 +12,16 @@ import logging
 for _noisy in ("torio", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
+# fairseq.tasks.frm_text_to_speech calls logging.basicConfig(level=DEBUG) when imported: keep the
+# root logger as the application left it (otherwise every client logs each batch at DEBUG).
+_root = logging.getLogger()
+_root_level, _root_handlers = _root.level, list(_root.handlers)
+
 from fedhubert_plugin import checkpoints, criterions, tasks  # noqa: E402,F401  (registration with fairseq)
+
+_root.setLevel(_root_level)
+for _handler in [h for h in _root.handlers if h not in _root_handlers]:
+    _root.removeHandler(_handler)
 
 checkpoints.allow_fairseq_checkpoint_classes()
 

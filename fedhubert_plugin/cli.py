@@ -246,6 +246,39 @@ def run_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} (s3prl format: run_downstream.py -u hubert_local -k {out})")
 
 
+def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="the whole pipeline in one command: data, prepare, pretrain, distill, KS downstream, report",
+        description="Toy corpus (or your LibriSpeech and Speech Commands) -> 4 speaker non-IID clients with federated "
+        "k-means -> federated HuBERT pretraining -> federated distillation -> s3prl keyword spotting for teacher, "
+        "student and random init -> OUT/report.md with plots. A rerun reuses finished phases.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--librispeech-root", type=Path, help="real LibriSpeech root (default: the toy corpus)")
+    p.add_argument("--subsets", nargs="+", default=[], help="with --librispeech-root (default train-clean-100)")
+    p.add_argument("--speech-commands-root", type=Path, help="Speech Commands v0.01 train folder, or a folder with train/ and test/")
+    p.add_argument("--speech-commands-test-root", type=Path, help="Speech Commands test set folder")
+    p.add_argument("--recipe", choices=["tiny", "base"], default="tiny", help="teacher recipe; base pairs with student.yaml and ks.yaml")
+    p.add_argument("--num-clients", type=int, default=4)
+    p.add_argument("--n-clusters", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=5, help="federated pretraining rounds (default 5)")
+    p.add_argument("--distill-rounds", type=int, default=5, help="federated distillation rounds (default 5)")
+    p.add_argument("--local-updates", type=int, default=10, help="fairseq updates per client per round (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="fairseq/hydra overrides of the recipes")
+    p.set_defaults(run=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> None:
+    from fedhubert_plugin.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=args.out, librispeech_root=args.librispeech_root, subsets=args.subsets,
+                        speech_commands_root=args.speech_commands_root, speech_commands_test_root=args.speech_commands_test_root,
+                        recipe=args.recipe, num_clients=args.num_clients, n_clusters=args.n_clusters, rounds=args.rounds,
+                        distill_rounds=args.distill_rounds, local_updates=args.local_updates, overrides=args.overrides, seed=args.seed))
+
+
 def add_downstream_parser(subparsers: argparse._SubParsersAction) -> None:
     subparsers.add_parser(
         "downstream",
@@ -265,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_parser(subparsers)
     add_export_parser(subparsers)
     add_downstream_parser(subparsers)
+    add_demo_parser(subparsers)
     return parser
 
 

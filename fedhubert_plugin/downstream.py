@@ -12,6 +12,7 @@ fairseq classes of HuBERT checkpoints); the safety stays on.
 import argparse
 import logging
 import sys
+import warnings
 from typing import List
 
 import torch
@@ -48,6 +49,8 @@ def run_downstream(argv: List[str]) -> None:
     torch.serialization.add_safe_globals(DOWNSTREAM_CHECKPOINT_CLASSES)
     from s3prl import run_downstream as s3prl_run_downstream
 
+    # s3prl calls torchaudio APIs that 2.8 marks deprecated (still working): nothing for the user to fix
+    warnings.filterwarnings("ignore", message=r"torchaudio\..* has been deprecated", category=UserWarning)
     saved_argv = sys.argv
     sys.argv = ["run_downstream.py", *with_device(argv)]
     try:

@@ -29,16 +29,17 @@ def test_ks_train_evaluate_and_resume_on_the_federated_checkpoint(federated_run,
     best = federated_run / "server" / "best_global_model.pt"
     exp = tmp_path / "ks"
     assert main(["downstream", "-m", "train", "-u", "hubert_local", "-k", str(best), "-d", "speech_commands",
-                 "-c", str(SUPERB / "ks_tiny.yaml"), "-p", str(exp), "-o", keyword_paths(toy_corpus)]) == 0
-    assert (exp / "dev-best.ckpt").is_file() and (exp / "states-40.ckpt").is_file()
+                 "-c", str(SUPERB / "ks_tiny.yaml"), "-p", str(exp), "-o", keyword_paths(toy_corpus) + ",,config.runner.total_steps=50"]) == 0
+    assert (exp / "dev-best.ckpt").is_file() and (exp / "states-50.ckpt").is_file()
     capsys.readouterr()
     # torch >= 2.6 refuses s3prl's own checkpoint (argparse.Namespace) without our allow-list
     assert main(["downstream", "-m", "evaluate", "-e", str(exp / "dev-best.ckpt")]) == 0
     assert 0.0 <= accuracy_in(capsys.readouterr().out) <= 1.0
-    assert main(["downstream", "-m", "train", "-e", str(exp / "states-40.ckpt"), "-o", "config.runner.total_steps=60"]) == 0
-    assert (exp / "states-60.ckpt").is_file()
+    assert main(["downstream", "-m", "train", "-e", str(exp / "states-50.ckpt"), "-o", "config.runner.total_steps=75"]) == 0
+    assert (exp / "states-75.ckpt").is_file()
     log = (exp / "log.log").read_text()
-    assert "at step 40" in log and "at step 60" in log  # continued from step 40, not from 0
+    dev_steps = re.findall(r"^dev at step (\d+):", log, flags=re.M)
+    assert dev_steps == ["25", "50", "75"]  # resumed at step 50: steps 1-50 were not trained again
 
 
 @pytest.mark.slow

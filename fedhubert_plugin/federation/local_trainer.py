@@ -95,6 +95,9 @@ class LocalTrainer:
         extra = [f"task.label_rate={label_rate}"] if label_rate else []
         extra += [f"optimization.lr=[{lr}]"] if lr else []
         self.cfg = compose_recipe(recipe, list(overrides) + extra)
+        # a fresh fairseq Trainer per round and client: its start-up notes (shared parameters,
+        # memory) would repeat every round in every client's log
+        logging.getLogger("fairseq.trainer").setLevel(logging.WARNING)
         self.model = None
         self.criterion = None
         self.tasks: Dict[Path, Tuple[DictConfig, object]] = {}

@@ -5,7 +5,7 @@ hold non-finite numbers (logged with the client), aggregate with the strategy (F
 default), cast back to the model's dtypes, ask every client to validate (``evaluate``),
 then write ``SAVE/server/checkpoint_round{r}.pt``, ``checkpoint_last.pt``, the best by
 validation loss (``checkpoint_best.pt`` and s3prl's ``best_global_model.pt``), the server
-state for ``--resume`` and one JSON line in ``metrics.jsonl``.
+state for ``--resume``, one JSON line in ``metrics.jsonl`` and TensorBoard scalars in ``tb/``.
 """
 import json
 import logging
@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from fairseq.logging import progress_bar
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -261,6 +262,8 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
     cfg, weights = initial_model(settings)
     dtypes = {k: v.dtype for k, v in weights.items()}
     state = ServerState(server_dir)
+    # fairseq's own TensorBoard writer: SAVE/server/tb/{train,valid}, one step per round
+    board = progress_bar.progress_bar([], log_format="none", tensorboard_logdir=str(server_dir / "tb"))
     first_round, best_loss, best_round = 1, float("inf"), 0
     if settings.resume and state.path.is_file():
         done, best_loss, best_round = state.restore(strategy)
@@ -331,6 +334,8 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         }
         with open(server_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
+        board.print({**line["train"], "bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}, tag="train", step=rnd)
+        board.print(line["valid"], tag="valid", step=rnd)
         state.save(rnd, best_loss, best_round, strategy)
         logger.info("round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)",
                     rnd, line["train"].get("loss", float("nan")), valid_loss, valid.get("acc_masked", float("nan")),

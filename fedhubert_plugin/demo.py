@@ -1,0 +1,196 @@
+"""``fedhubert demo``: the whole product in one command, from audio to SUPERB keyword spotting.
+
+Phases (each logs ``[phase i/6]``; the tools underneath show their own progress bars):
+1. data: the toy corpus (espeak-ng voices), or the given LibriSpeech and Speech Commands;
+2. prepare: speaker non-IID clients, MFCC, federated k-means through Flower;
+3. pretrain: federated HuBERT (fairseq trainers on Flower, FedAdam);
+4. distill: federated distillation of the global model into a smaller student;
+5. downstream: s3prl keyword spotting (train, then test ``dev-best.ckpt``) for the teacher,
+   the student and the untrained model (random init);
+6. report: ``OUT/report.md`` with plots and tables.
+
+Every phase keeps its outputs under OUT; a second run reuses finished phases (prepare's
+``prepare.json``, the federations' ``--resume``, downstream ``test.json``).
+"""
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.data.prepare import PrepareConfig, prepare, summary_table
+from fedhubert_plugin.downstream import run_downstream
+from fedhubert_plugin.export import export_initial
+from fedhubert_plugin.federation.pretrain_app import PretrainSettings, simulate_pretraining
+from fedhubert_plugin.federation.recipe import APP_DIR
+from fedhubert_plugin.report import clients_table, downstream_table, plot_run, read_metrics, rounds_table, write_report
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
+
+logger = logging.getLogger(__name__)
+
+RECIPES = APP_DIR / "recipes"
+# teacher recipe -> (student recipe, KS config)
+PAIRED = {"tiny": ("tiny_student", "ks_tiny"), "base": ("student", "ks")}
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``fedhubert demo`` (see its --help)."""
+
+    out: Path
+    librispeech_root: Optional[Path] = None
+    subsets: Sequence[str] = ()
+    speech_commands_root: Optional[Path] = None
+    speech_commands_test_root: Optional[Path] = None
+    recipe: str = "tiny"
+    num_clients: int = 4
+    n_clusters: int = 100
+    rounds: int = 5
+    distill_rounds: int = 5
+    local_updates: int = 10
+    overrides: List[str] = field(default_factory=list)
+    seed: int = 0
+
+
+class Phases:
+    """Numbered phase logging and timing."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.seconds = total, 0, {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        self.done += 1
+        logger.info("[phase %d/%d] %s", self.done, self.total, name)
+        start = time.monotonic()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = time.monotonic() - start
+        logger.info("[phase %d/%d] %s done in %.1f s", self.done, self.total, name, self.seconds[name])
+        return result
+
+
+def data_phase(cfg: DemoConfig) -> Dict[str, object]:
+    """Where the LibriSpeech subsets and the keyword set are: the given ones, or a fresh toy corpus."""
+    if cfg.librispeech_root:
+        if not cfg.speech_commands_root:
+            raise ValueError("--librispeech-root needs --speech-commands-root too (the keyword spotting data)")
+        root = Path(cfg.speech_commands_root)
+        test_root = Path(cfg.speech_commands_test_root or root / "test")
+        train_root = root / "train" if (root / "train").is_dir() and not cfg.speech_commands_test_root else root
+        return {"librispeech": Path(cfg.librispeech_root), "subsets": list(cfg.subsets) or ["train-clean-100"],
+                "keywords": train_root, "keywords_test": test_root, "min_seconds": 2.0}
+    toy = cfg.out / "toy"
+    if not (toy / "toy_data.json").is_file():
+        write_toy_data(toy, seed=cfg.seed, force=True)
+    return {"librispeech": toy / "LibriSpeech", "subsets": [TRAIN_SUBSET, DEV_SUBSET],
+            "keywords": toy / "speech_commands" / "train", "keywords_test": toy / "speech_commands" / "test", "min_seconds": 1.0}
+
+
+def prepare_phase(cfg: DemoConfig, data: Dict) -> Path:
+    """Prepared clients in OUT/data (kept from an earlier run when complete)."""
+    out = cfg.out / "data"
+    if not (out / "prepare.json").is_file():
+        summary = prepare(PrepareConfig(librispeech_root=data["librispeech"], subsets=data["subsets"], num_clients=cfg.num_clients,
+                                        out=out, n_clusters=cfg.n_clusters, min_seconds=data["min_seconds"], seed=cfg.seed))
+        print(summary_table(summary))
+    return out
+
+
+def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: Path, rounds: int,
+                     overrides: List[str], init_from_teacher: str = "") -> Path:
+    """A federated run (pretraining or distillation), resumed when OUT holds part of it."""
+    meta = json.loads((prepared / "prepare.json").read_text())
+    gpus = 1.0 / meta["num_clients"] if torch.cuda.is_available() else 0.0
+    settings = PretrainSettings(
+        save_dir=str(save_dir.resolve()), recipe=str(recipe), label_rate=meta["label_rate"], n_clusters=meta["n_clusters"],
+        rounds=rounds, data_root=str(prepared.resolve()), overrides=overrides, local_updates=cfg.local_updates,
+        min_train_nodes=min(2, meta["num_clients"]), min_available_nodes=meta["num_clients"], seed=cfg.seed,
+        resume=True, init_from_teacher=init_from_teacher,
+    )
+    simulate_pretraining(settings, meta["num_clients"], cpus_per_client=1.0, gpus_per_client=gpus)
+    return save_dir
+
+
+def keyword_spotting(name: str, ckpt: Path, exp: Path, ks_config: Path, data: Dict) -> Dict:
+    """s3prl KS on the frozen upstream ``ckpt``: train, then test the best dev checkpoint."""
+    done = exp / "test.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    paths = (f"config.downstream_expert.datarc.speech_commands_root='{data['keywords']}',,"
+             f"config.downstream_expert.datarc.speech_commands_test_root='{data['keywords_test']}'")
+    run_downstream(["-m", "train", "-u", "hubert_local", "-k", str(ckpt), "-d", "speech_commands", "-c", str(ks_config),
+                    "-p", str(exp), "-o", paths, "--auto_resume"])
+    best = exp / "dev-best.ckpt"
+    if not best.is_file():  # dev accuracy never rose above 0: test the last state instead
+        best = max(exp.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    run_downstream(["-m", "evaluate", "-e", str(best)])
+    scores = re.findall(r"^test at step \d+: ([0-9.]+)$", (exp / "log.log").read_text(), flags=re.M)
+    if not scores:
+        raise RuntimeError(f"s3prl wrote no test accuracy to {exp / 'log.log'}")
+    weights = load_checkpoint(ckpt)["model_weight"]
+    result = {"test_acc": float(scores[-1]), "parameters": sum(v.numel() for v in weights.values()),
+              "checkpoint": str(ckpt), "evaluated": best.name}
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    logger.info("KS %s: test accuracy %.3f", name, result["test_acc"])
+    return result
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every phase into ``cfg.out``; returns the report's path."""
+    if cfg.recipe not in PAIRED:
+        raise ValueError(f"--recipe {cfg.recipe!r}: choose one of {', '.join(PAIRED)}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    student_recipe, ks_name = PAIRED[cfg.recipe]
+    overrides = list(cfg.overrides) + ([] if torch.cuda.is_available() else ["common.cpu=true", "common.fp16=false"])
+    teacher_recipe = RECIPES / "librispeech" / "pretrain" / f"{cfg.recipe}.yaml"
+    phases = Phases(6)
+    data = phases.run("data", data_phase, cfg)
+    prepared = phases.run("prepare (federated k-means)", prepare_phase, cfg, data)
+    pretrain = phases.run("federated pretraining", federation_phase, cfg, prepared, cfg.out / "pretrain", teacher_recipe,
+                          cfg.rounds, overrides)
+    teacher = pretrain / "server" / "checkpoint_best.pt"
+    distill = phases.run("federated distillation", federation_phase, cfg, prepared, cfg.out / "distill",
+                         RECIPES / "librispeech" / "distill" / f"{student_recipe}.yaml", cfg.distill_rounds,
+                         [f"criterion.teacher_checkpoint={teacher.resolve()}"] + overrides, str(teacher.resolve()))
+    meta = json.loads((prepared / "prepare.json").read_text())
+    random_init = export_initial(teacher_recipe, cfg.out / "random_init.pt", meta["n_clusters"], meta["label_rate"], overrides)
+    upstreams = {  # folder under OUT/downstream: (label, checkpoint)
+        "teacher": ("teacher (federated HuBERT)", pretrain / "server" / "best_global_model.pt"),
+        "student": ("student (federated distillation)", distill / "server" / "best_global_model.pt"),
+        "random_init": ("random init (untrained teacher)", random_init),
+    }
+    ks_config = RECIPES / "superb" / f"{ks_name}.yaml"
+
+    def downstream() -> Dict[str, Dict]:
+        return {label: keyword_spotting(label, ckpt, cfg.out / "downstream" / folder, ks_config, data)
+                for folder, (label, ckpt) in upstreams.items()}
+
+    results = phases.run("SUPERB keyword spotting (s3prl)", downstream)
+    report = phases.run("report", make_report, cfg, prepared, pretrain, distill, results, phases.seconds)
+    print(downstream_table(results))
+    print(f"report: {report}")
+    return report
+
+
+def make_report(cfg: DemoConfig, prepared: Path, pretrain: Path, distill: Path, results: Dict, seconds: Dict[str, float]) -> Path:
+    """Plots and ``report.md``."""
+    pretrain_lines, distill_lines = read_metrics(pretrain), read_metrics(distill)
+    plot_run(pretrain_lines, "federated pretraining", cfg.out / "pretrain.png")
+    plot_run(distill_lines, "federated distillation", cfg.out / "distill.png")
+    sections = {
+        "Data and clients": f"Prepared data: `{prepared}`: speaker non-IID partition, MFCC k-means targets "
+                            f"learned federated (only per-cluster sums and counts left the clients).\n\n"
+                            + clients_table(json.loads((prepared / "partition.json").read_text())),
+        "Federated pretraining": f"![pretraining](pretrain.png)\n\n{rounds_table(pretrain_lines)}\n\nCheckpoints: `{pretrain / 'server'}`; "
+                                 f"TensorBoard: `{pretrain / 'server' / 'tb'}`.",
+        "Federated distillation": f"![distillation](distill.png)\n\n{rounds_table(distill_lines)}\n\nKD loss per round: "
+                                  + ", ".join(f"{line['train'].get('kd_loss', float('nan')):.3f}" for line in distill_lines),
+        "Downstream: SUPERB keyword spotting": downstream_table(results)
+        + "\n\ns3prl `speech_commands`, frozen upstream, weighted sum of its layers, "
+        + f"config `{PAIRED[cfg.recipe][1]}.yaml`; logs under `{cfg.out / 'downstream'}`.",
+    }
+    return write_report(cfg.out, sections, seconds)

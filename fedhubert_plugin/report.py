@@ -1,0 +1,81 @@
+"""The demo's report: PNG plots of the federated runs and ``report.md`` with the results tables."""
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(save_dir: Path) -> List[Dict]:
+    """The JSON lines of ``SAVE/server/metrics.jsonl``."""
+    return [json.loads(line) for line in (Path(save_dir) / "server" / "metrics.jsonl").read_text().splitlines()]
+
+
+def plot_run(lines: List[Dict], title: str, out: Path) -> Path:
+    """Loss and masked accuracy per round (global train/valid and each client's valid), and bytes per round."""
+    rounds = [line["round"] for line in lines]
+    clients = sorted({name for line in lines for name in line["clients"]})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key, ax in (("loss", axes[0]), ("acc_masked", axes[1])):
+        ax.plot(rounds, [line["train"].get(key) for line in lines], "k-o", label="global train")
+        ax.plot(rounds, [line["valid"].get(key) for line in lines], "b-o", label="global valid")
+        for name in clients:
+            ax.plot(rounds, [line["clients"].get(name, {}).get(f"valid_{key}") for line in lines], "--", alpha=0.6, label=f"{name} valid")
+        ax.set_xlabel("round")
+        ax.set_xticks(rounds)
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+    axes[2].bar([r - 0.2 for r in rounds], [line["bytes_sent"] / 1e6 for line in lines], width=0.4, label="server → clients")
+    axes[2].bar([r + 0.2 for r in rounds], [line["bytes_received"] / 1e6 for line in lines], width=0.4, label="clients → server")
+    axes[2].set_xlabel("round")
+    axes[2].set_xticks(rounds)
+    axes[2].set_ylabel("MB")
+    axes[2].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def clients_table(partition: Dict) -> str:
+    """Markdown table of the partition: speakers, utterances and minutes of audio per client."""
+    rows = ["| client | speakers | train utterances | train minutes | valid utterances |", "| --- | --- | --- | --- | --- |"]
+    for name, client in partition["clients"].items():
+        rows.append(f"| {name} | {len(client['speakers'])} | {client['train']['utterances']} | "
+                    f"{60 * client['train']['hours']:.1f} | {client['valid']['utterances']} |")
+    return "\n".join(rows)
+
+
+def rounds_table(lines: List[Dict]) -> str:
+    """One markdown row per round: losses, accuracy, traffic, time."""
+    rows = ["| round | train loss | valid loss | valid masked acc | clients | MB sent | MB received | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for line in lines:
+        rows.append(f"| {line['round']} | {line['train']['loss']:.3f} | {line['valid']['loss']:.3f} | "
+                    f"{line['valid']['acc_masked']:.3f} | {len(line['participants'])} | {line['bytes_sent'] / 1e6:.1f} | "
+                    f"{line['bytes_received'] / 1e6:.1f} | {line['round_seconds']:.1f} |")
+    return "\n".join(rows)
+
+
+def downstream_table(results: Dict[str, Dict]) -> str:
+    """Markdown table of KS test accuracy per upstream."""
+    rows = ["| upstream | parameters | KS test accuracy | checkpoint |", "| --- | --- | --- | --- |"]
+    for name, result in results.items():
+        rows.append(f"| {name} | {result['parameters'] / 1e6:.2f} M | {result['test_acc']:.3f} | `{result['checkpoint']}` |")
+    return "\n".join(rows)
+
+
+def write_report(out: Path, sections: Dict[str, Optional[str]], timings: Dict[str, float]) -> Path:
+    """``out/report.md`` from titled markdown sections plus the time each phase took."""
+    parts = ["# fedhubert demo report", ""]
+    for title, body in sections.items():
+        parts += [f"## {title}", "", body or "(not run)", ""]
+    parts += ["## Time per phase", "", "| phase | seconds |", "| --- | --- |"]
+    parts += [f"| {phase} | {seconds:.1f} |" for phase, seconds in timings.items()]
+    path = Path(out) / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path

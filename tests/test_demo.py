@@ -1,0 +1,46 @@
+"""`fedhubert demo` at its smallest size: every phase runs and the report holds real numbers."""
+import json
+import re
+
+import pytest
+
+from fedhubert_plugin.cli import main
+
+SECTIONS = ["Data and clients", "Federated pretraining", "Federated distillation", "Downstream: SUPERB keyword spotting", "Time per phase"]
+
+
+def table_rows(section: str):
+    """The data rows of the markdown tables in ``section`` as lists of cells."""
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("|") and not line.startswith("| ---") and not re.match(r"\| (client|round|upstream|phase) \|", line)]
+
+
+@pytest.mark.slow
+def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--rounds", "2", "--distill-rounds", "2", "--local-updates", "2"]) == 0
+    report = (out / "report.md").read_text()
+    sections = dict(re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", report, flags=re.M | re.S))
+    assert list(sections) == SECTIONS
+    assert "(not run)" not in report
+    clients = table_rows(sections["Data and clients"])
+    assert len(clients) == 4 and all(int(row[2]) > 0 for row in clients)
+    for name in ("Federated pretraining", "Federated distillation"):
+        rounds = table_rows(sections[name])
+        assert [row[0] for row in rounds] == ["1", "2"]
+        assert all(float(cell) > 0 for row in rounds for cell in row[1:3] + row[5:])  # losses, MB, seconds
+    downstream = table_rows(sections["Downstream: SUPERB keyword spotting"])
+    assert [row[0] for row in downstream] == ["teacher (federated HuBERT)", "student (federated distillation)", "random init (untrained teacher)"]
+    assert all(0.0 <= float(row[2]) <= 1.0 for row in downstream)
+    assert float(downstream[1][1].split()[0]) < float(downstream[0][1].split()[0])  # the student is smaller
+    phases = table_rows(sections["Time per phase"])
+    assert len(phases) == 5 and all(float(row[1]) > 0 for row in phases)
+    for png in ("pretrain.png", "distill.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for run in ("pretrain", "distill"):
+        assert list((out / run / "server" / "tb" / "valid").glob("events.out.tfevents.*"))  # fairseq's TensorBoard writer
+        assert len((out / run / "server" / "metrics.jsonl").read_text().splitlines()) == 2
+    for folder in ("teacher", "student", "random_init"):
+        assert json.loads((out / "downstream" / folder / "test.json").read_text())["test_acc"] >= 0
+        assert list((out / "downstream" / folder).glob("events.out.tfevents.*"))  # s3prl's TensorBoard logs
+    assert "KS test accuracy" in capsys.readouterr().out
