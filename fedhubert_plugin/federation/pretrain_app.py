@@ -18,12 +18,12 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from fairseq.logging import progress_bar
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
 from omegaconf import DictConfig
+from tensorboardX import SummaryWriter
 
 from fedhubert_plugin.checkpoints import load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
 from fedhubert_plugin.criterions.hubert_distillation import student_from_teacher
@@ -262,8 +262,8 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
     cfg, weights = initial_model(settings)
     dtypes = {k: v.dtype for k, v in weights.items()}
     state = ServerState(server_dir)
-    # fairseq's own TensorBoard writer: SAVE/server/tb/{train,valid}, one step per round
-    board = progress_bar.progress_bar([], log_format="none", tensorboard_logdir=str(server_dir / "tb"))
+    # TensorBoard scalars per round in fairseq's layout (tb/train, tb/valid), with the writer fairseq uses
+    boards = {tag: SummaryWriter(str(server_dir / "tb" / tag)) for tag in ("train", "valid")}
     first_round, best_loss, best_round = 1, float("inf"), 0
     if settings.resume and state.path.is_file():
         done, best_loss, best_round = state.restore(strategy)
@@ -334,9 +334,14 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         }
         with open(server_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
-        board.print({**line["train"], "bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}, tag="train", step=rnd)
-        board.print(line["valid"], tag="valid", step=rnd)
+        for tag, scalars in (("train", {**line["train"], "bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}),
+                             ("valid", line["valid"])):
+            for key, value in scalars.items():
+                boards[tag].add_scalar(key, value, rnd)
+            boards[tag].flush()
         state.save(rnd, best_loss, best_round, strategy)
         logger.info("round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)",
                     rnd, line["train"].get("loss", float("nan")), valid_loss, valid.get("acc_masked", float("nan")),
                     len(good), line["round_seconds"])
+    for board in boards.values():
+        board.close()
