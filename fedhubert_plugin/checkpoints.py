@@ -7,6 +7,8 @@ is imported) registers the same allow-list with torch so that fairseq's own
 ``checkpoint_utils.load_model_ensemble_and_task`` works on these checkpoints too.
 """
 import io
+import logging
+import math
 import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
@@ -17,6 +19,8 @@ from fairseq.data.dictionary import Dictionary
 from omegaconf import DictConfig, OmegaConf
 
 from fedhubert_plugin.files import atomic_write
+
+logger = logging.getLogger(__name__)
 
 # Every non-container class a fairseq HuBERT checkpoint (trainer state included) holds.
 FAIRSEQ_CHECKPOINT_CLASSES: List[type] = [Dictionary]
@@ -134,7 +138,8 @@ def as_s3prl_state(state: Mapping[str, Any], path: Union[str, Path]) -> Dict[str
 
 
 def load_hubert_model(path: Union[str, Path]):
-    """fairseq's ``HubertModel`` with the weights of any HuBERT checkpoint we write (either format).
+    """fairseq's ``HubertModel`` with the weights of any HuBERT checkpoint we write (either format),
+    and its task config (``normalize``, ``label_rate``).
 
     No task or data is set up: the config and the label dictionary come from the file.
     """
@@ -152,6 +157,41 @@ def load_hubert_model(path: Union[str, Path]):
         for symbol in symbols[dictionary.nspecial :]:
             dictionary.add_symbol(symbol)
         dictionaries.append(dictionary)
-    model = HubertModel(config(HubertConfig, state["model_cfg"]), config(HubertPretrainingConfig, state["task_cfg"]), dictionaries)
+    task_cfg = config(HubertPretrainingConfig, state["task_cfg"])
+    model = HubertModel(config(HubertConfig, state["model_cfg"]), task_cfg, dictionaries)
     model.load_state_dict(state["model_weight"])
-    return model
+    return model, task_cfg
+
+
+def matching_layer(layer: int, layers: int, other_layers: int) -> int:
+    """The layer (1-based) of an ``other_layers``-deep model that layer ``layer`` of a ``layers``-deep one maps to."""
+    return math.ceil(layer * other_layers / layers)
+
+
+def copy_fitting_tensors(weights: Mapping[str, np.ndarray], checkpoint: Union[str, Path]) -> Dict[str, np.ndarray]:
+    """``weights`` with every tensor of ``checkpoint`` that has the same name and shape copied in.
+
+    Encoder layer i (of L) takes the checkpoint's layer ``matching_layer(i, L, L_ckpt)``: the
+    same layer for the same depth (continuing HuBERT's next iteration), evenly spread layers
+    for a shallower student. What does not fit (another width, another cluster count) stays.
+    """
+    model, _ = load_hubert_model(checkpoint)
+    source = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+    def depth(names) -> int:
+        return 1 + max((int(k.split(".")[2]) for k in names if k.startswith("encoder.layers.")), default=-1)
+
+    layers, source_layers = depth(weights), depth(source)
+    result, copied = dict(weights), 0
+    for name, value in weights.items():
+        parts = name.split(".")
+        if name.startswith("encoder.layers."):
+            parts[2] = str(matching_layer(int(parts[2]) + 1, layers, source_layers) - 1)
+        origin = ".".join(parts)
+        if origin in source and source[origin].shape == value.shape:
+            result[name] = source[origin].astype(value.dtype)
+            copied += 1
+    if not copied:
+        raise ValueError(f"no tensor of {checkpoint} fits the model: starting from it needs the same conv extractor or width")
+    logger.info("initialised from %s: %d of %d tensors copied", checkpoint, copied, len(weights))
+    return result

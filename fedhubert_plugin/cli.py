@@ -49,7 +49,7 @@ def run_toy_data(args: argparse.Namespace) -> None:
 def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare",
-        help="partition a LibriSpeech tree into clients with fairseq manifests and MFCC k-means labels",
+        help="partition a LibriSpeech tree into clients with fairseq manifests and k-means labels (MFCC or a checkpoint's layer)",
         description="Scan LibriSpeech subsets, split them across clients (non-IID by speaker by default), "
         "write fairseq manifests and k-means targets per client under OUT/clients/client_XXX.",
     )
@@ -61,8 +61,12 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="speaker: each speaker on one client (default); iid: utterance-level baseline; "
                    "dirichlet: speaker shares ~ Dirichlet(--alpha)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5; small = more skewed)")
-    p.add_argument("--features", choices=["hubert", "seed"], default="hubert",
-                   help="hubert: 39-dim MFCC+deltas at 100 Hz (default); seed: 13-dim MFCC at 50 Hz")
+    p.add_argument("--features", choices=["hubert", "seed", "checkpoint"], default="hubert",
+                   help="hubert: 39-dim MFCC+deltas at 100 Hz, iteration 1 (default); seed: 13-dim MFCC at 50 Hz; "
+                   "checkpoint: layer --layer of --checkpoint at 50 Hz, iteration 2")
+    p.add_argument("--checkpoint", type=Path, help="--features checkpoint: iteration 1's global model "
+                   "(SAVE/server/checkpoint_best.pt or best_global_model.pt), read by each client from its disk")
+    p.add_argument("--layer", type=int, default=0, help="--features checkpoint: encoder layer, 1-based (HuBERT Base: 6)")
     p.add_argument("--kmeans", choices=["federated", "local"], default="federated",
                    help="federated: one shared codebook via Flower, only sums and counts leave a client (default); "
                    "local: one codebook per client")
@@ -89,6 +93,8 @@ def run_prepare(args: argparse.Namespace) -> None:
         partition=args.partition,
         alpha=args.alpha,
         features=args.features,
+        checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else "",
+        layer=args.layer,
         kmeans=args.kmeans,
         n_clusters=args.n_clusters,
         valid_fraction=args.valid_fraction,
@@ -137,7 +143,7 @@ def add_federation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="fairseq/hydra overrides, e.g. model.encoder_layers=4")
 
 
-def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str], init_from_teacher: str = "") -> None:
+def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str], init_from: str = "") -> None:
     """Simulate the federation of ``args`` on the prepared clients with ``recipe``."""
     from fedhubert_plugin.federation.pretrain_app import PretrainSettings, simulate_pretraining
 
@@ -166,7 +172,7 @@ def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str],
         min_available_nodes=meta["num_clients"],
         seed=args.seed,
         resume=args.resume,
-        init_from_teacher=init_from_teacher,
+        init_from=init_from,
     )
     simulate_pretraining(settings, meta["num_clients"], args.cpus_per_client, args.gpus_per_client)
     print(f"checkpoints in {args.save_dir / 'server'}; metrics in {args.save_dir / 'server' / 'metrics.jsonl'}")
@@ -180,13 +186,17 @@ def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
         "the server aggregates (FedAdam by default) and checkpoints SAVE/server/. Trailing KEY=VALUE "
         "arguments are fairseq/hydra overrides of the recipe (e.g. model.encoder_layers=4).",
     )
-    p.add_argument("--recipe", default="tiny", help="fairseq hydra yaml, or tiny / base (default tiny)")
+    p.add_argument("--recipe", default="tiny", help="fairseq hydra yaml, or tiny / base / base_iter2 (default tiny)")
+    p.add_argument("--init-from", type=Path, help="start from this checkpoint's fitting tensors (HuBERT iteration 2 "
+                   "continued from iteration 1; default: from scratch, as HuBERT does)")
     add_federation_options(p)
     p.set_defaults(run=run_pretrain)
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
-    run_federation(args, recipe_path(args.recipe), args.overrides)
+    if args.init_from and not args.init_from.is_file():
+        raise FileNotFoundError(f"--init-from {args.init_from} not found")
+    run_federation(args, recipe_path(args.recipe), args.overrides, str(args.init_from.resolve()) if args.init_from else "")
 
 
 def add_distill_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -101,7 +101,7 @@ def prepare_phase(cfg: DemoConfig, data: Dict) -> Path:
 
 
 def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: Path, rounds: int,
-                     overrides: List[str], init_from_teacher: str = "") -> Path:
+                     overrides: List[str], init_from: str = "") -> Path:
     """A federated run (pretraining or distillation), resumed when OUT holds part of it."""
     meta = json.loads((prepared / "prepare.json").read_text())
     gpus = 1.0 / meta["num_clients"] if torch.cuda.is_available() else 0.0
@@ -109,7 +109,7 @@ def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: Pa
         save_dir=str(save_dir.resolve()), recipe=str(recipe), label_rate=meta["label_rate"], n_clusters=meta["n_clusters"],
         rounds=rounds, data_root=str(prepared.resolve()), overrides=overrides, local_updates=cfg.local_updates,
         min_train_nodes=min(2, meta["num_clients"]), min_available_nodes=meta["num_clients"], seed=cfg.seed,
-        resume=True, init_from_teacher=init_from_teacher,
+        resume=True, init_from=init_from,
     )
     simulate_pretraining(settings, meta["num_clients"], cpus_per_client=1.0, gpus_per_client=gpus)
     return save_dir

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, pretrain_settings, setup_fed_task
-from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.checkpoints import load_checkpoint, matching_layer
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.criterions.hubert_distillation import (
-    cluster_logits_of, cluster_logits_of_student, frozen_teacher, student_pass, teacher_layer_for,
+    cluster_logits_of, cluster_logits_of_student, frozen_teacher, student_pass,
 )
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.pretrain_app import simulate_pretraining
@@ -17,9 +17,9 @@ TINY_STUDENT = str(REPO / "recipes" / "librispeech" / "distill" / "tiny_student.
 
 
 def test_student_layers_map_evenly_onto_teacher_layers():
-    assert [teacher_layer_for(i, 6, 12) for i in range(1, 7)] == [2, 4, 6, 8, 10, 12]
-    assert [teacher_layer_for(i, 1, 2) for i in (1,)] == [2]
-    assert [teacher_layer_for(i, 4, 12) for i in range(1, 5)] == [3, 6, 9, 12]
+    assert [matching_layer(i, 6, 12) for i in range(1, 7)] == [2, 4, 6, 8, 10, 12]
+    assert [matching_layer(i, 1, 2) for i in (1,)] == [2]
+    assert [matching_layer(i, 4, 12) for i in range(1, 5)] == [3, 6, 9, 12]
 
 
 def test_kd_compares_both_models_over_the_same_cluster_vocabulary(tmp_path):
@@ -111,7 +111,7 @@ def test_distillation_resumes_like_pretraining(distilled, prepared, tmp_path):
 
     def settings(rounds, resume):
         return pretrain_settings(prepared, tmp_path, rounds, recipe=TINY_STUDENT, overrides=overrides,
-                                 init_from_teacher=str(teacher), resume=resume)
+                                 init_from=str(teacher), resume=resume)
 
     simulate_pretraining(settings(2, False), num_clients=4)
     simulate_pretraining(settings(3, True), num_clients=4)

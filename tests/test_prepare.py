@@ -9,7 +9,7 @@ import soundfile as sf
 
 from conftest import DEV_SUBSET, N_CLUSTERS, TRAIN_SUBSET, setup_fed_task
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.data.features import PRESETS, manifest_features, num_frames, read_manifest
+from fedhubert_plugin.data.features import PRESETS, manifest_features, read_manifest
 from fedhubert_plugin.data.kmeans import local_codebook, nearest
 from fedhubert_plugin.data.prepare import PrepareConfig, prepare
 
@@ -68,7 +68,7 @@ def test_labels_line_up_with_manifests_and_load_in_fairseq(prepared):
             assert len(lines) == len(entries)
             for (_, samples), line in zip(entries, lines):
                 labels = [int(x) for x in line.split()]
-                assert len(labels) == num_frames(samples, PRESETS["hubert"])
+                assert len(labels) == PRESETS["hubert"].num_frames(samples)
                 assert abs(samples / 16000 - len(labels) / 100) < 0.1  # fairseq's tolerance
                 assert all(0 <= x < N_CLUSTERS for x in labels)
         task = setup_fed_task(client)

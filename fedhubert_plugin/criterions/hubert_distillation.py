@@ -18,20 +18,15 @@ criterion's parameters or state: fairseq neither optimizes nor saves it, and the
 federation never sends it.
 """
 import contextlib
-import logging
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from fairseq.criterions import register_criterion
 from fairseq.criterions.hubert_criterion import HubertCriterion, HubertCriterionConfig
 
-from fedhubert_plugin.checkpoints import load_hubert_model
-
-logger = logging.getLogger(__name__)
+from fedhubert_plugin.checkpoints import load_hubert_model, matching_layer
 
 _TEACHERS: Dict[str, torch.nn.Module] = {}
 
@@ -44,15 +39,10 @@ class HubertDistillationConfig(HubertCriterionConfig):
     hidden_weight: float = field(default=0.0, metadata={"help": "weight of the layer-to-layer hidden-state regression"})
 
 
-def teacher_layer_for(student_layer: int, student_layers: int, teacher_layers: int) -> int:
-    """The teacher layer (1-based) that student layer ``student_layer`` (1-based) learns."""
-    return math.ceil(student_layer * teacher_layers / student_layers)
-
-
 def frozen_teacher(path: str) -> torch.nn.Module:
     """The teacher model of ``path``, loaded once per process, in eval mode, without gradients."""
     if path not in _TEACHERS:
-        teacher = load_hubert_model(path).eval()
+        teacher = load_hubert_model(path)[0].eval()
         teacher.requires_grad_(False)
         _TEACHERS[path] = teacher
     return _TEACHERS[path]
@@ -180,7 +170,7 @@ class HubertDistillationCriterion(HubertCriterion):
         length = frames.size(1)  # the encoder pads its input to a multiple of required_seq_len_multiple
         for i, student in enumerate(student_layers, start=1):
             student = student[:, :length]
-            teacher = teacher_layers[teacher_layer_for(i, len(student_layers), len(teacher_layers)) - 1][:, :length].float()
+            teacher = teacher_layers[matching_layer(i, len(student_layers), len(teacher_layers)) - 1][:, :length].float()
             if teacher.size(-1) != student.size(-1):
                 teacher = teacher @ projection(teacher.size(-1), student.size(-1)).to(teacher.device)
             student, teacher = student.float()[frames], teacher[frames]
@@ -189,28 +179,3 @@ class HubertDistillationCriterion(HubertCriterion):
             losses.append((l1 - F.logsigmoid(cosine)).mean())
         return torch.stack(losses).mean()
 
-
-def student_from_teacher(student: Dict[str, np.ndarray], teacher_checkpoint: str) -> Dict[str, np.ndarray]:
-    """Initial student weights with every teacher tensor of the same name and shape copied in.
-
-    Student encoder layer i takes teacher layer ``teacher_layer_for(i)``; the conv feature
-    extractor, positional convolution and projections are copied when their shapes agree
-    (the student recipes keep the teacher's extractor). The rest stays as initialised.
-    """
-    teacher = {k: v.detach().cpu().numpy() for k, v in frozen_teacher(teacher_checkpoint).state_dict().items()}
-    student_layers = 1 + max((int(k.split(".")[2]) for k in student if k.startswith("encoder.layers.")), default=-1)
-    teacher_layers = 1 + max((int(k.split(".")[2]) for k in teacher if k.startswith("encoder.layers.")), default=-1)
-    result, copied = dict(student), []
-    for name, value in student.items():
-        source = name
-        if name.startswith("encoder.layers."):
-            parts = name.split(".")
-            parts[2] = str(teacher_layer_for(int(parts[2]) + 1, student_layers, teacher_layers) - 1)
-            source = ".".join(parts)
-        if source in teacher and teacher[source].shape == value.shape:
-            result[name] = teacher[source].astype(value.dtype)
-            copied.append(name)
-    if not copied:
-        raise ValueError(f"no tensor of teacher {teacher_checkpoint} fits the student: init-from-teacher needs the same conv extractor or width")
-    logger.info("student initialised from teacher %s: %d of %d tensors copied", teacher_checkpoint, len(copied), len(student))
-    return result

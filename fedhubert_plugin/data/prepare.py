@@ -24,7 +24,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from fedhubert_plugin.data import LABELS_META
-from fedhubert_plugin.data.features import PRESETS
+from fedhubert_plugin.data.features import feature_extractor
 from fedhubert_plugin.data.kmeans import adaptive_clusters, local_codebook, nearest
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import Utterance, scan_librispeech
@@ -53,6 +53,8 @@ class PrepareConfig:
     partition: str = "speaker"
     alpha: float = 0.5
     features: str = "hubert"
+    checkpoint: str = ""  # --features checkpoint: the global model whose layer gives the features
+    layer: int = 0
     kmeans: str = "federated"
     n_clusters: int = 100
     valid_fraction: float = 0.1
@@ -105,7 +107,7 @@ def split_summary(utterances: List[Utterance]) -> Dict:
 
 def run_local_kmeans(cfg: PrepareConfig, folders: List[Path]) -> float:
     """One codebook per client (the original design), K shrunk when a client has few frames."""
-    preset = PRESETS[cfg.features]
+    preset = feature_extractor(cfg.features, cfg.checkpoint, cfg.layer)
     inertia, frames = 0.0, 0
     for folder in folders:
         feats, _ = cached_features(folder, "train", preset)
@@ -126,6 +128,8 @@ def run_federated_kmeans(cfg: PrepareConfig, num_clients: int) -> float:
         num_clients=num_clients,
         n_clusters=cfg.n_clusters,
         features=cfg.features,
+        checkpoint=cfg.checkpoint,
+        layer=cfg.layer,
         seed=cfg.seed,
         min_count=cfg.min_count,
         max_iter=cfg.kmeans_max_iter,
@@ -141,8 +145,7 @@ def run_federated_kmeans(cfg: PrepareConfig, num_clients: int) -> float:
 
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     """Scan, partition, write manifests, learn k-means and write labels for every client."""
-    if cfg.features not in PRESETS:
-        raise ValueError(f"unknown --features {cfg.features!r}; choose one of {', '.join(PRESETS)}")
+    preset = feature_extractor(cfg.features, cfg.checkpoint, cfg.layer)  # fails early on a bad choice
     if cfg.kmeans not in ("federated", "local"):
         raise ValueError(f"unknown --kmeans {cfg.kmeans!r}; choose federated or local")
     out = Path(cfg.out)
@@ -167,14 +170,14 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
         }
     atomic_write_json(out / "partition.json", {"method": cfg.partition, "seed": cfg.seed, "alpha": cfg.alpha, "clients": summary.clients})
 
-    preset = PRESETS[cfg.features]
     folders = [out / "clients" / name for name in names]
     if cfg.kmeans == "federated":
         summary.kmeans_inertia_per_frame = run_federated_kmeans(cfg, len(names))
     else:
         summary.kmeans_inertia_per_frame = run_local_kmeans(cfg, folders)
     summary.label_rate = preset.label_rate
-    labels_meta = {"label_rate": preset.label_rate, "features": cfg.features, "kmeans": cfg.kmeans, "n_clusters": cfg.n_clusters}
+    labels_meta = {"label_rate": preset.label_rate, "features": cfg.features, "kmeans": cfg.kmeans, "n_clusters": cfg.n_clusters,
+                   **({"checkpoint": cfg.checkpoint, "layer": cfg.layer} if cfg.features == "checkpoint" else {})}
     for folder in folders:
         atomic_write_json(folder / "labels" / LABELS_META, labels_meta)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}

@@ -23,7 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedhubert_plugin.data.features import PRESETS, FeaturePreset, manifest_features
+from fedhubert_plugin.data.features import FeatureExtractor, feature_extractor, manifest_features
 from fedhubert_plugin.data.kmeans import (
     cluster_statistics,
     local_codebook,
@@ -41,18 +41,18 @@ logger = logging.getLogger(__name__)
 FEATURES_DIR = "features"
 
 
-def cached_features(folder: Path, split: str, preset: FeaturePreset) -> Tuple[np.ndarray, np.ndarray]:
+def cached_features(folder: Path, split: str, preset: FeatureExtractor) -> Tuple[np.ndarray, np.ndarray]:
     """A client's features of one split, computed on first use and kept until labelling."""
     feats_path = folder / FEATURES_DIR / f"{split}.{preset.name}.npy"
     lengths_path = folder / FEATURES_DIR / f"{split}.{preset.name}.lengths.npy"
     if not (feats_path.is_file() and lengths_path.is_file()):
-        feats, lengths = manifest_features(folder / f"{split}.tsv", preset, desc=f"{folder.name} {split} mfcc")
+        feats, lengths = manifest_features(folder / f"{split}.tsv", preset, desc=f"{folder.name} {split} {preset.name}")
         atomic_save_array(feats_path, feats)
         atomic_save_array(lengths_path, lengths)
     return np.load(feats_path, mmap_mode="r"), np.load(lengths_path)
 
 
-def label_client(folder: Path, codebook: np.ndarray, preset: FeaturePreset, dictionary_size: int) -> Dict[str, int]:
+def label_client(folder: Path, codebook: np.ndarray, preset: FeatureExtractor, dictionary_size: int) -> Dict[str, int]:
     """Write ``labels/{train,valid}.km`` and a ``dictionary_size`` ``labels/dict.km.txt``; drop the cached features."""
     frames = {}
     for split in ("train", "valid"):
@@ -65,6 +65,11 @@ def label_client(folder: Path, codebook: np.ndarray, preset: FeaturePreset, dict
     return frames
 
 
+def features_of(config: ConfigRecord) -> FeatureExtractor:
+    """The run's feature extractor (for checkpoint features, the model is read from this node's disk)."""
+    return feature_extractor(str(config["features"]), str(config["checkpoint"]), int(config["layer"]))
+
+
 client_app = ClientApp()
 
 
@@ -73,7 +78,7 @@ def kmeans_stats(msg: Message, context: Context) -> Message:
     """Per-cluster sums and counts of this client's train frames."""
     config = msg.content["config"]
     folder = client_folder(context, config)
-    feats, _ = cached_features(folder, "train", PRESETS[str(config["features"])])
+    feats, _ = cached_features(folder, "train", features_of(config))
     min_count = int(config["min-count"])
     if "codebook" in msg.content:
         codebook = msg.content["codebook"]["centroids"].numpy()
@@ -91,7 +96,7 @@ def kmeans_labels(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     folder = client_folder(context, config)
     codebook = msg.content["codebook"]["centroids"].numpy()
-    frames = label_client(folder, codebook, PRESETS[str(config["features"])], dictionary_size=len(codebook))
+    frames = label_client(folder, codebook, features_of(config), dictionary_size=len(codebook))
     return client_reply(msg, folder, {"train_frames": frames["train"], "valid_frames": frames["valid"]})
 
 
@@ -103,6 +108,8 @@ class FederatedKMeansSettings:
     num_clients: int
     n_clusters: int = 100
     features: str = "hubert"
+    checkpoint: str = ""
+    layer: int = 0
     seed: int = 0
     min_count: int = 5
     max_iter: int = 10
@@ -161,6 +168,8 @@ def federated_kmeans_server_app(settings: FederatedKMeansSettings, result: Feder
             {
                 "data-root": settings.data_root,
                 "features": settings.features,
+                "checkpoint": settings.checkpoint,
+                "layer": settings.layer,
                 "n-clusters": settings.n_clusters,
                 "min-count": settings.min_count,
                 "seed": settings.seed,

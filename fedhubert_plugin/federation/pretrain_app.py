@@ -25,8 +25,7 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
 from omegaconf import DictConfig
 from tensorboardX import SummaryWriter
 
-from fedhubert_plugin.checkpoints import load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
-from fedhubert_plugin.criterions.hubert_distillation import student_from_teacher
+from fedhubert_plugin.checkpoints import copy_fitting_tensors, load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
 from fedhubert_plugin.federation.nodes import client_folder, client_reply, ray_backend_config, simulate
 from fedhubert_plugin.federation.recipe import recipe_initial_model
@@ -107,7 +106,7 @@ class PretrainSettings:
     seed: int = 0
     resume: bool = False
     timeout: float = 6 * 3600.0
-    init_from_teacher: str = ""  # distillation: copy the fitting tensors of this teacher checkpoint into the student
+    init_from: str = ""  # start from the fitting tensors of this checkpoint (iteration 1's model, a student's teacher)
 
 
 def build_strategy(settings: PretrainSettings):
@@ -133,8 +132,8 @@ def build_strategy(settings: PretrainSettings):
 def initial_model(settings: PretrainSettings) -> Tuple[DictConfig, Dict[str, np.ndarray]]:
     """The recipe's config and seeded initial weights, built on the server without client data."""
     cfg, weights = recipe_initial_model(Path(settings.recipe), settings.overrides, settings.label_rate, settings.n_clusters, settings.data_root)
-    if settings.init_from_teacher:
-        weights = student_from_teacher(weights, settings.init_from_teacher)
+    if settings.init_from:
+        weights = copy_fitting_tensors(weights, settings.init_from)
     return cfg, weights
 
 
@@ -223,7 +222,7 @@ def settings_from_run_config(run_config: Dict) -> PretrainSettings:
         seed=int(run_config["seed"]),
         resume=bool(run_config["resume"]),
         timeout=float(run_config["round-timeout"]),
-        init_from_teacher=path("init-from-teacher"),
+        init_from=path("init-from"),
     )
 
 

@@ -1,0 +1,82 @@
+"""Benchmark: iteration-2 feature extraction (a HuBERT layer), seconds per hour of audio, and disk per hour.
+
+Extraction is `fedhubert prepare --features checkpoint`'s own extractor (CheckpointFeatures:
+one utterance at a time, GPU when present) on toy utterances; HuBERT Base at layer 6 and the
+tiny recipe at layer 1, initial weights (speed does not depend on training). Disk is what a
+client holds while its k-means runs: float32 frames at 50 Hz.
+
+    .venv/bin/python benchmarks/checkpoint_features.py [--seconds 120]
+
+writes benchmarks/results/checkpoint_features.json and .md.
+"""
+import argparse
+import datetime
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from fedhubert_plugin.data.features import CheckpointFeatures
+from fedhubert_plugin.export import export_initial
+from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+MODELS = [("base", "pretrain/base.yaml", 6), ("tiny", "pretrain/tiny.yaml", 1)]
+
+
+def toy_utterances(folder: Path, seconds: float):
+    """At least ``seconds`` of toy speech, as float32 arrays."""
+    write_toy_data(folder, speakers=16, dev_speakers=1, utterances_per_speaker=12, keyword_speakers=0, force=True)
+    wavs, total = [], 0.0
+    for flac in sorted((folder / "LibriSpeech" / TRAIN_SUBSET).rglob("*.flac")):
+        wav, _ = sf.read(flac, dtype="float32")
+        wavs.append(wav)
+        total += len(wav) / 16000
+        if total >= seconds:
+            break
+    return wavs, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=120.0, help="audio to extract (default 120 s)")
+    args = parser.parse_args()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wavs, audio = toy_utterances(Path(tmp) / "toy", args.seconds)
+        for name, recipe, layer in MODELS:
+            ckpt = export_initial(REPO / "recipes" / "librispeech" / recipe, Path(tmp) / f"{name}.pt", 100, 100, ["common.fp16=false"])
+            for device in devices:
+                extractor = CheckpointFeatures(str(ckpt), layer, device=device)
+                extractor(wavs[0])  # warm-up
+                start = time.perf_counter()
+                frames = sum(len(extractor(wav)) for wav in wavs)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+                rows.append({"model": name, "layer": layer, "device": device, "audio_seconds": audio, "frames": frames,
+                             "seconds": seconds, "seconds_per_audio_hour": seconds / audio * 3600,
+                             "disk_mb_per_audio_hour": extractor.dim * 4 * extractor.label_rate * 3600 / 1e6})
+    meta = {"date": datetime.date.today().isoformat(), "machine": platform.platform(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "checkpoint_features.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = ["| model (layer) | device | s per hour of audio | real-time factor | disk per hour of audio |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['model']} ({r['layer']}) | {r['device']} | {r['seconds_per_audio_hour']:.0f} | "
+                     f"{r['seconds_per_audio_hour'] / 3600:.3f} | {r['disk_mb_per_audio_hour']:.0f} MB |")
+    lines.append(f"\n{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}, torch {meta['torch']}; "
+                 f"{rows[0]['audio_seconds']:.0f} s of toy speech, one utterance at a time.")
+    (RESULTS / "checkpoint_features.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
