@@ -136,6 +136,8 @@ def add_federation_options(p: argparse.ArgumentParser) -> None:
     local.add_argument("--local-epochs", type=int, default=0, help="local epochs per round instead of updates")
     p.add_argument("--fraction-train", type=float, default=1.0, help="share of clients sampled each round")
     p.add_argument("--min-train-nodes", type=int, default=2, help="fewest usable client updates for a round (default 2)")
+    p.add_argument("--transport-dtype", choices=["float32", "float16"], default="float32",
+                   help="precision of the weights on the wire, both ways (float16 halves traffic; aggregation stays float32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue after the last completed round in SAVE/server")
     p.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client (default 1)")
@@ -172,6 +174,7 @@ def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str],
         min_available_nodes=meta["num_clients"],
         seed=args.seed,
         resume=args.resume,
+        transport_dtype=args.transport_dtype,
         init_from=init_from,
     )
     simulate_pretraining(settings, meta["num_clients"], args.cpus_per_client, args.gpus_per_client)

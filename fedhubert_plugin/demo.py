@@ -10,11 +10,10 @@ Phases (each logs ``[phase i/6]``; the tools underneath show their own progress 
 6. report: ``OUT/report.md`` with plots and tables.
 
 Every phase keeps its outputs under OUT; a second run reuses finished phases (prepare's
-``prepare.json``, the federations' ``--resume``, downstream ``test.json``).
+``prepare.json``, the federations' ``--resume``, each downstream run's ``test.json``).
 """
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.data.prepare import PrepareConfig, prepare, summary_table
-from fedhubert_plugin.downstream import run_downstream
+from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.pretrain_app import PretrainSettings, simulate_pretraining
 from fedhubert_plugin.federation.recipe import APP_DIR
@@ -115,30 +113,6 @@ def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: Pa
     return save_dir
 
 
-def keyword_spotting(name: str, ckpt: Path, exp: Path, ks_config: Path, data: Dict) -> Dict:
-    """s3prl KS on the frozen upstream ``ckpt``: train, then test the best dev checkpoint."""
-    done = exp / "test.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    paths = (f"config.downstream_expert.datarc.speech_commands_root='{data['keywords']}',,"
-             f"config.downstream_expert.datarc.speech_commands_test_root='{data['keywords_test']}'")
-    run_downstream(["-m", "train", "-u", "hubert_local", "-k", str(ckpt), "-d", "speech_commands", "-c", str(ks_config),
-                    "-p", str(exp), "-o", paths, "--auto_resume"])
-    best = exp / "dev-best.ckpt"
-    if not best.is_file():  # dev accuracy never rose above 0: test the last state instead
-        best = max(exp.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
-    run_downstream(["-m", "evaluate", "-e", str(best)])
-    scores = re.findall(r"^test at step \d+: ([0-9.]+)$", (exp / "log.log").read_text(), flags=re.M)
-    if not scores:
-        raise RuntimeError(f"s3prl wrote no test accuracy to {exp / 'log.log'}")
-    weights = load_checkpoint(ckpt)["model_weight"]
-    result = {"test_acc": float(scores[-1]), "parameters": sum(v.numel() for v in weights.values()),
-              "checkpoint": str(ckpt), "evaluated": best.name}
-    done.write_text(json.dumps(result, indent=2) + "\n")
-    logger.info("KS %s: test accuracy %.3f", name, result["test_acc"])
-    return result
-
-
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every phase into ``cfg.out``; returns the report's path."""
     if cfg.recipe not in PAIRED:
@@ -166,8 +140,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     ks_config = RECIPES / "superb" / f"{ks_name}.yaml"
 
     def downstream() -> Dict[str, Dict]:
-        return {label: keyword_spotting(label, ckpt, cfg.out / "downstream" / folder, ks_config, data)
-                for folder, (label, ckpt) in upstreams.items()}
+        results = {}
+        for folder, (label, ckpt) in upstreams.items():
+            results[label] = keyword_spotting(ckpt, cfg.out / "downstream" / folder, ks_config, data["keywords"], data["keywords_test"])
+            logger.info("KS %s: test accuracy %.3f", label, results[label]["test_acc"])
+        return results
 
     results = phases.run("SUPERB keyword spotting (s3prl)", downstream)
     report = phases.run("report", make_report, cfg, prepared, pretrain, distill, results, phases.seconds)

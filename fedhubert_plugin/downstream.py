@@ -10,14 +10,17 @@ and resuming with ``-e`` fail in stock s3prl. We allow-list exactly that class (
 fairseq classes of HuBERT checkpoints); the safety stays on.
 """
 import argparse
+import json
 import logging
+import re
 import sys
 import warnings
-from typing import List
+from pathlib import Path
+from typing import Dict, List
 
 import torch
 
-from fedhubert_plugin.checkpoints import allow_fairseq_checkpoint_classes
+from fedhubert_plugin.checkpoints import allow_fairseq_checkpoint_classes, as_s3prl_state, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +60,30 @@ def run_downstream(argv: List[str]) -> None:
         s3prl_run_downstream.main()
     finally:
         sys.argv = saved_argv
+
+
+def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test_root: Path) -> Dict:
+    """s3prl keyword spotting on the frozen upstream ``ckpt``: train, then test the best dev checkpoint.
+
+    Returns the test accuracy, the upstream's parameter count and which s3prl checkpoint was
+    tested; kept in ``exp/test.json``, which a second call returns without training again.
+    """
+    done = Path(exp) / "test.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    paths = (f"config.downstream_expert.datarc.speech_commands_root='{train_root}',,"
+             f"config.downstream_expert.datarc.speech_commands_test_root='{test_root}'")
+    run_downstream(["-m", "train", "-u", "hubert_local", "-k", str(ckpt), "-d", "speech_commands", "-c", str(config),
+                    "-p", str(exp), "-o", paths, "--auto_resume"])
+    best = Path(exp) / "dev-best.ckpt"
+    if not best.is_file():  # dev accuracy never rose above 0: test the last state instead
+        best = max(Path(exp).glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    run_downstream(["-m", "evaluate", "-e", str(best)])
+    scores = re.findall(r"^test at step \d+: ([0-9.]+)$", (Path(exp) / "log.log").read_text(), flags=re.M)
+    if not scores:
+        raise RuntimeError(f"s3prl wrote no test accuracy to {Path(exp) / 'log.log'}")
+    weights = as_s3prl_state(load_checkpoint(ckpt), ckpt)["model_weight"]
+    result = {"test_acc": float(scores[-1]), "parameters": sum(v.numel() for v in weights.values()),
+              "checkpoint": str(ckpt), "evaluated": best.name}
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -28,6 +28,9 @@ def test_validation_loss_goes_down_and_metrics_are_complete(federated_run):
             assert client["train_updates"] == 3 and client["train_lr"] > 0
             assert client["train_samples_per_second"] > 0 and client["train_peak_rss_mb"] > 100
             assert 0 <= client["valid_acc_masked"] <= 1 and client["train_ppl"] > 1
+            assert client["train_setup_seconds"] > 0 and client["train_serialize_seconds"] > 0
+        assert set(line["server_seconds"]) == {"serialize", "clients_train", "aggregate", "clients_evaluate", "checkpoint"}
+        assert all(seconds >= 0 for seconds in line["server_seconds"].values())
 
 
 @pytest.mark.slow
@@ -50,6 +53,15 @@ def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(fede
     best_round = metric_lines(federated_run)[-1]["best_round"]
     assert torch.equal(load_checkpoint(server / "checkpoint_best.pt")["model"]["final_proj.weight"],
                        load_checkpoint(server / f"checkpoint_round{best_round}.pt")["model"]["final_proj.weight"])
+
+
+@pytest.mark.slow
+def test_float16_transport_halves_the_traffic_and_keeps_the_loss(federated_run, prepared, tmp_path):
+    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=1, transport_dtype="float16"), num_clients=4)
+    half, full = metric_lines(tmp_path)[0], metric_lines(federated_run)[0]
+    assert half["bytes_received"] < 0.55 * full["bytes_received"] and half["bytes_sent"] < 0.55 * full["bytes_sent"]
+    assert abs(half["valid"]["loss"] - full["valid"]["loss"]) < 0.01 * full["valid"]["loss"]
+    assert all(v.dtype == torch.float32 for v in load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"].values())
 
 
 @pytest.mark.slow

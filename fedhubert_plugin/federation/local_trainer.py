@@ -138,7 +138,9 @@ class LocalTrainer:
         """Train from ``arrays`` for ``local_updates`` updates, or ``local_epochs`` epochs."""
         if (local_updates > 0) == (local_epochs > 0):
             raise ValueError("give exactly one of local_updates and local_epochs")
+        start = time.perf_counter()
         trainer, cfg, task = self.trainer_with(folder, arrays, num_updates)
+        setup_seconds = time.perf_counter() - start
         start = time.perf_counter()
         done, utterances, epoch = 0, 0, 1
         with reproducible_round(cfg.common.seed, round_seed, folder) as agg:
@@ -160,6 +162,7 @@ class LocalTrainer:
         result.update(
             updates=done,
             seconds=seconds,
+            setup_seconds=setup_seconds,
             samples_per_second=utterances / seconds,
             lr=float(trainer.get_lr()),
             **peak_memory_metrics(),

@@ -45,12 +45,20 @@ def local_trainer(config: ConfigRecord) -> LocalTrainer:
     return _TRAINERS[key]
 
 
+TRANSPORT_DTYPES = ("float32", "float16")
+
+
 def arrays_of(record: ArrayRecord) -> Dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
+    """Arrays of a record; half-precision transport is widened back to float32."""
+    return {k: (a.astype(np.float32) if a.dtype == np.float16 else a) for k, a in ((k, v.numpy()) for k, v in record.items())}
 
 
-def record_of(arrays: Dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+def record_of(arrays: Dict[str, np.ndarray], transport_dtype: str = "float32") -> ArrayRecord:
+    """A record of ``arrays``; float32 ones are sent as ``transport_dtype`` (float16 halves the traffic)."""
+    def wire(a: np.ndarray) -> np.ndarray:
+        return a.astype(transport_dtype) if a.dtype == np.float32 else a
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(wire(v))) for k, v in arrays.items()})
 
 
 client_app = ClientApp()
@@ -61,15 +69,22 @@ def train(msg: Message, context: Context) -> Message:
     """Local fairseq training from the global weights."""
     config = msg.content["config"]
     folder = client_folder(context, config)
+    start = time.perf_counter()
+    arrays = arrays_of(msg.content["arrays"])
+    decode_seconds = time.perf_counter() - start
     result = local_trainer(config).fit(
         folder,
-        arrays_of(msg.content["arrays"]),
+        arrays,
         num_updates=int(config["num-updates"]),
         local_updates=int(config["local-updates"]),
         local_epochs=int(config["local-epochs"]),
         round_seed=int(config["server-round"]),
     )
-    return client_reply(msg, folder, {**result.metrics, "num-examples": result.num_examples}, arrays=record_of(result.arrays))
+    start = time.perf_counter()
+    reply_arrays = record_of(result.arrays, str(config["transport-dtype"]))
+    serialize_seconds = decode_seconds + time.perf_counter() - start
+    metrics = {**result.metrics, "serialize_seconds": serialize_seconds, "num-examples": result.num_examples}
+    return client_reply(msg, folder, metrics, arrays=reply_arrays)
 
 
 @client_app.evaluate()
@@ -106,6 +121,7 @@ class PretrainSettings:
     seed: int = 0
     resume: bool = False
     timeout: float = 6 * 3600.0
+    transport_dtype: str = "float32"  # float16: weights travel in half precision both ways
     init_from: str = ""  # start from the fitting tensors of this checkpoint (iteration 1's model, a student's teacher)
 
 
@@ -222,6 +238,7 @@ def settings_from_run_config(run_config: Dict) -> PretrainSettings:
         seed=int(run_config["seed"]),
         resume=bool(run_config["resume"]),
         timeout=float(run_config["round-timeout"]),
+        transport_dtype=str(run_config["transport-dtype"]),
         init_from=path("init-from"),
     )
 
@@ -280,15 +297,27 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         "label-rate": float(settings.label_rate),
         "lr": float(settings.eta_l),
         "data-root": settings.data_root,
+        "transport-dtype": settings.transport_dtype,
     }
+    if settings.transport_dtype not in TRANSPORT_DTYPES:
+        raise ValueError(f"transport dtype {settings.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
     for rnd in range(first_round, settings.rounds + 1):
         start = time.monotonic()
         num_updates = (rnd - 1) * settings.local_updates
         train_config = ConfigRecord(
             {**base_config, "num-updates": num_updates, "local-updates": settings.local_updates, "local-epochs": settings.local_epochs}
         )
-        messages = list(strategy.configure_train(rnd, record_of(weights), train_config, grid))
+        timing = {}
+        tic = time.perf_counter()
+        outgoing = record_of(weights, settings.transport_dtype)
+        timing["serialize"] = time.perf_counter() - tic
+        messages = list(strategy.configure_train(rnd, outgoing, train_config, grid))
         replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
+        timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
+        tic = time.perf_counter()
+        for reply in replies:  # aggregate in float32 whatever the transport
+            if not reply.has_error() and settings.transport_dtype != "float32":
+                reply.content["arrays"] = record_of(arrays_of(reply.content["arrays"]))
         good, rejected = screen(replies, weights)
         if len(good) < settings.min_train_nodes:
             raise RuntimeError(
@@ -300,13 +329,17 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         for name in ("m_t", "v_t"):
             if getattr(strategy, name, None):
                 setattr(strategy, name, {k: v.astype(np.float32) for k, v in getattr(strategy, name).items()})
+        timing["aggregate"] = time.perf_counter() - tic
 
-        eval_messages = list(strategy.configure_evaluate(rnd, record_of(weights), ConfigRecord(dict(base_config)), grid))
+        tic = time.perf_counter()
+        eval_messages = list(strategy.configure_evaluate(rnd, record_of(weights, settings.transport_dtype), ConfigRecord(dict(base_config)), grid))
         eval_replies = list(grid.send_and_receive(eval_messages, timeout=settings.timeout))
+        timing["clients_evaluate"] = time.perf_counter() - tic
         eval_good = [r for r in eval_replies if not r.has_error()]
         valid = dict(strategy.aggregate_evaluate(rnd, eval_good) or {})
         valid_loss = float(valid.get("loss", float("inf")))
 
+        tic = time.perf_counter()
         extra = {"federated_round": rnd, "valid_loss": valid_loss}
         round_path = server_dir / f"checkpoint_round{rnd}.pt"
         save_fairseq_checkpoint(round_path, cfg, weights, settings.n_clusters, num_updates + settings.local_updates, extra)
@@ -315,6 +348,7 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
             best_loss, best_round = valid_loss, rnd
             atomic_write(server_dir / "checkpoint_best.pt", lambda tmp: shutil.copyfile(round_path, tmp))
             save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
+        timing["checkpoint"] = time.perf_counter() - tic
 
         clients = client_rows(good, "train_")
         for name, row in client_rows(eval_good, "valid_").items():
@@ -328,6 +362,7 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
             "bytes_sent": message_bytes(messages) + message_bytes(eval_messages),
             "bytes_received": message_bytes(replies),
             "round_seconds": time.monotonic() - start,
+            "server_seconds": timing,
             "clients": clients,
             "best_round": best_round,
         }
