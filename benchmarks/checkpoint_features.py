@@ -10,9 +10,6 @@ client holds while its k-means runs: float32 frames at 50 Hz.
 writes benchmarks/results/checkpoint_features.json and .md.
 """
 import argparse
-import datetime
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +22,9 @@ from fedhubert_plugin.data.features import CheckpointFeatures
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
 
+from common import write_results
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 MODELS = [("base", "pretrain/base.yaml", 6), ("tiny", "pretrain/tiny.yaml", 1)]
 
 
@@ -64,19 +62,11 @@ def main() -> None:
                 rows.append({"model": name, "layer": layer, "device": device, "audio_seconds": audio, "frames": frames,
                              "seconds": seconds, "seconds_per_audio_hour": seconds / audio * 3600,
                              "disk_mb_per_audio_hour": extractor.dim * 4 * extractor.label_rate * 3600 / 1e6})
-    meta = {"date": datetime.date.today().isoformat(), "machine": platform.platform(), "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "checkpoint_features.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| model (layer) | device | s per hour of audio | real-time factor | disk per hour of audio |", "| --- | --- | --- | --- | --- |"]
+    table = ["| model (layer) | device | s per hour of audio | real-time factor | disk per hour of audio |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['model']} ({r['layer']}) | {r['device']} | {r['seconds_per_audio_hour']:.0f} | "
+        table.append(f"| {r['model']} ({r['layer']}) | {r['device']} | {r['seconds_per_audio_hour']:.0f} | "
                      f"{r['seconds_per_audio_hour'] / 3600:.3f} | {r['disk_mb_per_audio_hour']:.0f} MB |")
-    lines.append(f"\n{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}, torch {meta['torch']}; "
-                 f"{rows[0]['audio_seconds']:.0f} s of toy speech, one utterance at a time.")
-    (RESULTS / "checkpoint_features.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    print(write_results("checkpoint_features", rows, table, f"{rows[0]['audio_seconds']:.0f} s of toy speech, one utterance at a time."))
 
 if __name__ == "__main__":
     main()

@@ -10,9 +10,6 @@ not depend on training).
 
 writes benchmarks/results/distill_student.json and .md.
 """
-import datetime
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -23,8 +20,9 @@ import torch
 from fedhubert_plugin.export import export_initial
 from upstream.hubert_local.hubconf import hubert_local
 
+from common import write_results
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 PAIRS = [("base", "pretrain/base.yaml", "student", "distill/student.yaml"),
          ("tiny", "pretrain/tiny.yaml", "tiny_student", "distill/tiny_student.yaml")]
 AUDIO_SECONDS = 10.0
@@ -66,19 +64,11 @@ def main() -> None:
                 rows.append({"teacher": teacher_name, "student": student_name, "device": device,
                              "teacher_params": params[0], "student_params": params[1], "param_ratio": params[1] / params[0],
                              "teacher_s_per_audio_s": t, "student_s_per_audio_s": s, "time_ratio": s / t})
-    meta = {"date": datetime.date.today().isoformat(), "machine": platform.platform(), "cpus": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distill_student.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| teacher → student | device | parameters | ratio | s per s of audio (teacher → student) | ratio |", "| --- | --- | --- | --- | --- | --- |"]
+    table = ["| teacher → student | device | parameters | ratio | s per s of audio (teacher → student) | ratio |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['teacher']} → {r['student']} | {r['device']} | {r['teacher_params'] / 1e6:.2f} M → {r['student_params'] / 1e6:.2f} M | "
+        table.append(f"| {r['teacher']} → {r['student']} | {r['device']} | {r['teacher_params'] / 1e6:.2f} M → {r['student_params'] / 1e6:.2f} M | "
                      f"{r['param_ratio']:.2f} | {r['teacher_s_per_audio_s']:.4f} → {r['student_s_per_audio_s']:.4f} | {r['time_ratio']:.2f} |")
-    lines.append(f"\n{meta['date']}, {meta['machine']}, {meta['cpus']} CPU threads, GPU: {meta['gpu']}, torch {meta['torch']}; "
-                 f"{AUDIO_SECONDS:.0f} s of audio, batch 1, median of repeated runs.")
-    (RESULTS / "distill_student.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    print(write_results("distill_student", rows, table, f"{AUDIO_SECONDS:.0f} s of audio, batch 1, median of repeated runs."))
 
 if __name__ == "__main__":
     main()

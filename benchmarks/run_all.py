@@ -12,12 +12,13 @@ Each figure is a ratio of two things measured side by side in this run, on the t
    `fairseq-hydra-train` on the union of the clients' data with the same total updates (masked
    accuracy on the same validation set, KS accuracy), and federated against local k-means;
 5. memory: peak RSS of a federated client against plain fairseq on the same recipe;
-6. GPU: 1 and 5 with the Base recipe in fp16, when there is an NVIDIA GPU (`--gpu-only` runs just that).
+6. GPU: 1 and 5 with the Base recipe in fp16, when there is an NVIDIA GPU (`--gpu-only` runs just that);
+7. and 8.: benchmarks/distill_student.py (teacher against student) and
+   benchmarks/checkpoint_features.py (iteration-2 feature extraction).
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10]
 """
 import argparse
-import datetime
 import json
 import platform
 import shutil
@@ -36,6 +37,8 @@ from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
+
+from common import RESULTS, machine_meta
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -185,13 +188,13 @@ def communication_and_quality(work: Path, toy: Path, rounds: int, updates: int) 
 def prepare_vs_fairseq(work: Path) -> Dict:
     """3: benchmarks/prepare_vs_fairseq.py at 25 minutes of audio."""
     run([sys.executable, str(REPO / "benchmarks" / "prepare_vs_fairseq.py"), "--minutes", "25"], work / "prepare_vs_fairseq.log")
-    return json.loads((REPO / "benchmarks" / "results" / "prepare_vs_fairseq_25min.json").read_text())
+    return json.loads((RESULTS / "prepare_vs_fairseq_25min.json").read_text())
 
 
 def markdown(results: Dict) -> str:
     """results.md: one table per benchmark, ratios first."""
     meta, lines = results["meta"], ["# fedhubert benchmarks", ""]
-    lines.append(f"{meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, GPU: {meta['gpu']}; torch {meta['torch']}, "
+    lines.append(f"{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}; torch {meta['torch']}, "
                  f"fairseq {meta['fairseq']}, flwr {meta['flwr']}, s3prl {meta['s3prl']}. Toy corpus, tiny recipe unless named.\n")
     o = results.get("overhead")
     if o:
@@ -222,6 +225,9 @@ def markdown(results: Dict) -> str:
                   "", "| k-means | masked accuracy on its own targets | KS test accuracy |", "| --- | --- | --- |",
                   f"| federated (one codebook) | {q['federated_kmeans_own_targets_valid_acc_masked']:.4f} | {q['ks_test_acc']['federated']:.3f} |",
                   f"| local (one per client) | {q['local_kmeans_own_targets_valid_acc_masked']:.4f} | {q['ks_test_acc']['federated_local_kmeans']:.3f} |", ""]
+    for key, title in (("distill_student", "7. Teacher against distilled student"), ("checkpoint_features", "8. Iteration-2 feature extraction")):
+        if key in results:
+            lines += [f"## {title}", "", results[key]["markdown"], ""]
     g = results.get("gpu")
     lines += ["## 6. GPU (Base recipe, fp16)", "", g["note"] if "note" in g else json.dumps(g, indent=1), ""]
     return "\n".join(lines)
@@ -239,16 +245,18 @@ def main() -> None:
     if not (toy / "toy_data.json").is_file():
         write_toy_data(toy, force=True)
     results = json.loads(RESULTS_JSON.read_text()) if args.gpu_only and RESULTS_JSON.is_file() else {}
-    results["meta"] = {"date": datetime.date.today().isoformat(), "machine": platform.platform(), "cpus": torch.get_num_threads(),
-                       "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version(),
-                       "torch": torch.__version__, "fairseq": fairseq.__version__, "flwr": flwr.__version__, "s3prl": s3prl.__version__}
+    results["meta"] = {**machine_meta(), "python": platform.python_version(), "fairseq": fairseq.__version__,
+                       "flwr": flwr.__version__, "s3prl": s3prl.__version__}
     if not args.gpu_only:
         results["overhead"] = overhead_and_memory(args.work, toy, args.local_updates, overrides=["common.cpu=true"])
         results.update(communication_and_quality(args.work, toy, args.rounds, args.local_updates))
         prepared = prepare_vs_fairseq(args.work)
-        results["prepare"] = {**prepared, "markdown": (REPO / "benchmarks" / "results" / "prepare_vs_fairseq_25min.md").read_text()}
+        results["prepare"] = {**prepared, "markdown": (RESULTS / "prepare_vs_fairseq_25min.md").read_text()}
+        for name in ("distill_student", "checkpoint_features"):  # issues 6 and 10: their own scripts
+            run([sys.executable, str(REPO / "benchmarks" / f"{name}.py")], args.work / f"{name}.log")
+            results[name] = {**json.loads((RESULTS / f"{name}.json").read_text()), "markdown": (RESULTS / f"{name}.md").read_text()}
     if torch.cuda.is_available():
-        results["gpu"] = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
+        results["gpu"] = {"date": results["meta"]["date"], "device": torch.cuda.get_device_name(),
                           **overhead_and_memory(args.work, toy, args.local_updates, "base", ["common.fp16=true"])}
     elif "gpu" not in results:
         results["gpu"] = {"note": "not run: no NVIDIA GPU on this machine. On one, run `.venv/bin/python benchmarks/run_all.py --gpu-only`."}
