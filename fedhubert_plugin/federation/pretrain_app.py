@@ -314,6 +314,7 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         messages = list(strategy.configure_train(rnd, outgoing, train_config, grid))
         replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
         timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
+        bytes_received = message_bytes(replies)  # as they travelled, before widening to float32
         tic = time.perf_counter()
         for reply in replies:  # aggregate in float32 whatever the transport
             if not reply.has_error() and settings.transport_dtype != "float32":
@@ -360,7 +361,7 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
             "participants": sorted(clients),
             "rejected": rejected,
             "bytes_sent": message_bytes(messages) + message_bytes(eval_messages),
-            "bytes_received": message_bytes(replies),
+            "bytes_received": bytes_received,
             "round_seconds": time.monotonic() - start,
             "server_seconds": timing,
             "clients": clients,
