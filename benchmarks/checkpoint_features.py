@@ -30,7 +30,7 @@ MODELS = [("base", "pretrain/base.yaml", 6), ("tiny", "pretrain/tiny.yaml", 1)]
 
 def toy_utterances(folder: Path, seconds: float):
     """At least ``seconds`` of toy speech, as float32 arrays."""
-    write_toy_data(folder, speakers=16, dev_speakers=1, utterances_per_speaker=12, keyword_speakers=0, force=True)
+    write_toy_data(folder, speakers=16, dev_speakers=1, utterances_per_speaker=12, keyword_speakers=2, keyword_repeats=1, force=True)
     wavs, total = [], 0.0
     for flac in sorted((folder / "LibriSpeech" / TRAIN_SUBSET).rglob("*.flac")):
         wav, _ = sf.read(flac, dtype="float32")

@@ -12,11 +12,11 @@ Each figure is a ratio of two things measured side by side in this run, on the t
    `fairseq-hydra-train` on the union of the clients' data with the same total updates (masked
    accuracy on the same validation set, KS accuracy), and federated against local k-means;
 5. memory: peak RSS of a federated client against plain fairseq on the same recipe;
-6. GPU: 1 and 5 with the Base recipe in fp16, when there is an NVIDIA GPU (`--gpu-only` runs just that);
+6. GPU: 1 and 5 with the Base recipe in fp16, when there is an NVIDIA GPU (`--sections gpu` runs just that);
 7. and 8.: benchmarks/distill_student.py (teacher against student) and
    benchmarks/checkpoint_features.py (iteration-2 feature extraction).
 
-    .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10]
+    .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
 """
 import argparse
 import json
@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RECIPES = REPO / "recipes" / "librispeech" / "pretrain"
 RESULTS_JSON, RESULTS_MD = REPO / "benchmarks" / "results.json", REPO / "benchmarks" / "results.md"
+SECTIONS = ["overhead", "quality", "prepare", "distill_student", "checkpoint_features", "gpu"]  # quality includes communication
 PEAK_RSS = "import resource, runpy, sys; sys.argv = sys.argv[1:]\ntry:\n    runpy.run_module('fairseq_cli.hydra_train', run_name='__main__')\nfinally:\n    print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)"
 
 
@@ -105,6 +106,8 @@ def overhead_and_memory(work: Path, toy: Path, updates: int, recipe: str = "tiny
         "overhead_ratio": single["wall_seconds"] / plain["wall_seconds"],
         "breakdown_seconds": {
             "process_start_and_flower_ray": single["wall_seconds"] - first["round_seconds"],
+            "client_process_start_and_messaging": first["server_seconds"]["clients_train"] - client["train_seconds"]
+            - client["train_setup_seconds"] - client["train_serialize_seconds"],
             "client_setup_model_dataset_trainer": client["train_setup_seconds"],
             "client_training": client["train_seconds"],
             "serialization": client["train_serialize_seconds"] + first["server_seconds"]["serialize"],
@@ -229,8 +232,15 @@ def markdown(results: Dict) -> str:
         if key in results:
             lines += [f"## {title}", "", results[key]["markdown"], ""]
     g = results.get("gpu")
-    lines += ["## 6. GPU (Base recipe, fp16)", "", g["note"] if "note" in g else json.dumps(g, indent=1), ""]
+    if g:
+        lines += ["## 6. GPU (Base recipe, fp16)", "", g["note"] if "note" in g else json.dumps(g, indent=1), ""]
     return "\n".join(lines)
+
+
+def save(results: Dict) -> None:
+    """Write results.json and results.md (after every section, so a failure keeps what was measured)."""
+    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS_MD.write_text(markdown(results))
 
 
 def main() -> None:
@@ -238,30 +248,37 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-updates", type=int, default=10)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fedhubert-benchmarks"))
-    parser.add_argument("--gpu-only", action="store_true", help="only the GPU variant (merged into the existing results)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS,
+                        help="run only these (the others are kept from the existing results.json), e.g. --sections gpu")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     toy = args.work / "toy"
     if not (toy / "toy_data.json").is_file():
         write_toy_data(toy, force=True)
-    results = json.loads(RESULTS_JSON.read_text()) if args.gpu_only and RESULTS_JSON.is_file() else {}
+    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() and args.sections != SECTIONS else {}
     results["meta"] = {**machine_meta(), "python": platform.python_version(), "fairseq": fairseq.__version__,
                        "flwr": flwr.__version__, "s3prl": s3prl.__version__}
-    if not args.gpu_only:
+    if "overhead" in args.sections:
         results["overhead"] = overhead_and_memory(args.work, toy, args.local_updates, overrides=["common.cpu=true"])
+        save(results)
+    if "quality" in args.sections:
         results.update(communication_and_quality(args.work, toy, args.rounds, args.local_updates))
+        save(results)
+    if "prepare" in args.sections:
         prepared = prepare_vs_fairseq(args.work)
         results["prepare"] = {**prepared, "markdown": (RESULTS / "prepare_vs_fairseq_25min.md").read_text()}
-        for name in ("distill_student", "checkpoint_features"):  # issues 6 and 10: their own scripts
+        save(results)
+    for name in ("distill_student", "checkpoint_features"):  # issues 6 and 10: their own scripts
+        if name in args.sections:
             run([sys.executable, str(REPO / "benchmarks" / f"{name}.py")], args.work / f"{name}.log")
             results[name] = {**json.loads((RESULTS / f"{name}.json").read_text()), "markdown": (RESULTS / f"{name}.md").read_text()}
-    if torch.cuda.is_available():
+            save(results)
+    if "gpu" in args.sections and torch.cuda.is_available():
         results["gpu"] = {"date": results["meta"]["date"], "device": torch.cuda.get_device_name(),
                           **overhead_and_memory(args.work, toy, args.local_updates, "base", ["common.fp16=true"])}
     elif "gpu" not in results:
-        results["gpu"] = {"note": "not run: no NVIDIA GPU on this machine. On one, run `.venv/bin/python benchmarks/run_all.py --gpu-only`."}
-    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
-    RESULTS_MD.write_text(markdown(results))
+        results["gpu"] = {"note": "not run: no NVIDIA GPU on this machine. On one, run `.venv/bin/python benchmarks/run_all.py --sections gpu`."}
+    save(results)
     print(RESULTS_MD.read_text())
 
 
