@@ -228,12 +228,12 @@ def markdown(results: Dict) -> str:
                   "", "| k-means | masked accuracy on its own targets | KS test accuracy |", "| --- | --- | --- |",
                   f"| federated (one codebook) | {q['federated_kmeans_own_targets_valid_acc_masked']:.4f} | {q['ks_test_acc']['federated']:.3f} |",
                   f"| local (one per client) | {q['local_kmeans_own_targets_valid_acc_masked']:.4f} | {q['ks_test_acc']['federated_local_kmeans']:.3f} |", ""]
-    for key, title in (("distill_student", "7. Teacher against distilled student"), ("checkpoint_features", "8. Iteration-2 feature extraction")):
-        if key in results:
-            lines += [f"## {title}", "", results[key]["markdown"], ""]
     g = results.get("gpu")
     if g:
         lines += ["## 6. GPU (Base recipe, fp16)", "", g["note"] if "note" in g else json.dumps(g, indent=1), ""]
+    for key, title in (("distill_student", "7. Teacher against distilled student"), ("checkpoint_features", "8. Iteration-2 feature extraction")):
+        if key in results:
+            lines += [f"## {title}", "", results[key]["markdown"], ""]
     return "\n".join(lines)
 
 
