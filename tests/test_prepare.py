@@ -92,6 +92,9 @@ def test_federated_kmeans_inertia_within_5_percent_of_centralized(prepared):
     federated = nearest(pooled, np.load(prepared / "kmeans" / "codebook.npy"))[1].sum()
     centralized = nearest(pooled, local_codebook(pooled, N_CLUSTERS, seed=0, n_init=20))[1].sum()
     assert federated <= 1.05 * centralized, (federated, centralized)
+    steps = [json.loads(line) for line in (prepared / "kmeans" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and steps[-1]["inertia_per_frame"] <= steps[0]["inertia_per_frame"]
+    assert list((prepared / "kmeans" / "tb").glob("events.out.tfevents.*"))
 
 
 def test_local_kmeans_with_the_seed_preset(messy_librispeech, tmp_path, capsys):

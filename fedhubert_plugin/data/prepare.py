@@ -7,13 +7,14 @@ Writes, under ``out``::
     partition.json        clients -> speakers, hours, utterance counts
     clients/client_XXX/{train,valid}.tsv                  fairseq manifests
     clients/client_XXX/labels/{train,valid}.km, dict.km.txt, labels.json
-    kmeans/               the codebook(s)
+    kmeans/               the codebook(s); federated: inertia per Lloyd step (metrics.jsonl, tb/)
     prepare.json          settings and label rate; written last, so its presence means complete
 
 Every file is written atomically. A run first removes ``prepare.json`` and the clients'
 old labels, so an interrupted run never leaves labels that belong to other manifests;
 running again redoes the preparation cleanly.
 """
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
+from tensorboardX import SummaryWriter
 
 from fedhubert_plugin.data import LABELS_META
 from fedhubert_plugin.data.features import feature_extractor
@@ -140,7 +142,18 @@ def run_federated_kmeans(cfg: PrepareConfig, num_clients: int) -> float:
         raise RuntimeError("federated k-means did not finish; see the Flower log above")
     atomic_save_array(cfg.out / "kmeans" / "codebook.npy", result.codebook)
     atomic_write_json(cfg.out / "kmeans" / "federated.json", {"inertia_per_step": result.inertia, "frames": result.frames, "seconds": result.seconds})
+    write_kmeans_metrics(cfg.out / "kmeans", [inertia / result.frames for inertia in result.inertia])
     return result.inertia[-1] / result.frames
+
+
+def write_kmeans_metrics(folder: Path, inertia_per_frame: List[float]) -> None:
+    """Federated k-means per Lloyd step as JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``)."""
+    lines = [json.dumps({"step": step, "inertia_per_frame": value}) for step, value in enumerate(inertia_per_frame, start=1)]
+    atomic_write_text(folder / "metrics.jsonl", "".join(line + "\n" for line in lines))
+    board = SummaryWriter(str(folder / "tb"))
+    for step, value in enumerate(inertia_per_frame, start=1):
+        board.add_scalar("inertia_per_frame", value, step)
+    board.close()
 
 
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
