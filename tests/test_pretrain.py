@@ -65,6 +65,16 @@ def test_float16_transport_halves_the_traffic_and_keeps_the_loss(federated_run, 
 
 
 @pytest.mark.slow
+def test_local_epochs_continue_the_update_count_and_lr_schedule(prepared, tmp_path):
+    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=2, local_updates=0, local_epochs=1), num_clients=4)
+    lines = metric_lines(tmp_path)
+    per_round = [round(line["train"]["updates"]) for line in lines]
+    assert all(n > 0 for n in per_round)
+    assert load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"] == sum(per_round)
+    assert lines[1]["train"]["lr"] > lines[0]["train"]["lr"]  # still warming up from where round 1 stopped, not restarted
+
+
+@pytest.mark.slow
 def test_resume_gives_the_weights_of_an_uninterrupted_run(federated_run, prepared, tmp_path):
     simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=2), num_clients=4)
     simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=3, resume=True), num_clients=4)

@@ -189,24 +189,25 @@ def message_bytes(messages: List[Message]) -> int:
 
 
 class ServerState:
-    """What ``--resume`` needs: the round done, the best so far, strategy moments, RNG."""
+    """What ``--resume`` needs: the round done, the updates done, the best so far, strategy moments, RNG."""
 
     def __init__(self, server_dir: Path):
         self.path = server_dir / "server_state.pt"
 
-    def save(self, round_done: int, best_loss: float, best_round: int, strategy) -> None:
+    def save(self, round_done: int, updates_done: int, best_loss: float, best_round: int, strategy) -> None:
         moments = {name: {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in (getattr(strategy, name, None) or {}).items()}
                    for name in ("m_t", "v_t")}
-        state = {"round": round_done, "best_loss": best_loss, "best_round": best_round, "random": random.getstate(), **moments}
+        state = {"round": round_done, "updates": updates_done, "best_loss": best_loss, "best_round": best_round,
+                 "random": random.getstate(), **moments}
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
-    def restore(self, strategy) -> Tuple[int, float, int]:
+    def restore(self, strategy) -> Tuple[int, int, float, int]:
         state = load_checkpoint(self.path)
         random.setstate(state["random"])
         for name in ("m_t", "v_t"):
             if state[name]:
                 setattr(strategy, name, {k: v.numpy() for k, v in state[name].items()})
-        return int(state["round"]), float(state["best_loss"]), int(state["best_round"])
+        return int(state["round"]), int(state["updates"]), float(state["best_loss"]), int(state["best_round"])
 
 
 def settings_from_run_config(run_config: Dict) -> PretrainSettings:
@@ -280,9 +281,9 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
     state = ServerState(server_dir)
     # TensorBoard scalars per round in fairseq's layout (tb/train, tb/valid), with the writer fairseq uses
     boards = {tag: SummaryWriter(str(server_dir / "tb" / tag)) for tag in ("train", "valid")}
-    first_round, best_loss, best_round = 1, float("inf"), 0
+    first_round, updates_done, best_loss, best_round = 1, 0, float("inf"), 0
     if settings.resume and state.path.is_file():
-        done, best_loss, best_round = state.restore(strategy)
+        done, updates_done, best_loss, best_round = state.restore(strategy)
         weights = {k: v.numpy() for k, v in load_checkpoint(server_dir / "checkpoint_last.pt")["model"].items()}
         first_round = done + 1
         keep = [line for line in (server_dir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["round"] <= done]
@@ -303,7 +304,7 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         raise ValueError(f"transport dtype {settings.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
     for rnd in range(first_round, settings.rounds + 1):
         start = time.monotonic()
-        num_updates = (rnd - 1) * settings.local_updates
+        num_updates = updates_done  # the clients' LR schedules continue from here
         train_config = ConfigRecord(
             {**base_config, "num-updates": num_updates, "local-updates": settings.local_updates, "local-epochs": settings.local_epochs}
         )
@@ -331,6 +332,8 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
             if getattr(strategy, name, None):
                 setattr(strategy, name, {k: v.astype(np.float32) for k, v in getattr(strategy, name).items()})
         timing["aggregate"] = time.perf_counter() - tic
+        # clients report the updates they made (with --local-epochs it depends on their data)
+        updates_done += int(round(float((train_metrics or {}).get("updates", settings.local_updates))))
 
         tic = time.perf_counter()
         eval_messages = list(strategy.configure_evaluate(rnd, record_of(weights, settings.transport_dtype), ConfigRecord(dict(base_config)), grid))
@@ -343,7 +346,7 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         tic = time.perf_counter()
         extra = {"federated_round": rnd, "valid_loss": valid_loss}
         round_path = server_dir / f"checkpoint_round{rnd}.pt"
-        save_fairseq_checkpoint(round_path, cfg, weights, settings.n_clusters, num_updates + settings.local_updates, extra)
+        save_fairseq_checkpoint(round_path, cfg, weights, settings.n_clusters, updates_done, extra)
         atomic_write(server_dir / "checkpoint_last.pt", lambda tmp: shutil.copyfile(round_path, tmp))
         if valid_loss < best_loss:
             best_loss, best_round = valid_loss, rnd
@@ -374,7 +377,7 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
             for key, value in scalars.items():
                 boards[tag].add_scalar(key, value, rnd)
             boards[tag].flush()
-        state.save(rnd, best_loss, best_round, strategy)
+        state.save(rnd, updates_done, best_loss, best_round, strategy)
         logger.info("round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)",
                     rnd, line["train"].get("loss", float("nan")), valid_loss, valid.get("acc_masked", float("nan")),
                     len(good), line["round_seconds"])
