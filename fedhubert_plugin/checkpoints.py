@@ -175,8 +175,7 @@ def copy_fitting_tensors(weights: Mapping[str, np.ndarray], checkpoint: Union[st
     same layer for the same depth (continuing HuBERT's next iteration), evenly spread layers
     for a shallower student. What does not fit (another width, another cluster count) stays.
     """
-    model, _ = load_hubert_model(checkpoint)
-    source = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    source = {k: v.numpy() for k, v in as_s3prl_state(load_checkpoint(checkpoint), checkpoint)["model_weight"].items()}
 
     def depth(names) -> int:
         return 1 + max((int(k.split(".")[2]) for k in names if k.startswith("encoder.layers.")), default=-1)

@@ -1,6 +1,5 @@
 """The ``fedhubert`` command line."""
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -147,19 +146,13 @@ def add_federation_options(p: argparse.ArgumentParser) -> None:
 
 def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str], init_from: str = "") -> None:
     """Simulate the federation of ``args`` on the prepared clients with ``recipe``."""
-    from fedhubert_plugin.federation.pretrain_app import PretrainSettings, simulate_pretraining
+    from fedhubert_plugin.federation.pretrain_app import prepared_settings, simulate_pretraining
 
-    prepared = args.data / "prepare.json"
-    if not prepared.is_file():
-        raise FileNotFoundError(f"{prepared} not found: run `fedhubert prepare --out {args.data}` first (or let it finish)")
-    meta = json.loads(prepared.read_text())
-    settings = PretrainSettings(
+    settings, num_clients = prepared_settings(
+        args.data,
         save_dir=str(args.save_dir.resolve()),
         recipe=str(recipe),
-        label_rate=meta["label_rate"],
-        n_clusters=meta["n_clusters"],
         rounds=args.rounds,
-        data_root=str(args.data.resolve()),
         overrides=overrides,
         strategy=args.strategy,
         eta=args.eta,
@@ -170,14 +163,13 @@ def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str],
         local_updates=args.local_updates or (0 if args.local_epochs else 10),
         local_epochs=args.local_epochs,
         fraction_train=args.fraction_train,
-        min_train_nodes=min(args.min_train_nodes, meta["num_clients"]),
-        min_available_nodes=meta["num_clients"],
+        min_train_nodes=args.min_train_nodes,
         seed=args.seed,
         resume=args.resume,
         transport_dtype=args.transport_dtype,
         init_from=init_from,
     )
-    simulate_pretraining(settings, meta["num_clients"], args.cpus_per_client, args.gpus_per_client)
+    simulate_pretraining(settings, num_clients, args.cpus_per_client, args.gpus_per_client)
     print(f"checkpoints in {args.save_dir / 'server'}; metrics in {args.save_dir / 'server' / 'metrics.jsonl'}")
 
 

@@ -24,7 +24,7 @@ import torch
 from fedhubert_plugin.data.prepare import PrepareConfig, prepare, summary_table
 from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.federation.pretrain_app import PretrainSettings, simulate_pretraining
+from fedhubert_plugin.federation.pretrain_app import prepared_settings, simulate_pretraining
 from fedhubert_plugin.federation.recipe import APP_DIR
 from fedhubert_plugin.report import clients_table, downstream_table, plot_run, read_metrics, rounds_table, write_report
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
@@ -101,15 +101,11 @@ def prepare_phase(cfg: DemoConfig, data: Dict) -> Path:
 def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: Path, rounds: int,
                      overrides: List[str], init_from: str = "") -> Path:
     """A federated run (pretraining or distillation), resumed when OUT holds part of it."""
-    meta = json.loads((prepared / "prepare.json").read_text())
-    gpus = 1.0 / meta["num_clients"] if torch.cuda.is_available() else 0.0
-    settings = PretrainSettings(
-        save_dir=str(save_dir.resolve()), recipe=str(recipe), label_rate=meta["label_rate"], n_clusters=meta["n_clusters"],
-        rounds=rounds, data_root=str(prepared.resolve()), overrides=overrides, local_updates=cfg.local_updates,
-        min_train_nodes=min(2, meta["num_clients"]), min_available_nodes=meta["num_clients"], seed=cfg.seed,
-        resume=True, init_from=init_from,
-    )
-    simulate_pretraining(settings, meta["num_clients"], cpus_per_client=1.0, gpus_per_client=gpus)
+    settings, num_clients = prepared_settings(prepared, save_dir=str(save_dir.resolve()), recipe=str(recipe), rounds=rounds,
+                                              overrides=overrides, local_updates=cfg.local_updates, seed=cfg.seed,
+                                              resume=True, init_from=init_from)
+    gpus = 1.0 / num_clients if torch.cuda.is_available() else 0.0
+    simulate_pretraining(settings, num_clients, cpus_per_client=1.0, gpus_per_client=gpus)
     return save_dir
 
 

@@ -18,6 +18,7 @@ criterion's parameters or state: fairseq neither optimizes nor saves it, and the
 federation never sends it.
 """
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -100,8 +101,9 @@ def student_pass(model, captured: Dict):
         del model.apply_mask  # back to the class's method
 
 
+@functools.lru_cache(maxsize=None)
 def projection(from_dim: int, to_dim: int) -> torch.Tensor:
-    """A fixed (seeded) matrix (from_dim, to_dim) with orthonormal columns or rows."""
+    """A fixed (seeded) matrix (from_dim, to_dim) with orthonormal columns or rows (computed once per shape)."""
     generator = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(max(from_dim, to_dim), min(from_dim, to_dim), generator=generator))
     return q if from_dim >= to_dim else q.T

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -251,6 +251,22 @@ server_app = ServerApp()
 def flwr_run_main(grid: Grid, context: Context) -> None:
     """Entry of ``flwr run`` (deployment or Flower's own simulation): settings from the run config."""
     run_rounds(grid, settings_from_run_config(context.run_config))
+
+
+def prepared_settings(data: Path, **options) -> Tuple[PretrainSettings, int]:
+    """Settings for a run on the clients of a ``fedhubert prepare`` folder, and their number.
+
+    Label rate, cluster count and clients come from its ``prepare.json``; ``min_train_nodes``
+    is capped at the number of clients. ``options`` are the other ``PretrainSettings`` fields.
+    """
+    prepared = Path(data) / "prepare.json"
+    if not prepared.is_file():
+        raise FileNotFoundError(f"{prepared} not found: run `fedhubert prepare --out {data}` first (or let it finish)")
+    meta = json.loads(prepared.read_text())
+    options["min_train_nodes"] = min(options.get("min_train_nodes", PretrainSettings.min_train_nodes), meta["num_clients"])
+    settings = PretrainSettings(label_rate=meta["label_rate"], n_clusters=meta["n_clusters"], data_root=str(Path(data).resolve()),
+                                min_available_nodes=meta["num_clients"], **options)
+    return settings, meta["num_clients"]
 
 
 def simulate_pretraining(settings: PretrainSettings, num_clients: int, cpus_per_client: float = 1.0, gpus_per_client: float = 0.0) -> None:
