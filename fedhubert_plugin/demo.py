@@ -79,6 +79,9 @@ def data_phase(cfg: DemoConfig) -> Dict[str, object]:
         root = Path(cfg.speech_commands_root)
         test_root = Path(cfg.speech_commands_test_root or root / "test")
         train_root = root / "train" if (root / "train").is_dir() and not cfg.speech_commands_test_root else root
+        for folder, option in ((train_root, "--speech-commands-root"), (test_root, "--speech-commands-test-root")):
+            if not folder.is_dir():  # checked now, not after pretraining
+                raise FileNotFoundError(f"keyword spotting folder {folder} not found; check {option}")
         return {"librispeech": Path(cfg.librispeech_root), "subsets": list(cfg.subsets) or ["train-clean-100"],
                 "keywords": train_root, "keywords_test": test_root, "min_seconds": 2.0}
     toy = cfg.out / "toy"

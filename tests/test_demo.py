@@ -44,3 +44,11 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys):
         assert json.loads((out / "downstream" / folder / "test.json").read_text())["test_acc"] >= 0
         assert list((out / "downstream" / folder).glob("events.out.tfevents.*"))  # s3prl's TensorBoard logs
     assert "KS test accuracy" in capsys.readouterr().out
+
+
+def test_demo_names_a_missing_keyword_folder_before_any_training(toy_corpus, tmp_path, capsys):
+    args = ["demo", "--out", str(tmp_path / "demo"), "--librispeech-root", str(toy_corpus / "LibriSpeech"),
+            "--speech-commands-root", str(tmp_path / "nowhere")]
+    assert main(args) == 1
+    assert f"{tmp_path / 'nowhere'} not found; check --speech-commands-root" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "data").exists()

@@ -320,9 +320,8 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         raise ValueError(f"transport dtype {settings.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
     for rnd in range(first_round, settings.rounds + 1):
         start = time.monotonic()
-        num_updates = updates_done  # the clients' LR schedules continue from here
-        train_config = ConfigRecord(
-            {**base_config, "num-updates": num_updates, "local-updates": settings.local_updates, "local-epochs": settings.local_epochs}
+        train_config = ConfigRecord(  # num-updates: the clients' LR schedules continue from there
+            {**base_config, "num-updates": updates_done, "local-updates": settings.local_updates, "local-epochs": settings.local_epochs}
         )
         timing = {}
         tic = time.perf_counter()
