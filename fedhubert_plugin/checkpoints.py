@@ -54,6 +54,8 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported operand" in str(err) or "load key" in str(err):  # bytes that are no pickle at all
+            raise CheckpointError(f"cannot read checkpoint {path}: not a torch checkpoint (or a damaged one)") from None
         raise CheckpointError(
             f"refused to load {path}: it holds objects outside the allow-list of fairseq HuBERT "
             f"checkpoints, and loading them could run code ({blocked_global(err)}). Use checkpoints "
@@ -194,3 +196,18 @@ def copy_fitting_tensors(weights: Mapping[str, np.ndarray], checkpoint: Union[st
         raise ValueError(f"no tensor of {checkpoint} fits the model: starting from it needs the same conv extractor or width")
     logger.info("initialised from %s: %d of %d tensors copied", checkpoint, copied, len(weights))
     return result
+
+
+def check_architecture(expected: Mapping[str, np.ndarray], found: Mapping[str, Any], checkpoint: Union[str, Path], recipe: str) -> None:
+    """Raise ``CheckpointError`` unless ``found`` (a checkpoint's weights) has the tensors of ``expected`` (the recipe's model)."""
+    for name, value in expected.items():
+        if name not in found or tuple(found[name].shape) != tuple(value.shape):
+            held = f"shape {tuple(found[name].shape)}" if name in found else "no such tensor"
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not match recipe {recipe}: {name} has {held} there and shape "
+                f"{tuple(value.shape)} in the recipe's model. Use the recipe and overrides the run started with, or another checkpoint"
+            )
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint {checkpoint} does not match recipe {recipe}: it has tensors the recipe's model lacks, "
+                              f"e.g. {extra[0]}. Use the recipe and overrides the run started with, or another checkpoint")

@@ -59,4 +59,19 @@ def test_labels_made_at_another_rate_are_refused_with_the_fix(client_shard, tmp_
     with pytest.raises(ShardError) as err:
         setup_fed_task(shard).load_dataset("train")
     assert str(shard / "labels" / "labels.json") in str(err.value) and "task.label_rate=50" in str(err.value)
-    setup_fed_task(shard, label_rate=50).load_dataset("train")
+    # labels.json is wrong here (these labels are at 100 Hz): the per-utterance check catches it
+    with pytest.raises(ShardError, match=r"train.km line 1 has \d+ labels \(\d+\.\d+ s at 50.0 Hz\)"):
+        setup_fed_task(shard, label_rate=50).load_dataset("train")
+
+
+def test_an_utterance_with_too_few_labels_is_named_with_its_line(client_shard, tmp_path):
+    shard = copy_shard(client_shard, tmp_path)
+    label_file = shard / "labels" / "train.km"
+    lines = label_file.read_text().splitlines()
+    lines[4] = " ".join(lines[4].split()[: len(lines[4].split()) // 2])  # half the frames: labels of other audio
+    label_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ShardError) as err:
+        setup_fed_task(shard).load_dataset("train")
+    message = str(err.value)
+    audio = (shard / "train.tsv").read_text().splitlines()[5].split("\t")[0]
+    assert f"{label_file} line 5 has" in message and audio in message and "fedhubert prepare" in message

@@ -10,11 +10,17 @@ from fairseq.dataclass.initialize import add_defaults, hydra_init
 from fairseq.dataclass.utils import omegaconf_no_object_check
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from fedhubert_plugin.checkpoints import cluster_dictionary
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the repository, or the installed Flower app (FAB)
+
+
+class RecipeError(ValueError):
+    """A recipe or an override names a key fairseq's configs do not have, or a value they do not accept."""
 
 
 def resolve_recipe(recipe: str) -> Path:
@@ -37,8 +43,15 @@ def compose_recipe(recipe: Path, overrides: Sequence[str] = ()) -> DictConfig:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # hydra's notes on the old package header
         with initialize_config_dir(config_dir=str(recipe.parent), version_base="1.1"):
-            cfg = compose(config_name=recipe.stem, overrides=list(overrides))
-    add_defaults(cfg)
+            try:
+                cfg = compose(config_name=recipe.stem, overrides=list(overrides))
+                add_defaults(cfg)  # checks the keys against fairseq's dataclasses
+            except (HydraException, OmegaConfBaseException) as error:
+                problem = " ".join(line.strip() for line in str(error).split("\n")[:2])
+                raise RecipeError(
+                    f"recipe {recipe} with overrides {list(overrides)}: {problem}. Fix the key's spelling (fairseq's "
+                    f"dataclasses list the valid keys, e.g. fairseq.models.hubert.HubertConfig) or remove it"
+                ) from None
     with omegaconf_no_object_check():
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     OmegaConf.set_struct(cfg, True)

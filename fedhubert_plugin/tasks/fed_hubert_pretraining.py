@@ -21,6 +21,7 @@ from fedhubert_plugin.data import LABELS_META
 
 logger = logging.getLogger(__name__)
 
+LABEL_TOLERANCE_SECONDS = 0.1  # fairseq's HubertDataset tolerance
 FIX_HINT = "re-run `fedhubert prepare` for this client, or point task.data / task.label_dir at a prepared client folder"
 
 
@@ -90,6 +91,25 @@ class FedHubertPretrainingTask(HubertPretrainingTask):
                     f"label file {label_path} has {labelled} lines but manifest {manifest} lists "
                     f"{utterances} utterances; {FIX_HINT}"
                 )
+            self.check_label_lengths(manifest, label_path)
+
+    def check_label_lengths(self, manifest: Path, label_path: Path) -> None:
+        """Stop at the first utterance whose label count does not cover its audio at ``task.label_rate``.
+
+        fairseq allows 0.1 s of difference and only logs a count of the others, then trains on
+        misaligned targets.
+        """
+        with open(manifest) as audio, open(label_path) as labels:
+            entries = [line.split("\t") for line in audio.read().splitlines()[1:] if line.strip()]
+            for number, ((path, samples), line) in enumerate(zip(entries, labels), start=1):
+                audio_seconds = int(samples) / self.cfg.sample_rate
+                label_seconds = len(line.split()) / self.cfg.label_rate
+                if abs(audio_seconds - label_seconds) > LABEL_TOLERANCE_SECONDS:
+                    raise ShardError(
+                        f"label file {label_path} line {number} has {len(line.split())} labels "
+                        f"({label_seconds:.2f} s at {self.cfg.label_rate} Hz) for {path} of {audio_seconds:.2f} s in {manifest}: "
+                        f"labels made for other audio or at another rate; {FIX_HINT}"
+                    )
 
     def load_dataset(self, split: str, **kwargs) -> None:
         self.check_label_rate()
