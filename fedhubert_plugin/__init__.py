@@ -6,6 +6,11 @@ fairseq, registers the fairseq task ``fed_hubert_pretraining`` and the criterion
 ``weights_only=True`` on torch >= 2.6.
 """
 import logging
+import os
+
+# Flower's telemetry and update check stay off in every process that runs our code, unless set
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 # Before torchaudio is imported: its FFmpeg probe logs a traceback per missing FFmpeg version
 # at DEBUG, and Flower's SuperLink database (alembic) logs each plugin at INFO.

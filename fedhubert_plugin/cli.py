@@ -121,10 +121,13 @@ def recipe_path(name: str, folder: str = "pretrain") -> Path:
 
 def add_federation_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every federated training command (pretrain, distill)."""
+    from fedhubert_plugin.federation.strategies import STRATEGIES
+
     p.add_argument("--data", type=Path, required=True, help="folder made by `fedhubert prepare`")
     p.add_argument("--save-dir", type=Path, required=True)
     p.add_argument("--rounds", type=int, required=True)
-    p.add_argument("--strategy", choices=["fedadam", "fedavg", "fedyogi", "fedadagrad"], default="fedadam")
+    p.add_argument("--strategy", choices=STRATEGIES, default="fedadam",
+                   help="Flower strategy (default fedadam); fedmedian, fedtrimmedavg, krum and multikrum resist a few bad clients")
     p.add_argument("--eta", type=float, default=1e-3, help="server learning rate (FedAdam/Yogi/Adagrad; default 1e-3)")
     p.add_argument("--eta-l", type=float, default=0.0, help="client peak learning rate sent to clients (default: the recipe's)")
     p.add_argument("--beta-1", type=float, default=0.9)
@@ -137,6 +140,21 @@ def add_federation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-train-nodes", type=int, default=2, help="fewest usable client updates for a round (default 2)")
     p.add_argument("--transport-dtype", choices=["float32", "float16"], default="float32",
                    help="precision of the weights on the wire, both ways (float16 halves traffic; aggregation stays float32)")
+    p.add_argument("--trimmed-beta", type=float, default=0.2, help="fedtrimmedavg: share cut at each end (default 0.2)")
+    p.add_argument("--malicious-nodes", type=int, default=1, help="krum/multikrum: bad clients to tolerate (default 1)")
+    p.add_argument("--max-update-norm", type=float, default=0.0,
+                   help="clip each client update (client minus global weights, L2) to this norm; 0: off (default)")
+    p.add_argument("--round-timeout", type=float, default=6 * 3600.0,
+                   help="seconds to wait for clients per round; late ones are left out of the round (default 6 h)")
+    p.add_argument("--dp-clipping-norm", type=float, default=0.0,
+                   help="differential privacy: clients clip their updates to this L2 norm (Flower's fixedclipping_mod); 0: off")
+    p.add_argument("--dp-noise-multiplier", type=float, default=0.0,
+                   help="differential privacy: server noise std = multiplier * clipping norm / sampled clients")
+    p.add_argument("--dp-target-delta", type=float, default=1e-5, help="delta at which the privacy spent is reported (default 1e-5)")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="Flower's SecAgg+: the server learns only the average of the masked client updates (needs --strategy fedavg)")
+    p.add_argument("--secagg-clipping-range", type=float, default=1.0,
+                   help="SecAgg+: update values are clipped to +-this before quantisation (default 1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue after the last completed round in SAVE/server")
     p.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client (default 1)")
@@ -168,6 +186,15 @@ def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str],
         resume=args.resume,
         transport_dtype=args.transport_dtype,
         init_from=init_from,
+        timeout=args.round_timeout,
+        max_update_norm=args.max_update_norm,
+        trimmed_beta=args.trimmed_beta,
+        malicious_nodes=args.malicious_nodes,
+        dp_clipping_norm=args.dp_clipping_norm,
+        dp_noise_multiplier=args.dp_noise_multiplier,
+        dp_target_delta=args.dp_target_delta,
+        secure_aggregation=args.secure_aggregation,
+        secagg_clipping_range=args.secagg_clipping_range,
     )
     simulate_pretraining(settings, num_clients, args.cpus_per_client, args.gpus_per_client)
     print(f"checkpoints in {args.save_dir / 'server'}; metrics in {args.save_dir / 'server' / 'metrics.jsonl'}")

@@ -80,9 +80,11 @@ class LoopbackFederation:
     def flwr(self, *args, timeout=900):
         return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
+    def run_config(self, save: Path, rounds: int, extra: str = "") -> list:
+        return ["run", str(REPO), "loopback", "--stream", "--run-config", f'num-server-rounds={rounds} local-updates=2 save-dir="{save}" {extra}']
+
     def run_rounds(self, save: Path, rounds: int):
-        proc = self.flwr("run", str(REPO), "loopback", "--stream", "--run-config",
-                         f'num-server-rounds={rounds} local-updates=2 save-dir="{save}"')
+        proc = self.flwr(*self.run_config(save, rounds))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
 
@@ -138,3 +140,23 @@ def test_tls_and_supernode_authentication_refuse_an_unregistered_node(prepared, 
     assert "No SuperNode found with the given public key" in (tmp_path / "superlink.log").read_text()
     (line,) = federation.run_rounds(tmp_path / "save", rounds=1)
     assert line["participants"] == ["client_000", "client_001"]
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(prepared, federation_factory, tmp_path):
+    federation = federation_factory()
+    federation.start_superlink()
+    nodes = [federation.start_supernode(f"supernode{i}", prepared / "clients" / f"client_00{i}") for i in range(3)]
+    save = tmp_path / "save"
+    run = federation.start("flwr_run", [str(BIN / "flwr"), *federation.run_config(save, 1, "min-train-nodes=2 round-timeout=300.0")])
+    log = tmp_path / "supernode2.log"
+    deadline = time.monotonic() + 300
+    while "train" not in log.read_text() and time.monotonic() < deadline:  # its ClientApp got the round's weights
+        time.sleep(0.2)
+    os.killpg(nodes[2].pid, 9)
+    assert run.wait(timeout=600) == 0, (tmp_path / "flwr_run.log").read_text()[-3000:]
+    (line,) = [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
+    assert line["participants"] == ["client_000", "client_001"]
+    (dead,) = line["rejected"]  # the SuperLink answers for a node that stopped sending heartbeats
+    assert dead["client"].startswith("node ") and "Node Unavailable" in dead["reason"]
+    assert line["server_seconds"]["clients_train"] < 300  # not the round timeout

@@ -15,7 +15,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -178,3 +178,30 @@ class LocalTrainer:
                 trainer.valid_step(sample)
             result = hubert_metrics(agg)
         return LocalResult({}, len(task.dataset("valid")), result)
+
+
+_TRAINERS: Dict[tuple, LocalTrainer] = {}
+
+
+def local_trainer(config: Mapping) -> LocalTrainer:
+    """This process's trainer for the run's recipe (built once, reused by every client it serves).
+
+    ``config`` is the server's message config: recipe, overrides, label-rate, lr.
+    """
+    key = (str(config["recipe"]), tuple(config["overrides"]), float(config["label-rate"]), float(config["lr"]))
+    if key not in _TRAINERS:
+        _TRAINERS.clear()
+        _TRAINERS[key] = LocalTrainer(Path(key[0]), key[1], label_rate=key[2], lr=key[3] or None)
+    return _TRAINERS[key]
+
+
+def train_locally(config: Mapping, folder: Path, arrays: Dict[str, np.ndarray]) -> LocalResult:
+    """One round of local training as the server's message ``config`` asks (updates or epochs, round)."""
+    return local_trainer(config).fit(
+        folder,
+        arrays,
+        num_updates=int(config["num-updates"]),
+        local_updates=int(config["local-updates"]),
+        local_epochs=int(config["local-epochs"]),
+        round_seed=int(config["server-round"]),
+    )

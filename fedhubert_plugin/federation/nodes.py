@@ -45,7 +45,7 @@ def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: fl
     """Ray settings for a simulation on this machine: loopback only, our own temp dir, no dashboard."""
     temp_dir = os.environ.get("FEDHUBERT_RAY_TMP", os.path.join(tempfile.gettempdir(), f"fedhubert-ray-{os.getuid()}"))
     return {
-        "client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": num_gpus_per_client},
+        "client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": num_gpus_per_client, "max_restarts": -1},
         "init_args": {
             "_node_ip_address": "127.0.0.1",
             "_temp_dir": temp_dir,
@@ -58,6 +58,4 @@ def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: fl
 
 def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend_config: Dict[str, Any]) -> None:
     """Run the apps with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config)

@@ -1,8 +1,10 @@
 """Federated HuBERT pretraining: Flower ClientApp running fairseq trainers, ServerApp aggregating.
 
-Server, each round ``r``: send the global weights (``train``), drop replies that failed or
-hold non-finite numbers (logged with the client), aggregate with the strategy (FedAdam by
-default), cast back to the model's dtypes, ask every client to validate (``evaluate``),
+Server, each round ``r``: wait (at most the round timeout) for enough nodes, send the
+global weights (``train``), screen the replies (``screening``: failed, late, non-finite or
+absurd updates are rejected and logged with the client; ``--max-update-norm`` clips),
+aggregate with the strategy (``strategies``: FedAdam by default, robust ones, DP), cast
+back to the model's dtypes, ask every client to validate (``evaluate``),
 then write ``SAVE/server/checkpoint_round{r}.pt``, ``checkpoint_last.pt``, the best by
 validation loss (``checkpoint_best.pt`` and s3prl's ``best_global_model.pt``), the server
 state for ``--resume``, one JSON line in ``metrics.jsonl`` and TensorBoard scalars in ``tb/``.
@@ -21,29 +23,27 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from omegaconf import DictConfig
 from tensorboardX import SummaryWriter
 
-from fedhubert_plugin.checkpoints import copy_fitting_tensors, load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
-from fedhubert_plugin.federation.local_trainer import LocalTrainer
+from fedhubert_plugin.checkpoints import check_architecture, copy_fitting_tensors, load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
+from fedhubert_plugin.federation.local_trainer import local_trainer, train_locally
 from fedhubert_plugin.federation.nodes import client_folder, client_reply, ray_backend_config, simulate
 from fedhubert_plugin.federation.recipe import recipe_initial_model
+from fedhubert_plugin.federation.screening import missing_replies, screen
+from fedhubert_plugin.federation.secure import is_secure_round, secure_aggregation_mod, secure_average_update, secure_train
+from fedhubert_plugin.federation.strategies import (
+    accountant_state,
+    build_strategy,
+    evaluation_strategy,
+    privacy_spent,
+    restore_accountant,
+)
 from fedhubert_plugin.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-_TRAINERS: Dict[tuple, LocalTrainer] = {}
-
-
-def local_trainer(config: ConfigRecord) -> LocalTrainer:
-    """This process's trainer for the run's recipe (built once, reused by every client it serves)."""
-    key = (str(config["recipe"]), tuple(config["overrides"]), float(config["label-rate"]), float(config["lr"]))
-    if key not in _TRAINERS:
-        _TRAINERS.clear()
-        _TRAINERS[key] = LocalTrainer(Path(key[0]), key[1], label_rate=key[2], lr=key[3] or None)
-    return _TRAINERS[key]
-
 
 TRANSPORT_DTYPES = ("float32", "float16")
 
@@ -61,25 +61,28 @@ def record_of(arrays: Dict[str, np.ndarray], transport_dtype: str = "float32") -
     return ArrayRecord({k: Array(np.ascontiguousarray(wire(v))) for k, v in arrays.items()})
 
 
-client_app = ClientApp()
+def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's ``fixedclipping_mod`` on train messages whose config carries a DP clipping norm."""
+    config = msg.content.config_records.get("config")
+    if config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+client_app = ClientApp(mods=[dp_clipping_mod, secure_aggregation_mod])
 
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local fairseq training from the global weights."""
+    if is_secure_round(msg):
+        return secure_train(msg, context)
     config = msg.content["config"]
     folder = client_folder(context, config)
     start = time.perf_counter()
     arrays = arrays_of(msg.content["arrays"])
     decode_seconds = time.perf_counter() - start
-    result = local_trainer(config).fit(
-        folder,
-        arrays,
-        num_updates=int(config["num-updates"]),
-        local_updates=int(config["local-updates"]),
-        local_epochs=int(config["local-epochs"]),
-        round_seed=int(config["server-round"]),
-    )
+    result = train_locally(config, folder, arrays)
     start = time.perf_counter()
     reply_arrays = record_of(result.arrays, str(config["transport-dtype"]))
     serialize_seconds = decode_seconds + time.perf_counter() - start
@@ -107,7 +110,7 @@ class PretrainSettings:
     rounds: int
     data_root: str = ""  # simulation: the prepared data folder; deployment: empty (nodes know theirs)
     overrides: List[str] = field(default_factory=list)
-    strategy: str = "fedadam"
+    strategy: str = "fedadam"  # or fedavg, fedyogi, fedadagrad; robust: fedmedian, fedtrimmedavg, krum, multikrum
     eta: float = 1e-3
     eta_l: float = 0.0  # client learning rate sent to clients; 0: the recipe's
     beta_1: float = 0.9
@@ -120,29 +123,19 @@ class PretrainSettings:
     min_available_nodes: int = 2
     seed: int = 0
     resume: bool = False
-    timeout: float = 6 * 3600.0
+    timeout: float = 6 * 3600.0  # round timeout (s): a Base round of 1000 updates takes ~0.5 h on one GPU, hours on CPU
     transport_dtype: str = "float32"  # float16: weights travel in half precision both ways
     init_from: str = ""  # start from the fitting tensors of this checkpoint (iteration 1's model, a student's teacher)
-
-
-def build_strategy(settings: PretrainSettings):
-    """The Flower strategy named by ``settings.strategy``."""
-    common = dict(
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=1.0,
-        min_train_nodes=settings.min_train_nodes,
-        min_evaluate_nodes=settings.min_train_nodes,
-        min_available_nodes=settings.min_available_nodes,
-    )
-    adaptive = dict(eta=settings.eta, eta_l=settings.eta_l or 1.0, tau=settings.tau)
-    if settings.strategy == "fedavg":
-        return FedAvg(**common)
-    if settings.strategy == "fedadagrad":
-        return FedAdagrad(**common, **adaptive)
-    if settings.strategy in ("fedadam", "fedyogi"):
-        cls = FedAdam if settings.strategy == "fedadam" else FedYogi
-        return cls(**common, **adaptive, beta_1=settings.beta_1, beta_2=settings.beta_2)
-    raise ValueError(f"unknown strategy {settings.strategy!r}; choose fedadam, fedavg, fedyogi or fedadagrad")
+    max_update_norm: float = 0.0  # clip client updates (L2, client minus global) above this; 0: no clipping
+    trimmed_beta: float = 0.2  # fedtrimmedavg: share cut at each end per coordinate
+    malicious_nodes: int = 1  # krum / multikrum: bad clients to tolerate
+    dp_clipping_norm: float = 0.0  # > 0: central DP, updates clipped on the clients to this L2 norm
+    dp_noise_multiplier: float = 0.0  # Gaussian noise std = multiplier * clipping norm / sampled clients
+    dp_target_delta: float = 1e-5  # delta at which the privacy spent (epsilon) is reported
+    secure_aggregation: bool = False  # SecAgg+: the server sees only the sum of the clients' masked updates
+    secagg_shares: float = 1.0  # SecAgg+: each client's key shares, as a share of the sampled clients
+    secagg_threshold: float = 0.67  # SecAgg+: share of them needed to reconstruct a dropped client's mask
+    secagg_clipping_range: float = 1.0  # SecAgg+: update values are clipped to +-this before quantisation
 
 
 def initial_model(settings: PretrainSettings) -> Tuple[DictConfig, Dict[str, np.ndarray]]:
@@ -151,28 +144,6 @@ def initial_model(settings: PretrainSettings) -> Tuple[DictConfig, Dict[str, np.
     if settings.init_from:
         weights = copy_fitting_tensors(weights, settings.init_from)
     return cfg, weights
-
-
-def screen(replies: List[Message], reference: Dict[str, np.ndarray]) -> Tuple[List[Message], List[Dict]]:
-    """Replies fit to aggregate, and the rejected ones with the client and the reason."""
-    good, rejected = [], []
-    for reply in replies:
-        if reply.has_error():
-            rejected.append({"node": reply.metadata.src_node_id, "reason": f"client error: {reply.error.reason}"})
-            continue
-        name = str(reply.content["client"]["name"])
-        arrays = reply.content["arrays"]
-        if set(arrays.keys()) != set(reference):
-            rejected.append({"client": name, "reason": "weights do not match the model's parameter names"})
-        elif not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
-            rejected.append({"client": name, "reason": "update holds NaN or Inf"})
-        else:
-            good.append(reply)
-    # a fixed summation order: FedAdam's m/sqrt(v) amplifies last-bit differences of near-zero updates
-    good.sort(key=lambda reply: str(reply.content["client"]["name"]))
-    for r in rejected:
-        logger.warning("round update rejected: %s", r)
-    return good, rejected
 
 
 def client_rows(replies: List[Message], prefix: str) -> Dict[str, Dict[str, float]]:
@@ -188,25 +159,34 @@ def message_bytes(messages: List[Message]) -> int:
     return int(sum(r.count_bytes() for m in messages if m.has_content() for r in m.content.array_records.values()))
 
 
+def server_optimizer(strategy):
+    """The strategy holding FedOpt's moments ``m_t``/``v_t`` (inside a DP wrapper, the wrapped one)."""
+    return getattr(strategy, "strategy", strategy)
+
+
 class ServerState:
-    """What ``--resume`` needs: the round done, the updates done, the best so far, strategy moments, RNG."""
+    """What ``--resume`` needs: the round done, the updates done, the best so far, strategy moments,
+    the privacy spent, RNG."""
 
     def __init__(self, server_dir: Path):
         self.path = server_dir / "server_state.pt"
 
     def save(self, round_done: int, updates_done: int, best_loss: float, best_round: int, strategy) -> None:
-        moments = {name: {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in (getattr(strategy, name, None) or {}).items()}
+        optimizer = server_optimizer(strategy)
+        moments = {name: {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in (getattr(optimizer, name, None) or {}).items()}
                    for name in ("m_t", "v_t")}
         state = {"round": round_done, "updates": updates_done, "best_loss": best_loss, "best_round": best_round,
-                 "random": random.getstate(), **moments}
+                 "random": random.getstate(), "accountant": accountant_state(strategy), **moments}
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
     def restore(self, strategy) -> Tuple[int, int, float, int]:
         state = load_checkpoint(self.path)
         random.setstate(state["random"])
+        optimizer = server_optimizer(strategy)
         for name in ("m_t", "v_t"):
             if state[name]:
-                setattr(strategy, name, {k: v.numpy() for k, v in state[name].items()})
+                setattr(optimizer, name, {k: v.numpy() for k, v in state[name].items()})
+        restore_accountant(strategy, state.get("accountant", ""))
         return int(state["round"]), int(state["updates"]), float(state["best_loss"]), int(state["best_round"])
 
 
@@ -241,6 +221,16 @@ def settings_from_run_config(run_config: Dict) -> PretrainSettings:
         timeout=float(run_config["round-timeout"]),
         transport_dtype=str(run_config["transport-dtype"]),
         init_from=path("init-from"),
+        max_update_norm=float(run_config["max-update-norm"]),
+        trimmed_beta=float(run_config["trimmed-beta"]),
+        malicious_nodes=int(run_config["malicious-nodes"]),
+        dp_clipping_norm=float(run_config["dp-clipping-norm"]),
+        dp_noise_multiplier=float(run_config["dp-noise-multiplier"]),
+        dp_target_delta=float(run_config["dp-target-delta"]),
+        secure_aggregation=bool(run_config["secure-aggregation"]),
+        secagg_shares=float(run_config["secagg-shares"]),
+        secagg_threshold=float(run_config["secagg-threshold"]),
+        secagg_clipping_range=float(run_config["secagg-clipping-range"]),
     )
 
 
@@ -285,25 +275,113 @@ def pretrain_server_app(settings: PretrainSettings) -> ServerApp:
     return app
 
 
+@dataclass
+class TrainedRound:
+    """A round's training: the new global weights and what the server learnt about the clients."""
+
+    weights: Dict[str, np.ndarray]
+    metrics: Dict[str, float]  # aggregated over the clients
+    clients: Dict[str, Dict[str, float]]  # per client, keys prefixed train_
+    rejected: List[Dict] = field(default_factory=list)
+    clipped: List[Dict] = field(default_factory=list)
+    bytes_sent: int = 0  # model weights only (SecAgg+ rounds: not counted)
+    bytes_received: int = 0
+
+
+def train_round(grid: Grid, rnd: int, strategy, weights: Dict[str, np.ndarray], train_config: ConfigRecord,
+                settings: PretrainSettings, names: Dict[int, str], timing: Dict[str, float]) -> TrainedRound:
+    """Send the weights, screen the replies, aggregate with ``strategy``; stop when too few are usable."""
+    tic = time.perf_counter()
+    outgoing = record_of(weights, settings.transport_dtype)
+    timing["serialize"] = time.perf_counter() - tic
+    messages = list(strategy.configure_train(rnd, outgoing, train_config, grid))
+    replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
+    timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
+    bytes_received = message_bytes(replies)  # as they travelled, before widening to float32
+    tic = time.perf_counter()
+    for reply in replies:  # aggregate in float32 whatever the transport
+        if not reply.has_error() and settings.transport_dtype != "float32":
+            reply.content["arrays"] = record_of(arrays_of(reply.content["arrays"]))
+    good, rejected, clipped = screen(replies, weights, settings.max_update_norm, names, messages)
+    rejected += missing_replies(messages, replies, names, settings.timeout)
+    aggregated, metrics = strategy.aggregate_train(rnd, good) if len(good) >= settings.min_train_nodes else (None, None)
+    if aggregated is None:
+        kept = f"the global model of round {rnd - 1} (checkpoint_round{rnd - 1}.pt)" if rnd > 1 else "no global model yet"
+        if len(good) >= settings.min_train_nodes:  # Flower's DP accountant needs every sampled client
+            kept += "; DP accounting needs an update from every sampled client"
+        raise RuntimeError(
+            f"round {rnd}: {len(good)} usable client updates of {len(messages)} (--min-train-nodes {settings.min_train_nodes}); "
+            f"rejected: {rejected}. Nothing was aggregated: {kept}; fix the clients and run again with --resume."
+        )
+    new_weights = {k: v.numpy().astype(weights[k].dtype) for k, v in aggregated.items()}  # Flower's FedOpt returns float64
+    optimizer = server_optimizer(strategy)
+    for name in ("m_t", "v_t"):
+        if getattr(optimizer, name, None):
+            setattr(optimizer, name, {k: v.astype(np.float32) for k, v in getattr(optimizer, name).items()})
+    timing["aggregate"] = time.perf_counter() - tic
+    return TrainedRound(new_weights, dict(metrics or {}), client_rows(good, "train_"), rejected, clipped,
+                        message_bytes(messages), bytes_received)
+
+
+def secure_train_round(grid: Grid, rnd: int, weights: Dict[str, np.ndarray], train_config: ConfigRecord,
+                       settings: PretrainSettings, timing: Dict[str, float]) -> TrainedRound:
+    """A SecAgg+ round (``secure``): the global weights plus the clients' average update."""
+    tic = time.perf_counter()
+    update, reports = secure_average_update(grid, rnd, weights, dict(train_config), settings)
+    timing["clients_train"] = time.perf_counter() - tic
+    clients = {str(r.pop("client")): {f"train_{k}": v for k, v in r.items()} for r in reports}
+    metrics = {k: float(np.mean([r[k] for r in reports])) for k in reports[0]} if reports else {}
+    return TrainedRound({k: weights[k] + update[k] for k in weights}, metrics, clients)
+
+
+def metric_lines_until(path: Path, done: int) -> List[str]:
+    """The lines of ``metrics.jsonl`` for rounds up to ``done``; a line cut short by a kill is dropped."""
+    keep = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            if json.loads(line)["round"] <= done:
+                keep.append(line)
+        except json.JSONDecodeError:
+            logger.warning("%s: dropping a line cut short (the server was killed while writing it)", path)
+    return keep
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> None:
+    """Return once ``needed`` nodes are connected; raise after ``timeout`` seconds (Flower would wait forever)."""
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < needed:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {connected} of the {needed} nodes of --min-available-nodes are connected after the "
+                               f"round timeout ({timeout:g} s); start the missing SuperNodes or lower --min-available-nodes")
+        time.sleep(1.0)
+
+
 def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
     """The round loop (see the module docstring)."""
     server_dir = Path(settings.save_dir) / "server"
     server_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(server_dir / "settings.json", json.dumps(asdict(settings), indent=2) + "\n")
     random.seed(settings.seed)
-    strategy = build_strategy(settings)
+    np.random.seed(settings.seed)  # Flower's DP noise
+    strategy, evaluation = build_strategy(settings), evaluation_strategy(settings)
     cfg, weights = initial_model(settings)
-    dtypes = {k: v.dtype for k, v in weights.items()}
     state = ServerState(server_dir)
     # TensorBoard scalars per round in fairseq's layout (tb/train, tb/valid), with the writer fairseq uses
     boards = {tag: SummaryWriter(str(server_dir / "tb" / tag)) for tag in ("train", "valid")}
+    names: Dict[int, str] = {}  # node id -> client name, to name a client whose reply is an error
     first_round, updates_done, best_loss, best_round = 1, 0, float("inf"), 0
     if settings.resume and state.path.is_file():
         done, updates_done, best_loss, best_round = state.restore(strategy)
-        weights = {k: v.numpy() for k, v in load_checkpoint(server_dir / "checkpoint_last.pt")["model"].items()}
+        for stale in server_dir.glob(".*.tmp"):  # a write cut short by a kill; its target is whole or absent
+            logger.warning("removing %s, left by a server killed while writing", stale)
+            stale.unlink()
+        # the round's own checkpoint: checkpoint_last.pt may already hold a round killed before its state was saved
+        last = server_dir / f"checkpoint_round{done}.pt"
+        resumed = load_checkpoint(last)["model"]
+        check_architecture(weights, resumed, last, f"{settings.recipe} {' '.join(settings.overrides)}".strip())
+        weights = {k: v.numpy() for k, v in resumed.items()}
         first_round = done + 1
-        keep = [line for line in (server_dir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["round"] <= done]
-        atomic_write_text(server_dir / "metrics.jsonl", "".join(line + "\n" for line in keep))
+        atomic_write_text(server_dir / "metrics.jsonl", "".join(line + "\n" for line in metric_lines_until(server_dir / "metrics.jsonl", done)))
         logger.info("resuming after round %d (best valid loss %.4f at round %d)", done, best_loss, best_round)
     elif settings.resume:
         logger.info("--resume: no server state in %s, starting at round 1", server_dir)
@@ -324,38 +402,22 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
             {**base_config, "num-updates": updates_done, "local-updates": settings.local_updates, "local-epochs": settings.local_epochs}
         )
         timing = {}
-        tic = time.perf_counter()
-        outgoing = record_of(weights, settings.transport_dtype)
-        timing["serialize"] = time.perf_counter() - tic
-        messages = list(strategy.configure_train(rnd, outgoing, train_config, grid))
-        replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
-        timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
-        bytes_received = message_bytes(replies)  # as they travelled, before widening to float32
-        tic = time.perf_counter()
-        for reply in replies:  # aggregate in float32 whatever the transport
-            if not reply.has_error() and settings.transport_dtype != "float32":
-                reply.content["arrays"] = record_of(arrays_of(reply.content["arrays"]))
-        good, rejected = screen(replies, weights)
-        if len(good) < settings.min_train_nodes:
-            raise RuntimeError(
-                f"round {rnd}: {len(good)} usable client updates, fewer than --min-train-nodes {settings.min_train_nodes}; "
-                f"rejected: {rejected}. The global model is unchanged since round {rnd - 1} (checkpoint_last.pt)."
-            )
-        aggregated, train_metrics = strategy.aggregate_train(rnd, good)
-        weights = {k: v.numpy().astype(dtypes[k]) for k, v in aggregated.items()}  # Flower's FedOpt returns float64
-        for name in ("m_t", "v_t"):
-            if getattr(strategy, name, None):
-                setattr(strategy, name, {k: v.astype(np.float32) for k, v in getattr(strategy, name).items()})
-        timing["aggregate"] = time.perf_counter() - tic
+        wait_for_nodes(grid, settings.min_available_nodes, settings.timeout)
+        if settings.secure_aggregation:
+            trained = secure_train_round(grid, rnd, weights, train_config, settings, timing)
+        else:
+            trained = train_round(grid, rnd, strategy, weights, train_config, settings, names, timing)
+        weights = trained.weights
         # clients report the updates they made (with --local-epochs it depends on their data)
-        updates_done += int(round(float((train_metrics or {}).get("updates", settings.local_updates))))
+        updates_done += int(round(float(trained.metrics.get("updates", settings.local_updates))))
 
         tic = time.perf_counter()
-        eval_messages = list(strategy.configure_evaluate(rnd, record_of(weights, settings.transport_dtype), ConfigRecord(dict(base_config)), grid))
+        wait_for_nodes(grid, settings.min_available_nodes, settings.timeout)
+        eval_messages = list(evaluation.configure_evaluate(rnd, record_of(weights, settings.transport_dtype), ConfigRecord(dict(base_config)), grid))
         eval_replies = list(grid.send_and_receive(eval_messages, timeout=settings.timeout))
         timing["clients_evaluate"] = time.perf_counter() - tic
         eval_good = [r for r in eval_replies if not r.has_error()]
-        valid = dict(strategy.aggregate_evaluate(rnd, eval_good) or {})
+        valid = dict(evaluation.aggregate_evaluate(rnd, eval_good) or {})
         valid_loss = float(valid.get("loss", float("inf")))
 
         tic = time.perf_counter()
@@ -369,17 +431,20 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
             save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
         timing["checkpoint"] = time.perf_counter() - tic
 
-        clients = client_rows(good, "train_")
+        clients = {name: dict(row) for name, row in trained.clients.items()}
         for name, row in client_rows(eval_good, "valid_").items():
             clients.setdefault(name, {}).update(row)
         line = {
             "round": rnd,
-            "train": dict(train_metrics or {}),
+            "train": trained.metrics,
             "valid": valid,
-            "participants": sorted(clients),
-            "rejected": rejected,
-            "bytes_sent": message_bytes(messages) + message_bytes(eval_messages),
-            "bytes_received": bytes_received,
+            "participants": sorted(trained.clients),
+            "rejected": trained.rejected,
+            "clipped": trained.clipped,
+            "privacy": privacy_spent(strategy),
+            "secure_aggregation": settings.secure_aggregation,
+            "bytes_sent": trained.bytes_sent + message_bytes(eval_messages),
+            "bytes_received": trained.bytes_received,
             "round_seconds": time.monotonic() - start,
             "server_seconds": timing,
             "clients": clients,
@@ -387,14 +452,15 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
         }
         with open(server_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
-        for tag, scalars in (("train", {**line["train"], "bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}),
+        privacy = {"epsilon": line["privacy"]["epsilon"]} if line["privacy"] else {}
+        for tag, scalars in (("train", {**line["train"], **privacy, "bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}),
                              ("valid", line["valid"])):
             for key, value in scalars.items():
                 boards[tag].add_scalar(key, value, rnd)
             boards[tag].flush()
         state.save(rnd, updates_done, best_loss, best_round, strategy)
-        logger.info("round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)",
+        logger.info("round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)%s",
                     rnd, line["train"].get("loss", float("nan")), valid_loss, valid.get("acc_masked", float("nan")),
-                    len(good), line["round_seconds"])
+                    len(trained.clients), line["round_seconds"], f", privacy spent epsilon {privacy['epsilon']:.3f}" if privacy else "")
     for board in boards.values():
         board.close()

@@ -1,0 +1,136 @@
+"""Faults a federation meets: killed, stalled and garbage-sending clients, a killed server, robust aggregation."""
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray.cloudpickle
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from conftest import TINY, pretrain_settings
+from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.federation import pretrain_app
+from fedhubert_plugin.federation.nodes import ray_backend_config, simulate
+from fedhubert_plugin.federation.screening import screen
+from fedhubert_plugin.federation.strategies import build_strategy
+
+# Ray workers cannot import this test module: ship its functions by value
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+TIMEOUT_SECONDS = 60.0
+STALL_SECONDS = 75  # past the round timeout; the simulation ends when it does
+# (simulated partition, round) -> what that client does instead of behaving
+FAULTS = {(1, 1): "kill", (2, 1): "stall", (3, 1): "garbage"}
+faulty_app = ClientApp()
+
+
+@faulty_app.train()
+def faulty_train(msg: Message, context: Context) -> Message:
+    fault = FAULTS.get((int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"])))
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "stall":
+        time.sleep(STALL_SECONDS)
+    reply = pretrain_app.train(msg, context)
+    if fault == "garbage":
+        rng = np.random.default_rng(0)
+        reply.content["arrays"] = ArrayRecord({k: Array((1e3 * rng.standard_normal(a.shape)).astype(np.float32))
+                                               for k, a in reply.content["arrays"].items()})
+    return reply
+
+
+@faulty_app.evaluate()
+def faulty_evaluate(msg: Message, context: Context) -> Message:
+    return pretrain_app.evaluate(msg, context)
+
+
+def metric_lines(save_dir):
+    return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_killed_stalled_and_garbage_clients_leave_the_round_to_the_others(prepared, tmp_path):
+    settings = pretrain_settings(prepared, tmp_path, rounds=2, local_updates=2, timeout=TIMEOUT_SECONDS, min_train_nodes=1)
+    # one Ray actor per client, so that a stalled client holds up nobody else
+    simulate(pretrain_app.pretrain_server_app(settings), faulty_app, 4, ray_backend_config(num_cpus_per_client=0.5))
+    first, second = metric_lines(tmp_path)
+    assert first["participants"] == ["client_000"]
+    reasons = [r["reason"] for r in first["rejected"]]
+    assert len(reasons) == 3
+    assert any(r.startswith("client error") and "Actor" in r for r in reasons)  # the killed one
+    assert "no reply within the round timeout (60 s)" in reasons  # the stalled one
+    garbage = next(r["reason"] for r in first["rejected"] if r["client"] == "client_003")
+    assert garbage.startswith("update norm 7.6") and "exceeds the global model's norm 72." in garbage
+    assert TIMEOUT_SECONDS <= first["server_seconds"]["clients_train"] < TIMEOUT_SECONDS + STALL_SECONDS
+    # Ray restarted the killed client's process and the stalled one is free again: all train in round 2
+    assert second["participants"] == ["client_000", "client_001", "client_002", "client_003"] and not second["rejected"]
+    weights = load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"]
+    assert all(torch.isfinite(v).all() and v.abs().max() < 100 for v in weights.values())
+    assert second["valid"]["loss"] < first["valid"]["loss"]
+
+
+@pytest.fixture
+def in_a_run(monkeypatch):
+    """Messages exist only inside a Flower run: give them one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
+
+
+def reply(name, arrays):
+    content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in arrays.items()}),
+                          "metrics": MetricRecord({"num-examples": 10, "updates": 3}), "client": ConfigRecord({"name": name})})
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def test_bad_updates_are_rejected_or_clipped_with_the_client(in_a_run):
+    reference = {"w": np.ones(3, np.float32), "b": np.ones(1, np.float32)}
+    good = reply("client_000", {"w": [1.1, 1, 1], "b": [1]})
+    big = reply("client_004", {"w": [1, 1.4, 1], "b": [1.3]})  # update norm 0.5
+    nan = reply("client_001", {"w": [1, np.nan, 0], "b": [1]})
+    inf = reply("client_002", {"w": [1, 1, 1], "b": [np.inf]})
+    other = reply("client_003", {"w": [1, 1, 1]})
+    absurd = reply("client_005", {"w": [1, 1, 1], "b": [100]})
+    kept, rejected, clipped = screen([good, big, nan, inf, other, absurd], reference, max_update_norm=0.25)
+    assert kept == [good, big]
+    assert [(r["client"], r["reason"].split(" (")[0]) for r in rejected] == [
+        ("client_001", "update holds NaN or Inf"),
+        ("client_002", "update holds NaN or Inf"),
+        ("client_003", "weights do not match the model's parameter names"),
+        ("client_005", "update norm 99 exceeds the global model's norm 2"),
+    ]
+    assert clipped == [{"client": "client_004", "norm": pytest.approx(0.5), "clipped_to": 0.25}]
+    np.testing.assert_allclose(big.content["arrays"]["w"].numpy(), [1, 1.2, 1], rtol=1e-6)
+    np.testing.assert_allclose(big.content["arrays"]["b"].numpy(), [1.15], rtol=1e-6)
+    assert good.content["metrics"]["update_norm"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("robust", ["fedmedian", "fedtrimmedavg", "krum", "multikrum"])
+def test_a_robust_strategy_barely_moves_under_one_garbage_client_and_plain_averaging_does(robust, in_a_run):
+    from fedhubert_plugin.federation.recipe import recipe_initial_model
+
+    _, initial = recipe_initial_model(Path(TINY), ["common.cpu=true"], 100, 100)
+    rng = np.random.default_rng(0)
+    honest = [reply(f"client_00{i}", {k: v + 1e-3 * rng.standard_normal(v.shape) for k, v in initial.items()})
+              for i in range(4)]
+    # finite and below the screen's absurd-norm bound, so only the strategy can stop it
+    garbage = reply("client_004", {k: v + 0.05 * rng.standard_normal(v.shape) for k, v in initial.items()})
+
+    def shift(strategy: str) -> float:
+        settings = pretrain_settings("unused", "unused", rounds=1, strategy=strategy, min_available_nodes=5, trimmed_beta=0.2)
+        kept, rejected, _ = screen(honest + [garbage], initial)
+        assert len(kept) == 5 and not rejected
+        aggregated, _ = build_strategy(settings).aggregate_train(1, kept)
+        return float(np.sqrt(sum(np.square(aggregated[k].numpy() - v).sum() for k, v in initial.items())))
+
+    honest_norm = float(np.sqrt(sum(np.square(1e-3 * np.ones(v.shape)).sum() for v in initial.values())))
+    plain, robust_shift = shift("fedavg"), shift(robust)
+    assert plain > 5 * honest_norm  # averaging lets the garbage through
+    assert robust_shift < 1.5 * honest_norm  # about one honest update from where it started

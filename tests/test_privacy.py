@@ -1,0 +1,108 @@
+"""What leaves a client; differential privacy (Flower's DP wrapper, mod and accountant); secure aggregation (SecAgg+)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from conftest import TINY, fairseq_env, pretrain_settings
+from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.federation.pretrain_app import TRANSPORT_DTYPES, client_app, record_of, simulate_pretraining
+from fedhubert_plugin.federation.recipe import recipe_initial_model
+
+
+def metric_lines(save_dir):
+    return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_client_sends_only_weights_of_the_model_and_scalar_metrics(prepared, monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
+    _, initial = recipe_initial_model(Path(TINY), ["common.cpu=true"], 100, 100)
+    config = {"recipe": TINY, "overrides": ["common.cpu=true"], "label-rate": 100.0, "lr": 0.0, "data-root": str(prepared),
+              "transport-dtype": TRANSPORT_DTYPES[0], "num-updates": 0, "local-updates": 2, "local-epochs": 0, "server-round": 1}
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    client = prepared / "clients" / "client_000"
+    audio = sum(int(line.split("\t")[1]) for line in (client / "train.tsv").read_text().splitlines()[1:])
+    labels = sum(len(line.split()) for line in (client / "labels" / "train.km").read_text().splitlines())
+    for message_type in ("train", "evaluate"):
+        message = Message(RecordDict({"arrays": record_of(initial), "config": ConfigRecord(config)}), dst_node_id=1,
+                          message_type=message_type)
+        content = client_app(message, context).content
+        assert set(content.keys()) <= {"arrays", "metrics", "client"}
+        assert dict(content["client"]) == {"name": "client_000"}  # the folder's name, no path
+        metrics = content["metrics"]
+        assert isinstance(metrics, MetricRecord) and all(isinstance(v, (int, float)) for v in metrics.values())
+        if message_type == "evaluate":
+            assert "arrays" not in content
+            continue
+        arrays = content["arrays"]
+        assert isinstance(arrays, ArrayRecord)
+        # exactly the model's tensors: nothing shaped like audio, features or labels rides along
+        assert {k: a.shape for k, a in arrays.items()} == {k: v.shape for k, v in initial.items()}
+        assert arrays.count_bytes() < 1.01 * sum(v.nbytes for v in initial.values())
+        assert all(audio not in a.shape and labels not in a.shape for a in arrays.values())
+        assert any(not np.array_equal(arrays[k].numpy(), v) for k, v in initial.items())  # it did train
+
+
+@pytest.mark.slow
+def test_dp_run_killed_mid_round_resumes_with_its_privacy_spent_and_converges(prepared, tmp_path):
+    """The server (a `fedhubert pretrain` process) is killed in round 2 and resumed: no round lost or repeated,
+    no half-written file, the accountant continues; clients clip (Flower's fixedclipping_mod), the server adds noise."""
+    save = tmp_path / "save"
+    clip = 0.05  # below the tiny recipe's update norms (0.03 to 0.15 in rounds 1-2): every update is clipped
+    cmd = [str(Path(sys.executable).parent / "fedhubert"), "pretrain", "--data", str(prepared), "--save-dir", str(save),
+           "--rounds", "3", "--local-updates", "3", "--strategy", "fedavg", "--min-train-nodes", "4",
+           "--dp-clipping-norm", str(clip), "--dp-noise-multiplier", "0.01", "common.cpu=true"]
+    metrics = save / "server" / "metrics.jsonl"
+    server = subprocess.Popen(cmd, env=fairseq_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().endswith("\n")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into round 2
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    assert [line["round"] for line in metric_lines(save)] == [1]
+    resumed = subprocess.run(cmd + ["--resume"], env=fairseq_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = metric_lines(save)
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert load_checkpoint(save / "server" / "checkpoint_last.pt")["extra_state"]["federated_round"] == 3
+    assert not [p.name for p in (save / "server").iterdir() if ".tmp" in p.name]  # every file whole or absent
+    assert [line["privacy"]["releases"] for line in lines] == [1, 2, 3]  # the accountant survived the kill
+    epsilons = [line["privacy"]["epsilon"] for line in lines]
+    assert all(np.isfinite(epsilons)) and epsilons[0] < epsilons[1] < epsilons[2]
+    for line in lines:
+        assert all(client["train_update_norm"] <= clip * (1 + 1e-4) for client in line["clients"].values())
+    assert lines[-1]["valid"]["loss"] < lines[0]["valid"]["loss"]
+
+
+@pytest.mark.slow
+def test_secure_aggregation_trains_to_the_federated_average(prepared, tmp_path):
+    """SecAgg+: the server only reconstructs the clients' summed masked updates; the model still learns, and its
+    first round lands where plain FedAvg does (up to SecAgg+'s uniform weights and quantisation)."""
+    secure, plain = tmp_path / "secure", tmp_path / "plain"
+    simulate_pretraining(pretrain_settings(prepared, secure, rounds=2, strategy="fedavg", secure_aggregation=True), num_clients=4)
+    simulate_pretraining(pretrain_settings(prepared, plain, rounds=1, strategy="fedavg"), num_clients=4)
+    lines = metric_lines(secure)
+    assert all(line["secure_aggregation"] and len(line["participants"]) == 4 for line in lines)
+    assert lines[1]["valid"]["loss"] < lines[0]["valid"]["loss"]
+    _, initial = recipe_initial_model(Path(TINY), ["common.cpu=true"], 100, 100)
+
+    def weights(save):
+        return {k: v.numpy() for k, v in load_checkpoint(save / "server" / "checkpoint_round1.pt")["model"].items()}
+
+    def distance(a, b):
+        return float(np.sqrt(sum(np.square(a[k].astype(np.float64) - b[k]).sum() for k in a)))
+
+    secured, averaged = weights(secure), weights(plain)
+    assert distance(secured, averaged) < 0.15 * distance(averaged, initial)  # measured 0.066
