@@ -334,6 +334,24 @@ def secure_train_round(grid: Grid, rnd: int, weights: Dict[str, np.ndarray], tra
     return TrainedRound({k: weights[k] + update[k] for k in weights}, metrics, clients)
 
 
+def evaluate_config(settings: PretrainSettings) -> Dict:
+    """What every message tells a client: the recipe to build, where data lives, the transport."""
+    return {
+        "recipe": settings.recipe,
+        "overrides": list(settings.overrides),
+        "label-rate": float(settings.label_rate),
+        "lr": float(settings.eta_l),
+        "data-root": settings.data_root,
+        "transport-dtype": settings.transport_dtype,
+    }
+
+
+def train_config_after(settings: PretrainSettings, updates_done: int) -> Dict:
+    """A train message's config; num-updates: the clients' LR schedules continue from there."""
+    return {**evaluate_config(settings), "num-updates": updates_done, "local-updates": settings.local_updates,
+            "local-epochs": settings.local_epochs}
+
+
 def metric_lines_until(path: Path, done: int) -> List[str]:
     """The lines of ``metrics.jsonl`` for rounds up to ``done``; a line cut short by a kill is dropped."""
     keep = []
@@ -386,21 +404,12 @@ def run_rounds(grid: Grid, settings: PretrainSettings) -> None:
     elif settings.resume:
         logger.info("--resume: no server state in %s, starting at round 1", server_dir)
 
-    base_config = {
-        "recipe": settings.recipe,
-        "overrides": list(settings.overrides),
-        "label-rate": float(settings.label_rate),
-        "lr": float(settings.eta_l),
-        "data-root": settings.data_root,
-        "transport-dtype": settings.transport_dtype,
-    }
+    base_config = evaluate_config(settings)
     if settings.transport_dtype not in TRANSPORT_DTYPES:
         raise ValueError(f"transport dtype {settings.transport_dtype!r}: choose one of {', '.join(TRANSPORT_DTYPES)}")
     for rnd in range(first_round, settings.rounds + 1):
         start = time.monotonic()
-        train_config = ConfigRecord(  # num-updates: the clients' LR schedules continue from there
-            {**base_config, "num-updates": updates_done, "local-updates": settings.local_updates, "local-epochs": settings.local_epochs}
-        )
+        train_config = ConfigRecord(train_config_after(settings, updates_done))
         timing = {}
         wait_for_nodes(grid, settings.min_available_nodes, settings.timeout)
         if settings.secure_aggregation:

@@ -8,6 +8,7 @@ update above it is scaled down to it (clipped) and kept. Every decision is logge
 client's name (or its node id when it never replied).
 """
 import logging
+import re
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -43,6 +44,13 @@ def sender(reply: Message, messages: List[Message]) -> int:
     return reply.metadata.src_node_id
 
 
+def error_summary(reason: str) -> str:
+    """The informative line of a client's error (Ray wraps it in colour codes and tracebacks)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", reason).splitlines() if line.strip()]
+    message = next((line for line in reversed(lines) if "Message:" in line), lines[0] if lines else "")
+    return message[:500]
+
+
 def screen(
     replies: List[Message],
     reference: Dict[str, np.ndarray],
@@ -61,7 +69,7 @@ def screen(
     for reply in replies:
         if reply.has_error():
             node = sender(reply, messages or [])
-            reason = str(reply.error.reason).splitlines()[0][:300]
+            reason = error_summary(str(reply.error.reason))
             rejected.append({"client": names.get(node, f"node {node}"), "reason": f"client error: {reply.error.code}: {reason}"})
             continue
         name = str(reply.content["client"]["name"])
