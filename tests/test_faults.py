@@ -134,3 +134,13 @@ def test_a_robust_strategy_barely_moves_under_one_garbage_client_and_plain_avera
     plain, robust_shift = shift("fedavg"), shift(robust)
     assert plain > 5 * honest_norm  # averaging lets the garbage through
     assert robust_shift < 1.5 * honest_norm  # about one honest update from where it started
+
+
+def test_waiting_for_missing_nodes_stops_after_the_timeout_with_the_count():
+    class TwoNodes:  # stands in for Flower's Grid: two SuperNodes connected, the third never comes
+        def get_node_ids(self):
+            return [1, 2]
+
+    with pytest.raises(RuntimeError, match=r"only 2 of the 3 nodes of --min-available-nodes are connected after the round timeout"):
+        pretrain_app.wait_for_nodes(TwoNodes(), 3, timeout=0.5)
+    pretrain_app.wait_for_nodes(TwoNodes(), 2, timeout=0.5)  # enough: returns at once
