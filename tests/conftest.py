@@ -160,6 +160,20 @@ def prepared(messy_librispeech, tmp_path_factory):
 TINY = str(REPO / "recipes" / "librispeech" / "pretrain" / "tiny.yaml")
 
 
+def metric_lines(save_dir: Path) -> list:
+    """The server's ``metrics.jsonl`` of a run saved in ``save_dir``, one dict per round."""
+    return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def in_a_run(monkeypatch):
+    """Messages exist only inside a Flower run: give them one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
+
+
 def pretrain_settings(prepared, save_dir, rounds, **kwargs):
     """Settings of a federated run (default: the tiny recipe, 3 local updates) on the `prepared` clients."""
     from fedhubert_plugin.federation.pretrain_app import PretrainSettings

@@ -2,7 +2,6 @@
 
 Insecure, and with TLS plus SuperNode authentication (only registered SuperNodes may join).
 """
-import json
 import os
 import socket
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, metric_lines
 
 BIN = Path(sys.executable).parent
 
@@ -86,7 +85,7 @@ class LoopbackFederation:
     def run_rounds(self, save: Path, rounds: int):
         proc = self.flwr(*self.run_config(save, rounds))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
+        return metric_lines(save)
 
     def stop(self):
         for proc, _ in self.procs.values():
@@ -123,7 +122,7 @@ def test_flwr_run_trains_two_rounds_and_goes_on_without_a_supernode_killed_mid_r
         time.sleep(0.2)
     os.killpg(nodes[2].pid, 9)
     assert run.wait(timeout=600) == 0, (tmp_path / "flwr_run.log").read_text()[-3000:]
-    first, second = [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
+    first, second = metric_lines(save)
     assert first["participants"] == second["participants"] == ["client_000", "client_001"]
     (dead,) = first["rejected"]  # the SuperLink answers for a node that stopped sending heartbeats
     assert dead["client"].startswith("node ") and "Node Unavailable" in dead["reason"]

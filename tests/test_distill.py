@@ -1,10 +1,9 @@
 """Federated knowledge distillation: criterion hubert_distillation, fedhubert distill, the student in s3prl."""
-import json
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, pretrain_settings, setup_fed_task
+from conftest import REPO, TINY, metric_lines, pretrain_settings, setup_fed_task
 from fedhubert_plugin.checkpoints import load_checkpoint, matching_layer
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.criterions.hubert_distillation import (
@@ -68,10 +67,6 @@ def distilled(federated_run, prepared, tmp_path_factory):
             "--save-dir", str(save), "--rounds", "3", "--local-updates", "3", "--init-from-teacher", "common.cpu=true"]
     assert main(args) == 0
     return save, teacher
-
-
-def metric_lines(save):
-    return [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow

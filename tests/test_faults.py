@@ -1,5 +1,4 @@
 """Faults a federation meets: killed, stalled and garbage-sending clients, a killed server, robust aggregation."""
-import json
 import os
 import shutil
 import signal
@@ -14,7 +13,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from conftest import TINY, pretrain_settings
+from conftest import TINY, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation import pretrain_app
 from fedhubert_plugin.federation.nodes import ray_backend_config, simulate
@@ -46,10 +45,6 @@ def faulty_evaluate(msg: Message, context: Context) -> Message:
     return pretrain_app.evaluate(msg, context)
 
 
-def metric_lines(save_dir):
-    return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_killed_stalled_and_failing_clients_leave_the_round_to_the_others(prepared, tmp_path):
     data = tmp_path / "data"
@@ -73,15 +68,6 @@ def test_killed_stalled_and_failing_clients_leave_the_round_to_the_others(prepar
     weights = load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"]
     assert all(torch.isfinite(v).all() and v.abs().max() < 100 for v in weights.values())
     assert second["valid"]["loss"] < first["valid"]["loss"]
-
-
-@pytest.fixture
-def in_a_run(monkeypatch):
-    """Messages exist only inside a Flower run: give them one."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attribute in ("_run_id", "_task_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
 
 
 def reply(name, arrays):

@@ -4,13 +4,9 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, pretrain_settings
+from conftest import REPO, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.pretrain_app import simulate_pretraining
-
-def metric_lines(save_dir):
-    return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
-
 
 @pytest.mark.slow
 def test_validation_loss_goes_down_and_metrics_are_complete(federated_run):

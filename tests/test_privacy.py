@@ -1,5 +1,4 @@
 """What leaves a client; differential privacy (Flower's DP wrapper, mod and accountant); secure aggregation (SecAgg+)."""
-import json
 import os
 import signal
 import subprocess
@@ -13,11 +12,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from conftest import TINY, fairseq_env, pretrain_settings
+from conftest import TINY, fairseq_env, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.nodes import ray_backend_config, simulate
 from fedhubert_plugin.federation.pretrain_app import (
-    TRANSPORT_DTYPES,
     client_app,
     record_of,
     secure_train_round,
@@ -28,19 +26,10 @@ from fedhubert_plugin.federation.pretrain_app import (
 from fedhubert_plugin.federation.recipe import recipe_initial_model
 
 
-def metric_lines(save_dir):
-    return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
-def test_a_client_sends_only_weights_of_the_model_and_scalar_metrics(prepared, monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attribute in ("_run_id", "_task_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
+def test_a_client_sends_only_weights_of_the_model_and_scalar_metrics(prepared, tmp_path, in_a_run):
     _, initial = recipe_initial_model(Path(TINY), ["common.cpu=true"], 100, 100)
-    config = {"recipe": TINY, "overrides": ["common.cpu=true"], "label-rate": 100.0, "lr": 0.0, "data-root": str(prepared),
-              "transport-dtype": TRANSPORT_DTYPES[0], "num-updates": 0, "local-updates": 2, "local-epochs": 0, "server-round": 1}
+    config = {**train_config_after(pretrain_settings(prepared, tmp_path, rounds=1, local_updates=2), 0), "server-round": 1}
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     client = prepared / "clients" / "client_000"
     audio = sum(int(line.split("\t")[1]) for line in (client / "train.tsv").read_text().splitlines()[1:])
