@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from fedhubert_plugin.data.features import CheckpointFeatures
+from fedhubert_plugin.targets.features import CheckpointFeatures
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
 

@@ -25,8 +25,8 @@ import soundfile as sf
 import torch
 
 import fairseq
-from fedhubert_plugin.data.kmeans import nearest
-from fedhubert_plugin.data.prepare import PrepareConfig, prepare
+from fedhubert_plugin.targets.kmeans import nearest
+from fedhubert_plugin.prepare import PrepareConfig, prepare
 from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
 
 SIMPLE_KMEANS = Path(fairseq.__file__).parent / "examples" / "hubert" / "simple_kmeans"

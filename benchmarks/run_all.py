@@ -36,6 +36,7 @@ import s3prl
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.runlog import read_metrics
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
 
 from common import RESULTS, machine_meta
@@ -82,10 +83,10 @@ def federated(data: Path, save: Path, rounds: int, updates: int, recipe: str = "
     """`fedhubert pretrain`: process wall seconds and its metrics.jsonl lines."""
     shutil.rmtree(save, ignore_errors=True)
     save.mkdir(parents=True)
-    wall = run([str(BIN / "fedhubert"), "pretrain", "--data", str(data), "--save-dir", str(save), "--recipe", recipe,
-                "--rounds", str(rounds), "--local-updates", str(updates), "--min-train-nodes", "1", *extra, *overrides],
+    wall = run([str(BIN / "fedhubert"), "pretrain", "--data-root", str(data), "--save-dir", str(save), "--recipe", recipe,
+                "--num-server-rounds", str(rounds), "--local-updates", str(updates), "--min-train-nodes", "1", *extra, *overrides],
                save / "pretrain.log")
-    lines = [json.loads(line) for line in (save / "server" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(save)
     return {"wall_seconds": wall, "rounds": lines, "checkpoint": str(save / "server" / "checkpoint_last.pt")}
 
 

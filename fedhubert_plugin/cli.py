@@ -1,11 +1,22 @@
-"""The ``fedhubert`` command line."""
+"""The ``fedhubert`` command line.
+
+Building the parser imports only fairseq (through the plugin's registration) and the
+settings declaration: every heavy import (Flower, Ray, s3prl, scikit-learn, TensorBoard)
+happens inside the command that needs it, so ``fedhubert --help`` stays fast.
+"""
 import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+from fedhubert_plugin.data import PARTITIONS
+from fedhubert_plugin.federation import settings as federation_settings
+from fedhubert_plugin.targets import FEATURES, KMEANS_MODES
+
 logger = logging.getLogger("fedhubert")
+# errors a user can fix from the message alone: printed without a traceback unless -v
+USER_ERRORS = (FileExistsError, FileNotFoundError, ValueError, RuntimeError)
 
 
 def add_toy_data_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,17 +67,17 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--subsets", nargs="+", required=True, help="e.g. train-clean-100 train-clean-360")
     p.add_argument("--num-clients", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="prepared data folder")
-    p.add_argument("--partition", choices=["speaker", "iid", "dirichlet"], default="speaker",
+    p.add_argument("--partition", choices=PARTITIONS, default="speaker",
                    help="speaker: each speaker on one client (default); iid: utterance-level baseline; "
                    "dirichlet: speaker shares ~ Dirichlet(--alpha)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5; small = more skewed)")
-    p.add_argument("--features", choices=["hubert", "seed", "checkpoint"], default="hubert",
+    p.add_argument("--features", choices=FEATURES, default="hubert",
                    help="hubert: 39-dim MFCC+deltas at 100 Hz, iteration 1 (default); seed: 13-dim MFCC at 50 Hz; "
                    "checkpoint: layer --layer of --checkpoint at 50 Hz, iteration 2")
     p.add_argument("--checkpoint", type=Path, help="--features checkpoint: iteration 1's global model "
                    "(SAVE/server/checkpoint_best.pt or best_global_model.pt), read by each client from its disk")
     p.add_argument("--layer", type=int, default=0, help="--features checkpoint: encoder layer, 1-based (HuBERT Base: 6)")
-    p.add_argument("--kmeans", choices=["federated", "local"], default="federated",
+    p.add_argument("--kmeans", choices=KMEANS_MODES, default="federated",
                    help="federated: one shared codebook via Flower, only sums and counts leave a client (default); "
                    "local: one codebook per client")
     p.add_argument("--n-clusters", type=int, default=100)
@@ -82,7 +93,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
-    from fedhubert_plugin.data.prepare import PrepareConfig, prepare, summary_table
+    from fedhubert_plugin.prepare import PrepareConfig, prepare, summary_table
 
     cfg = PrepareConfig(
         librispeech_root=args.librispeech_root,
@@ -106,98 +117,15 @@ def run_prepare(args: argparse.Namespace) -> None:
     print(summary_table(prepare(cfg)))
 
 
-def recipe_path(name: str, folder: str = "pretrain") -> Path:
-    """A recipe yaml: a path, or the name of one in recipes/librispeech/<folder> (pretrain: tiny, base)."""
-    from fedhubert_plugin.federation.recipe import APP_DIR
+def run_federation(args: argparse.Namespace, **values) -> None:
+    """Simulate the federation of ``args`` on the clients prepared in ``--data-root``; ``values`` set other fields."""
+    from fedhubert_plugin.federation.server_app import simulate_pretraining
+    from fedhubert_plugin.recipes import find_recipe
 
-    recipes = APP_DIR / "recipes" / "librispeech" / folder
-    path = Path(name)
-    if path.is_file():
-        return path.resolve()
-    if (recipes / f"{name}.yaml").is_file():
-        return recipes / f"{name}.yaml"
-    raise FileNotFoundError(f"recipe {name} not found: give a yaml path or one of {sorted(p.stem for p in recipes.glob('*.yaml'))}")
-
-
-def add_federation_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every federated training command (pretrain, distill)."""
-    from fedhubert_plugin.federation.strategies import STRATEGIES
-
-    p.add_argument("--data", type=Path, required=True, help="folder made by `fedhubert prepare`")
-    p.add_argument("--save-dir", type=Path, required=True)
-    p.add_argument("--rounds", type=int, required=True)
-    p.add_argument("--strategy", choices=STRATEGIES, default="fedadam",
-                   help="Flower strategy (default fedadam); fedmedian, fedtrimmedavg, krum and multikrum resist a few bad clients")
-    p.add_argument("--eta", type=float, default=1e-3, help="server learning rate (FedAdam/Yogi/Adagrad; default 1e-3)")
-    p.add_argument("--eta-l", type=float, default=0.0, help="client peak learning rate sent to clients (default: the recipe's)")
-    p.add_argument("--beta-1", type=float, default=0.9)
-    p.add_argument("--beta-2", type=float, default=0.99)
-    p.add_argument("--tau", type=float, default=1e-6, help="adaptivity (default 1e-6)")
-    local = p.add_mutually_exclusive_group()
-    local.add_argument("--local-updates", type=int, default=0, help="fairseq updates per client per round (default 10)")
-    local.add_argument("--local-epochs", type=int, default=0, help="local epochs per round instead of updates")
-    p.add_argument("--fraction-train", type=float, default=1.0, help="share of clients sampled each round")
-    p.add_argument("--min-train-nodes", type=int, default=2, help="fewest usable client updates for a round (default 2)")
-    p.add_argument("--transport-dtype", choices=["float32", "float16"], default="float32",
-                   help="precision of the weights on the wire, both ways (float16 halves traffic; aggregation stays float32)")
-    p.add_argument("--trimmed-beta", type=float, default=0.2, help="fedtrimmedavg: share cut at each end (default 0.2)")
-    p.add_argument("--malicious-nodes", type=int, default=1, help="krum/multikrum: bad clients to tolerate (default 1)")
-    p.add_argument("--max-update-norm", type=float, default=0.0,
-                   help="clip each client update (client minus global weights, L2) to this norm; 0: off (default)")
-    p.add_argument("--round-timeout", type=float, default=6 * 3600.0,
-                   help="seconds to wait for clients per round; late ones are left out of the round (default 6 h)")
-    p.add_argument("--dp-clipping-norm", type=float, default=0.0,
-                   help="differential privacy: clients clip their updates to this L2 norm (Flower's fixedclipping_mod); 0: off")
-    p.add_argument("--dp-noise-multiplier", type=float, default=0.0,
-                   help="differential privacy: server noise std = multiplier * clipping norm / sampled clients")
-    p.add_argument("--dp-target-delta", type=float, default=1e-5, help="delta at which the privacy spent is reported (default 1e-5)")
-    p.add_argument("--secure-aggregation", action="store_true",
-                   help="Flower's SecAgg+: the server learns only the average of the masked client updates (needs --strategy fedavg)")
-    p.add_argument("--secagg-clipping-range", type=float, default=1.0,
-                   help="SecAgg+: update values are clipped to +-this before quantisation (default 1.0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue after the last completed round in SAVE/server")
-    p.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per virtual client (default 1)")
-    p.add_argument("--gpus-per-client", type=float, default=0.0, help="Ray GPUs per virtual client (default 0)")
-    p.add_argument("overrides", nargs="*", help="fairseq/hydra overrides, e.g. model.encoder_layers=4")
-
-
-def run_federation(args: argparse.Namespace, recipe: Path, overrides: List[str], init_from: str = "") -> None:
-    """Simulate the federation of ``args`` on the prepared clients with ``recipe``."""
-    from fedhubert_plugin.federation.pretrain_app import prepared_settings, simulate_pretraining
-
-    settings, num_clients = prepared_settings(
-        args.data,
-        save_dir=str(args.save_dir.resolve()),
-        recipe=str(recipe),
-        rounds=args.rounds,
-        overrides=overrides,
-        strategy=args.strategy,
-        eta=args.eta,
-        eta_l=args.eta_l,
-        beta_1=args.beta_1,
-        beta_2=args.beta_2,
-        tau=args.tau,
-        local_updates=args.local_updates or (0 if args.local_epochs else 10),
-        local_epochs=args.local_epochs,
-        fraction_train=args.fraction_train,
-        min_train_nodes=args.min_train_nodes,
-        seed=args.seed,
-        resume=args.resume,
-        transport_dtype=args.transport_dtype,
-        init_from=init_from,
-        timeout=args.round_timeout,
-        max_update_norm=args.max_update_norm,
-        trimmed_beta=args.trimmed_beta,
-        malicious_nodes=args.malicious_nodes,
-        dp_clipping_norm=args.dp_clipping_norm,
-        dp_noise_multiplier=args.dp_noise_multiplier,
-        dp_target_delta=args.dp_target_delta,
-        secure_aggregation=args.secure_aggregation,
-        secagg_clipping_range=args.secagg_clipping_range,
-    )
-    simulate_pretraining(settings, num_clients, args.cpus_per_client, args.gpus_per_client)
-    print(f"checkpoints in {args.save_dir / 'server'}; metrics in {args.save_dir / 'server' / 'metrics.jsonl'}")
+    values = {**federation_settings.cli_values(args), "recipe": str(find_recipe(args.recipe)), **values}
+    settings = federation_settings.from_prepared_data(**values)
+    simulate_pretraining(settings, num_clients=settings.min_available_nodes)
+    print(f"checkpoints in {settings.server_dir}; metrics in {settings.server_dir / 'metrics.jsonl'}")
 
 
 def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -208,17 +136,8 @@ def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
         "the server aggregates (FedAdam by default) and checkpoints SAVE/server/. Trailing KEY=VALUE "
         "arguments are fairseq/hydra overrides of the recipe (e.g. model.encoder_layers=4).",
     )
-    p.add_argument("--recipe", default="tiny", help="fairseq hydra yaml, or tiny / base / base_iter2 (default tiny)")
-    p.add_argument("--init-from", type=Path, help="start from this checkpoint's fitting tensors (HuBERT iteration 2 "
-                   "continued from iteration 1; default: from scratch, as HuBERT does)")
-    add_federation_options(p)
-    p.set_defaults(run=run_pretrain)
-
-
-def run_pretrain(args: argparse.Namespace) -> None:
-    if args.init_from and not args.init_from.is_file():
-        raise FileNotFoundError(f"--init-from {args.init_from} not found")
-    run_federation(args, recipe_path(args.recipe), args.overrides, str(args.init_from.resolve()) if args.init_from else "")
+    federation_settings.add_options(p)
+    p.set_defaults(run=run_federation)
 
 
 def add_distill_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -230,12 +149,12 @@ def add_distill_parser(subparsers: argparse._SubParsersAction) -> None:
         "regression). The teacher is read from --teacher on each client and never sent.",
     )
     p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (SAVE/server/checkpoint_best.pt or best_global_model.pt)")
-    p.add_argument("--recipe", default="student", help="fairseq hydra yaml, or student / tiny_student (default student)")
     p.add_argument("--alpha", type=float, help="KD weight (default: the recipe's, 0.5)")
     p.add_argument("--temperature", type=float, help="KD temperature (default: the recipe's, 2.0)")
     p.add_argument("--hidden-weight", type=float, help="layer regression weight, 0 turns it off (default: the recipe's)")
-    p.add_argument("--init-from-teacher", action="store_true", help="start the student from the teacher's fitting tensors (mapped layers, conv extractor)")
-    add_federation_options(p)
+    p.add_argument("--init-from-teacher", action="store_true", help="start the student from the teacher's fitting tensors "
+                   "(mapped layers, conv extractor); the same as --init-from TEACHER")
+    federation_settings.add_options(p, recipe="student")
     p.set_defaults(run=run_distill)
 
 
@@ -247,7 +166,8 @@ def run_distill(args: argparse.Namespace) -> None:
     for key, value in (("alpha", args.alpha), ("temperature", args.temperature), ("hidden_weight", args.hidden_weight)):
         if value is not None:
             overrides.append(f"criterion.{key}={value}")
-    run_federation(args, recipe_path(args.recipe, "distill"), overrides + args.overrides, str(teacher) if args.init_from_teacher else "")
+    init = {"init_from": str(teacher)} if args.init_from_teacher else {}
+    run_federation(args, overrides=overrides + args.overrides, **init)
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -274,7 +194,7 @@ def run_export(args: argparse.Namespace) -> None:
     if args.checkpoint:
         out = export_s3prl(args.checkpoint, args.out)
     else:
-        out = export_initial(recipe_path(args.initial), args.out, args.n_clusters, args.label_rate, args.overrides)
+        out = export_initial(args.initial, args.out, args.n_clusters, args.label_rate, args.overrides)
     print(f"wrote {out} (s3prl format: run_downstream.py -u hubert_local -k {out})")
 
 
@@ -322,7 +242,7 @@ def add_downstream_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedhubert", description="Federated HuBERT pretraining with fairseq, Flower and s3prl.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of every error")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_toy_data_parser(subparsers)
     add_prepare_parser(subparsers)
@@ -334,13 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_global_options(argv: List[str]) -> Optional[int]:
+    """The position of ``downstream`` when it is the command (after global options only), else None."""
+    for index, arg in enumerate(argv):
+        if arg == "downstream":
+            return index
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``fedhubert`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["downstream"]:  # s3prl's own command line follows: hand it over untouched
-        from fedhubert_plugin.downstream import run_downstream
-
-        args = argparse.Namespace(verbose=False, run=lambda _: run_downstream(argv[1:]))
+    downstream = split_global_options(argv)
+    if downstream is not None:  # s3prl's own command line follows: hand it over untouched
+        args = build_parser().parse_args(argv[:downstream] + ["downstream"])
+        args.run = lambda _: run_downstream_command(argv[downstream + 1 :])
     else:
         args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -350,10 +280,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     try:
         args.run(args)
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
-        logger.error("%s", err)
+    except USER_ERRORS as err:
+        if args.verbose:
+            logger.exception("%s", err)
+        else:
+            logger.error("%s (run with -v for the traceback)", err)
         return 1
     return 0
+
+
+def run_downstream_command(argv: List[str]) -> None:
+    from fedhubert_plugin.downstream import run_downstream
+
+    run_downstream(argv)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,18 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from fedhubert_plugin.data.prepare import PrepareConfig, prepare, summary_table
 from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.federation.pretrain_app import prepared_settings, simulate_pretraining
-from fedhubert_plugin.federation.recipe import APP_DIR
-from fedhubert_plugin.report import clients_table, downstream_table, plot_run, read_metrics, rounds_table, write_report
+from fedhubert_plugin.federation.runlog import read_metrics
+from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.settings import from_prepared_data
+from fedhubert_plugin.prepare import PrepareConfig, prepare, summary_table
+from fedhubert_plugin.recipes import find_recipe
+from fedhubert_plugin.report import clients_table, downstream_table, plot_run, rounds_table, write_report
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
 
 logger = logging.getLogger(__name__)
 
-RECIPES = APP_DIR / "recipes"
 # teacher recipe -> (student recipe, KS config)
 PAIRED = {"tiny": ("tiny_student", "ks_tiny"), "base": ("student", "ks")}
 
@@ -101,14 +102,14 @@ def prepare_phase(cfg: DemoConfig, data: Dict) -> Path:
     return out
 
 
-def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: Path, rounds: int,
+def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: str, rounds: int,
                      overrides: List[str], init_from: str = "") -> Path:
     """A federated run (pretraining or distillation), resumed when OUT holds part of it."""
-    settings, num_clients = prepared_settings(prepared, save_dir=str(save_dir.resolve()), recipe=str(recipe), rounds=rounds,
-                                              overrides=overrides, local_updates=cfg.local_updates, seed=cfg.seed,
-                                              resume=True, init_from=init_from)
-    gpus = 1.0 / num_clients if torch.cuda.is_available() else 0.0
-    simulate_pretraining(settings, num_clients, cpus_per_client=1.0, gpus_per_client=gpus)
+    gpus = 1.0 / cfg.num_clients if torch.cuda.is_available() else 0.0
+    settings = from_prepared_data(str(prepared), save_dir=str(save_dir.resolve()), recipe=recipe, num_server_rounds=rounds,
+                                  overrides=overrides, local_updates=cfg.local_updates, seed=cfg.seed, resume=True,
+                                  init_from=init_from, gpus_per_client=gpus)
+    simulate_pretraining(settings, settings.min_available_nodes)
     return save_dir
 
 
@@ -118,8 +119,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         raise ValueError(f"--recipe {cfg.recipe!r}: choose one of {', '.join(PAIRED)}")
     cfg.out.mkdir(parents=True, exist_ok=True)
     student_recipe, ks_name = PAIRED[cfg.recipe]
-    overrides = list(cfg.overrides) + ([] if torch.cuda.is_available() else ["common.cpu=true", "common.fp16=false"])
-    teacher_recipe = RECIPES / "librispeech" / "pretrain" / f"{cfg.recipe}.yaml"
+    overrides = list(cfg.overrides)
+    teacher_recipe = str(find_recipe(cfg.recipe))
     phases = Phases(6)
     data = phases.run("data", data_phase, cfg)
     prepared = phases.run("prepare (federated k-means)", prepare_phase, cfg, data)
@@ -127,7 +128,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                           cfg.rounds, overrides)
     teacher = pretrain / "server" / "checkpoint_best.pt"
     distill = phases.run("federated distillation", federation_phase, cfg, prepared, cfg.out / "distill",
-                         RECIPES / "librispeech" / "distill" / f"{student_recipe}.yaml", cfg.distill_rounds,
+                         str(find_recipe(student_recipe)), cfg.distill_rounds,
                          [f"criterion.teacher_checkpoint={teacher.resolve()}"] + overrides, str(teacher.resolve()))
     meta = json.loads((prepared / "prepare.json").read_text())
     random_init = export_initial(teacher_recipe, cfg.out / "random_init.pt", meta["n_clusters"], meta["label_rate"], overrides)
@@ -136,7 +137,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         "student": ("student (federated distillation)", distill / "server" / "best_global_model.pt"),
         "random_init": ("random init (untrained teacher)", random_init),
     }
-    ks_config = RECIPES / "superb" / f"{ks_name}.yaml"
+    ks_config = find_recipe(ks_name)
 
     def downstream() -> Dict[str, Dict]:
         results = {}

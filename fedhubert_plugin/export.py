@@ -6,13 +6,13 @@ writes the untrained model of a recipe (the weights federated round 1 starts fro
 random-init baseline of downstream comparisons.
 """
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 
 from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint, save_s3prl_checkpoint
-from fedhubert_plugin.federation.recipe import recipe_initial_model
 from fedhubert_plugin.files import atomic_write
+from fedhubert_plugin.recipes import recipe_initial_model
 
 
 def export_s3prl(ckpt: Path, out: Path) -> Path:
@@ -22,8 +22,8 @@ def export_s3prl(ckpt: Path, out: Path) -> Path:
     return Path(out)
 
 
-def export_initial(recipe: Path, out: Path, n_clusters: int, label_rate: float, overrides: Sequence[str] = ()) -> Path:
-    """Write the recipe's seeded initial (untrained) model to ``out`` in s3prl's format."""
+def export_initial(recipe: Union[str, Path], out: Path, n_clusters: int, label_rate: float, overrides: Sequence[str] = ()) -> Path:
+    """Write the seeded initial (untrained) model of ``recipe`` (a name or yaml path) to ``out`` in s3prl's format."""
     cfg, weights = recipe_initial_model(recipe, overrides, label_rate, n_clusters)
     save_s3prl_checkpoint(Path(out), cfg, weights, n_clusters)
     return Path(out)

@@ -1,5 +1,4 @@
 """The demo's report: PNG plots of the federated runs and ``report.md`` with the results tables."""
-import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -7,11 +6,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def read_metrics(save_dir: Path) -> List[Dict]:
-    """The JSON lines of ``SAVE/server/metrics.jsonl``."""
-    return [json.loads(line) for line in (Path(save_dir) / "server" / "metrics.jsonl").read_text().splitlines()]
 
 
 def plot_run(lines: List[Dict], title: str, out: Path) -> Path:

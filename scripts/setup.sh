@@ -34,7 +34,8 @@ fi
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox)
-ldconfig -p | grep -qE 'libsox\.so( |$)' || missing+=(libsox-dev)
+# grep without -q reads all of ldconfig's output: with -q it may exit first, and pipefail fails the check
+ldconfig -p | grep -E 'libsox\.so( |$)' >/dev/null || missing+=(libsox-dev)
 # openssl and ssh-keygen make the TLS certificates and SuperNode keys (recipes/flower/)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)

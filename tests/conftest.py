@@ -1,14 +1,12 @@
-"""Shared fixtures: the toy corpus, one client shard for the tiny recipe, a trained checkpoint.
+"""Shared fixtures: the toy corpus, one client shard for the tiny recipe, a trained checkpoint, a federated run.
 
-Everything runs on CPU and talks to nothing but the local disk.
+Everything runs on CPU and talks to nothing but the local disk. Helpers are in ``tests.helpers``.
 """
 import json
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import shutil
 
 import numpy as np
 import pytest
@@ -16,14 +14,15 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from fedhubert_plugin.toy_data import TRAIN_SUBSET, DEV_SUBSET, write_toy_data
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
+from tests.helpers import N_CLUSTERS, PLUGIN_DIR, RECIPES, fairseq_env, pretrain_settings, write_energy_dictionary, write_split
 
-REPO = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = REPO / "fedhubert_plugin"
-RECIPES = REPO / "recipes" / "librispeech" / "pretrain"
-LABEL_RATE = 100
-ENERGY_BINS = 8
-N_CLUSTERS = 100
+
+def pytest_collection_modifyitems(items):
+    """Every test not marked ``e2e`` is a unit test: ``-m unit`` runs them alone, ``-m e2e`` the rest."""
+    for item in items:
+        if "e2e" not in item.keywords:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")
@@ -34,29 +33,6 @@ def toy_corpus(tmp_path_factory) -> Path:
     return out
 
 
-def energy_labels(wav: np.ndarray) -> list:
-    """Test-only frame targets at 100 Hz: log energy of 25 ms frames quantised into bins.
-
-    They stand in for `fedhubert prepare`'s k-means labels; the count per utterance is the
-    one fairseq's HuBERT dataset expects at label rate 100.
-    """
-    frames = 1 + (len(wav) - 400) // 160
-    energy = np.array([np.log1p(np.sum(wav[i * 160 : i * 160 + 400] ** 2)) for i in range(frames)])
-    edges = np.quantile(energy, np.linspace(0, 1, ENERGY_BINS + 1)[1:-1])
-    return np.digitize(energy, edges).tolist()
-
-
-def write_split(shard: Path, name: str, flacs: list, root: Path) -> None:
-    lines = [str(root)]
-    labels = []
-    for flac in flacs:
-        wav, _ = sf.read(flac, dtype="float32")
-        lines.append(f"{flac.relative_to(root)}\t{len(wav)}")
-        labels.append(" ".join(map(str, energy_labels(wav))))
-    (shard / f"{name}.tsv").write_text("\n".join(lines) + "\n")
-    (shard / "labels" / f"{name}.km").write_text("\n".join(labels) + "\n")
-
-
 @pytest.fixture(scope="session")
 def client_shard(toy_corpus, tmp_path_factory) -> Path:
     """One client folder in the layout of `fedhubert prepare` (train.tsv, valid.tsv, labels/)."""
@@ -65,28 +41,8 @@ def client_shard(toy_corpus, tmp_path_factory) -> Path:
     root = toy_corpus / "LibriSpeech"
     write_split(shard, "train", sorted((root / TRAIN_SUBSET).rglob("*.flac")), root)
     write_split(shard, "valid", sorted((root / DEV_SUBSET).rglob("*.flac")), root)
-    (shard / "labels" / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(ENERGY_BINS)))
+    write_energy_dictionary(shard)
     return shard
-
-
-def setup_fed_task(shard: Path, **overrides):
-    """fairseq's own task set-up (dataclass defaults merged) for a client folder."""
-    from fairseq import tasks
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create(
-        {"_name": "fed_hubert_pretraining", "data": str(shard), "label_dir": str(shard / "labels"),
-         "labels": ["km"], "label_rate": 100, **overrides}
-    )
-    return tasks.setup_task(cfg)
-
-
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-
-
-def fairseq_env() -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
 
 
 @pytest.fixture(scope="session")
@@ -157,14 +113,6 @@ def prepared(messy_librispeech, tmp_path_factory):
     return out
 
 
-TINY = str(REPO / "recipes" / "librispeech" / "pretrain" / "tiny.yaml")
-
-
-def metric_lines(save_dir: Path) -> list:
-    """The server's ``metrics.jsonl`` of a run saved in ``save_dir``, one dict per round."""
-    return [json.loads(line) for line in (save_dir / "server" / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture
 def in_a_run(monkeypatch):
     """Messages exist only inside a Flower run: give them one."""
@@ -174,19 +122,10 @@ def in_a_run(monkeypatch):
         monkeypatch.setattr(TaskIdentity, attribute, 1)
 
 
-def pretrain_settings(prepared, save_dir, rounds, **kwargs):
-    """Settings of a federated run (default: the tiny recipe, 3 local updates) on the `prepared` clients."""
-    from fedhubert_plugin.federation.pretrain_app import PretrainSettings
-
-    defaults = dict(recipe=TINY, label_rate=100, n_clusters=N_CLUSTERS, data_root=str(prepared), overrides=["common.cpu=true"],
-                    local_updates=3, min_train_nodes=2, min_available_nodes=4)
-    return PretrainSettings(save_dir=str(save_dir), rounds=rounds, **{**defaults, **kwargs})
-
-
 @pytest.fixture(scope="session")
 def federated_run(prepared, tmp_path_factory) -> Path:
     """3 federated rounds of the tiny recipe on 4 prepared clients; the save dir."""
-    from fedhubert_plugin.federation.pretrain_app import simulate_pretraining
+    from fedhubert_plugin.federation.server_app import simulate_pretraining
 
     save_dir = tmp_path_factory.mktemp("federated")
     simulate_pretraining(pretrain_settings(prepared, save_dir, rounds=3), num_clients=4)

@@ -3,10 +3,11 @@ import shutil
 
 import pytest
 
-from conftest import TINY, pretrain_settings
+from tests.helpers import TINY, pretrain_settings
 from fedhubert_plugin.checkpoints import CheckpointError
-from fedhubert_plugin.federation.pretrain_app import initial_model, simulate_pretraining
-from fedhubert_plugin.federation.recipe import RecipeError, compose_recipe
+from fedhubert_plugin.federation.rounds import initial_model
+from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.recipes import RecipeError, compose_recipe
 
 
 def test_unknown_recipe_keys_name_the_recipe_and_the_key(tmp_path):
@@ -26,7 +27,7 @@ def test_an_unreadable_checkpoint_to_start_from_is_named(tmp_path):
         initial_model(settings)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resuming_with_another_architecture_names_the_checkpoint_and_the_tensor(federated_run, prepared, tmp_path):
     shutil.copytree(federated_run, tmp_path / "save")
     settings = pretrain_settings(prepared, tmp_path / "save", rounds=4, resume=True,
@@ -36,3 +37,4 @@ def test_resuming_with_another_architecture_names_the_checkpoint_and_the_tensor(
     message = str(err.value)
     assert "checkpoint_round3.pt does not match recipe" in message and "model.encoder_ffn_embed_dim=64" in message
     assert "encoder.layers.0.fc1.weight has shape" in message and "the recipe and overrides the run started with" in message
+

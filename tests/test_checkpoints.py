@@ -60,14 +60,14 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
         load_checkpoint(truncated)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_fairseq_checkpoint_loads_with_the_allow_list(trained_run):
     state = load_checkpoint(trained_run["checkpoint"])
     dictionaries = state["task_state"]["dictionaries"]
     assert len(dictionaries[0]) == 12
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_allow_list_is_exactly_what_the_checkpoint_holds(trained_run):
     from fedhubert_plugin.checkpoints import FAIRSEQ_CHECKPOINT_CLASSES
 
@@ -81,7 +81,7 @@ def test_the_allow_list_is_exactly_what_the_checkpoint_holds(trained_run):
     assert needed == allowed
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_load_model_ensemble_and_task_works_with_the_plugin(trained_run):
     from fairseq import checkpoint_utils
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, metric_lines
+from tests.helpers import REPO, metric_lines
 
 BIN = Path(sys.executable).parent
 
@@ -109,7 +109,7 @@ def federation_factory(tmp_path):
         federation.stop()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_flwr_run_trains_two_rounds_and_goes_on_without_a_supernode_killed_mid_round(prepared, federation_factory, tmp_path):
     federation = federation_factory()
     federation.start_superlink()
@@ -132,7 +132,7 @@ def test_flwr_run_trains_two_rounds_and_goes_on_without_a_supernode_killed_mid_r
         assert (save / "server" / name).is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tls_and_supernode_authentication_refuse_an_unregistered_node(prepared, federation_factory, tmp_path):
     credentials = tmp_path / "credentials"
     subprocess.run(["bash", str(REPO / "recipes" / "flower" / "generate_credentials.sh"), str(credentials), "3"],

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from conftest import REPO, TINY, metric_lines, pretrain_settings, setup_fed_task
+from tests.helpers import REPO, TINY, metric_lines, pretrain_settings, setup_fed_task
 from fedhubert_plugin.checkpoints import load_checkpoint, matching_layer
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.criterions.hubert_distillation import (
     cluster_logits_of, cluster_logits_of_student, frozen_teacher, student_pass,
 )
 from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.federation.pretrain_app import simulate_pretraining
+from fedhubert_plugin.federation.server_app import simulate_pretraining
 
 TINY_STUDENT = str(REPO / "recipes" / "librispeech" / "distill" / "tiny_student.yaml")
 
@@ -69,7 +69,7 @@ def distilled(federated_run, prepared, tmp_path_factory):
     return save, teacher
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_distillation_loss_goes_down_and_the_student_is_smaller(distilled):
     save, teacher = distilled
     lines = metric_lines(save)
@@ -88,7 +88,7 @@ def test_distillation_loss_goes_down_and_the_student_is_smaller(distilled):
     assert student["cfg"]["model"]["encoder_embed_dim"] == 64
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_student_loads_in_stock_s3prl_hubert_local(distilled):
     from s3prl.upstream.hubert.hubconf import hubert_local
 
@@ -99,7 +99,7 @@ def test_student_loads_in_stock_s3prl_hubert_local(distilled):
     assert len(states) == 2 and states[-1].shape[-1] == 64
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_distillation_resumes_like_pretraining(distilled, prepared, tmp_path):
     save, teacher = distilled
     overrides = [f"criterion.teacher_checkpoint={teacher}", "common.cpu=true"]

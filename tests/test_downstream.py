@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, fairseq_env
+from tests.helpers import REPO, fairseq_env
 from fedhubert_plugin.cli import main
 
 SUPERB = REPO / "recipes" / "superb"
@@ -24,7 +24,7 @@ def accuracy_in(text: str) -> float:
     return float(found[-1])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_ks_train_evaluate_and_resume_on_the_federated_checkpoint(federated_run, toy_corpus, tmp_path, capsys):
     best = federated_run / "server" / "best_global_model.pt"
     exp = tmp_path / "ks"
@@ -42,7 +42,7 @@ def test_ks_train_evaluate_and_resume_on_the_federated_checkpoint(federated_run,
     assert dev_steps == ["25", "50", "75"]  # resumed at step 50: steps 1-50 were not trained again
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_superb_script_on_a_fairseq_format_checkpoint(federated_run, toy_corpus, tmp_path):
     root = toy_corpus / "speech_commands"
     proc = subprocess.run(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_recipe_trains_logs_and_writes_a_checkpoint(trained_run):
     assert trained_run["checkpoint"].is_file()
     assert "fed_hubert_pretraining" in trained_run["log"]
@@ -20,7 +20,7 @@ def test_tiny_recipe_trains_logs_and_writes_a_checkpoint(trained_run):
     assert valid and math.isfinite(float(valid[-1]["valid_loss"])) and "valid_correct_m_0" in valid[-1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_checkpoint_holds_the_task_and_the_hubert_model(trained_run):
     from fedhubert_plugin.checkpoints import load_checkpoint
 

@@ -13,12 +13,13 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from conftest import TINY, metric_lines, pretrain_settings
+from tests.helpers import TINY, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation import pretrain_app
-from fedhubert_plugin.federation.nodes import ray_backend_config, simulate
+from fedhubert_plugin.federation import client_app
+from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
 from fedhubert_plugin.federation.screening import screen
-from fedhubert_plugin.federation.strategies import build_strategy
+from fedhubert_plugin.federation.server_app import server_app_for
+from fedhubert_plugin.federation.strategies import base_strategy
 
 # Ray workers cannot import this test module: ship its functions by value
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -37,22 +38,22 @@ def faulty_train(msg: Message, context: Context) -> Message:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "stall":
         time.sleep(STALL_SECONDS)
-    return pretrain_app.train(msg, context)
+    return client_app.train(msg, context)
 
 
 @faulty_app.evaluate()
 def faulty_evaluate(msg: Message, context: Context) -> Message:
-    return pretrain_app.evaluate(msg, context)
+    return client_app.evaluate(msg, context)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_stalled_and_failing_clients_leave_the_round_to_the_others(prepared, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(prepared, data)
     (data / "clients" / "client_003" / "labels" / "train.km").unlink()  # this client raises a ShardError
-    settings = pretrain_settings(data, tmp_path, rounds=2, local_updates=2, timeout=TIMEOUT_SECONDS, min_train_nodes=1)
+    settings = pretrain_settings(data, tmp_path, rounds=2, local_updates=2, round_timeout=TIMEOUT_SECONDS, min_train_nodes=1)
     # one Ray actor per client, so that a stalled client holds up nobody else
-    simulate(pretrain_app.pretrain_server_app(settings), faulty_app, 4, ray_backend_config(num_cpus_per_client=0.5))
+    simulate(server_app_for(settings), faulty_app, 4, ray_backend_config(num_cpus_per_client=0.5))
     first, second = metric_lines(tmp_path)
     assert first["participants"] == ["client_000"]
     reasons = [r["reason"] for r in first["rejected"]]
@@ -100,7 +101,7 @@ def test_bad_updates_are_rejected_or_clipped_with_the_client(in_a_run):
 
 @pytest.mark.parametrize("robust", ["fedmedian", "fedtrimmedavg", "krum", "multikrum"])
 def test_a_robust_strategy_barely_moves_under_one_garbage_client_and_plain_averaging_does(robust, in_a_run):
-    from fedhubert_plugin.federation.recipe import recipe_initial_model
+    from fedhubert_plugin.recipes import recipe_initial_model
 
     _, initial = recipe_initial_model(Path(TINY), ["common.cpu=true"], 100, 100)
     rng = np.random.default_rng(0)
@@ -113,7 +114,7 @@ def test_a_robust_strategy_barely_moves_under_one_garbage_client_and_plain_avera
         settings = pretrain_settings("unused", "unused", rounds=1, strategy=strategy, min_available_nodes=5, trimmed_beta=0.2)
         kept, rejected, _ = screen(honest + [garbage], initial)
         assert len(kept) == 5 and not rejected
-        aggregated, _ = build_strategy(settings).aggregate_train(1, kept)
+        aggregated, _ = base_strategy(settings).aggregate_train(1, kept)
         return float(np.sqrt(sum(np.square(aggregated[k].numpy() - v).sum() for k, v in initial.items())))
 
     honest_norm = float(np.sqrt(sum(np.square(1e-3 * np.ones(v.shape)).sum() for v in initial.values())))
@@ -127,6 +128,6 @@ def test_waiting_for_missing_nodes_stops_after_the_timeout_with_the_count():
         def get_node_ids(self):
             return [1, 2]
 
-    with pytest.raises(RuntimeError, match=r"only 2 of the 3 nodes of --min-available-nodes are connected after the round timeout"):
-        pretrain_app.wait_for_nodes(TwoNodes(), 3, timeout=0.5)
-    pretrain_app.wait_for_nodes(TwoNodes(), 2, timeout=0.5)  # enough: returns at once
+    with pytest.raises(RuntimeError, match=r"only 2 of the 3 nodes needed are connected after 0.5 s \(min-available-nodes"):
+        wait_for_nodes(TwoNodes(), 3, timeout=0.5)
+    assert wait_for_nodes(TwoNodes(), 2, timeout=0.5) == [1, 2]  # enough: returns at once

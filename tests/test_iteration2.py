@@ -6,13 +6,14 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from conftest import TINY, pretrain_settings
+from tests.helpers import TINY, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.data.features import CheckpointFeatures, manifest_features, read_manifest
-from fedhubert_plugin.data.kmeans import nearest
+from fedhubert_plugin.data.manifest import read_manifest
+from fedhubert_plugin.targets.features import CheckpointFeatures, manifest_features
+from fedhubert_plugin.targets.kmeans import nearest
 from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.federation.pretrain_app import simulate_pretraining
+from fedhubert_plugin.federation.server_app import simulate_pretraining
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 from upstream.hubert_local.hubconf import hubert_local
 
@@ -53,7 +54,7 @@ def iteration2(federated_run, messy_librispeech, tmp_path_factory):
     return out, checkpoint
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_iteration2_labels_count_50hz_frames_and_features_are_gone(iteration2):
     out, checkpoint = iteration2
     features = CheckpointFeatures(str(checkpoint), layer=2, device="cpu")
@@ -74,7 +75,7 @@ def test_iteration2_labels_count_50hz_frames_and_features_are_gone(iteration2):
                 assert all(0 <= i < IT2_CLUSTERS for i in ids)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_federated_codebook_matches_centralized_kmeans_on_the_same_features(iteration2):
     out, checkpoint = iteration2
     features = CheckpointFeatures(str(checkpoint), layer=2, device="cpu")
@@ -84,14 +85,14 @@ def test_federated_codebook_matches_centralized_kmeans_on_the_same_features(iter
     assert federated <= 1.05 * centralized, (federated, centralized)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("continued", [False, True])
 def test_a_round_of_pretraining_on_iteration2_targets(iteration2, tmp_path, continued):
     out, checkpoint = iteration2
     settings = pretrain_settings(out, tmp_path, rounds=1, label_rate=50, n_clusters=IT2_CLUSTERS,
                                  init_from=str(checkpoint) if continued else "")
     simulate_pretraining(settings, num_clients=4)
-    line = json.loads((tmp_path / "server" / "metrics.jsonl").read_text())
+    (line,) = metric_lines(tmp_path)
     assert line["participants"] == ["client_000", "client_001", "client_002", "client_003"] and line["rejected"] == []
     assert np.isfinite(line["train"]["loss"]) and np.isfinite(line["valid"]["loss"])
     saved = load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")

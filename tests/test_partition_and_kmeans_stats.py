@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fedhubert_plugin.data.kmeans import cluster_statistics, lloyd_step
+from fedhubert_plugin.targets.kmeans import cluster_statistics, lloyd_step
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import Utterance
 

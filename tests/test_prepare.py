@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import DEV_SUBSET, N_CLUSTERS, TRAIN_SUBSET, setup_fed_task
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
+from tests.helpers import N_CLUSTERS, setup_fed_task
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.data.features import PRESETS, manifest_features, read_manifest
-from fedhubert_plugin.data.kmeans import local_codebook, nearest
-from fedhubert_plugin.data.prepare import PrepareConfig, prepare
+from fedhubert_plugin.data.manifest import read_manifest
+from fedhubert_plugin.targets.features import PRESETS, manifest_features
+from fedhubert_plugin.targets.kmeans import local_codebook, nearest
+from fedhubert_plugin.prepare import PrepareConfig, prepare
 
 def manifest_entries(out: Path):
     """(client, split, absolute path, samples) for every manifest row."""
@@ -119,7 +121,7 @@ def test_local_kmeans_with_the_seed_preset(messy_librispeech, tmp_path, capsys):
 
 
 def test_an_interrupted_run_leaves_no_stale_labels_and_a_rerun_completes(messy_librispeech, tmp_path, monkeypatch):
-    import fedhubert_plugin.data.prepare as prepare_module
+    import fedhubert_plugin.prepare as prepare_module
 
     root, _ = messy_librispeech
     cfg = PrepareConfig(root, [TRAIN_SUBSET], 2, tmp_path / "data", min_seconds=1.0, kmeans="local", n_clusters=20)

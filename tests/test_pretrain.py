@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, metric_lines, pretrain_settings
+from tests.helpers import REPO, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation.pretrain_app import simulate_pretraining
+from fedhubert_plugin.federation.server_app import simulate_pretraining
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_validation_loss_goes_down_and_metrics_are_complete(federated_run):
     lines = metric_lines(federated_run)
     assert [line["round"] for line in lines] == [1, 2, 3]
@@ -26,7 +26,7 @@ def test_validation_loss_goes_down_and_metrics_are_complete(federated_run):
         assert all(seconds >= 0 for seconds in line["server_seconds"].values())
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(federated_run):
     from fairseq import checkpoint_utils
     from s3prl.upstream.hubert.convert import load_converted_model
@@ -48,7 +48,7 @@ def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(fede
                        load_checkpoint(server / f"checkpoint_round{best_round}.pt")["model"]["final_proj.weight"])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_float16_transport_halves_the_traffic_and_keeps_the_loss(federated_run, prepared, tmp_path):
     simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=1, transport_dtype="float16"), num_clients=4)
     half, full = metric_lines(tmp_path)[0], metric_lines(federated_run)[0]
@@ -57,7 +57,7 @@ def test_float16_transport_halves_the_traffic_and_keeps_the_loss(federated_run, 
     assert all(v.dtype == torch.float32 for v in load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"].values())
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_local_epochs_continue_the_update_count_and_lr_schedule(prepared, tmp_path):
     simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=2, local_updates=0, local_epochs=1), num_clients=4)
     lines = metric_lines(tmp_path)
@@ -67,7 +67,7 @@ def test_local_epochs_continue_the_update_count_and_lr_schedule(prepared, tmp_pa
     assert lines[1]["train"]["lr"] > lines[0]["train"]["lr"]  # still warming up from where round 1 stopped, not restarted
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_gives_the_weights_of_an_uninterrupted_run(federated_run, prepared, tmp_path):
     simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=2), num_clients=4)
     simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=3, resume=True), num_clients=4)
@@ -78,13 +78,13 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(federated_run, prepare
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_fairseq_hydra_train_continues_from_the_global_checkpoint(federated_run, prepared, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
-    from conftest import PLUGIN_DIR, fairseq_env
+    from tests.helpers import PLUGIN_DIR, fairseq_env
 
     client = prepared / "clients" / "client_000"
     last = federated_run / "server" / "checkpoint_last.pt"
@@ -100,18 +100,3 @@ def test_fairseq_hydra_train_continues_from_the_global_checkpoint(federated_run,
     first_loss = float(json.loads(next(line[line.index("{"):] for line in log.splitlines() if "train_inner" in line and '"loss"' in line))["loss"])
     assert first_loss < metric_lines(federated_run)[0]["train"]["loss"]  # it starts from the federated weights, not from scratch
     assert (tmp_path / "ckpt" / "checkpoint_last.pt").is_file()
-
-
-def test_flower_run_configs_become_settings():
-    import tomllib
-
-    from fedhubert_plugin.federation.pretrain_app import settings_from_run_config
-    from fedhubert_plugin.federation.recipe import resolve_recipe
-
-    defaults = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    base = tomllib.loads((REPO / "recipes" / "librispeech" / "flower_base.toml").read_text())
-    assert set(base) <= set(defaults)  # flwr only accepts keys that pyproject declares
-    for run_config in (defaults, {**defaults, **base}):
-        settings = settings_from_run_config(run_config)
-        assert resolve_recipe(settings.recipe).is_file()
-    assert settings.rounds == 400 and settings.local_updates == 1000 and settings.overrides == []

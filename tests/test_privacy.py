@@ -12,24 +12,19 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from conftest import TINY, fairseq_env, metric_lines, pretrain_settings
+from tests.helpers import TINY, fairseq_env, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation.nodes import ray_backend_config, simulate
-from fedhubert_plugin.federation.pretrain_app import (
-    client_app,
-    record_of,
-    secure_train_round,
-    train_config_after,
-    train_round,
-    wait_for_nodes,
-)
-from fedhubert_plugin.federation.recipe import recipe_initial_model
+from fedhubert_plugin.federation.client_app import client_app
+from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
+from fedhubert_plugin.federation.rounds import secure_train_round, train_round
+from fedhubert_plugin.federation.wire import ClientConfig, config_record, record_of
+from fedhubert_plugin.recipes import recipe_initial_model
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_client_sends_only_weights_of_the_model_and_scalar_metrics(prepared, tmp_path, in_a_run):
     _, initial = recipe_initial_model(Path(TINY), ["common.cpu=true"], 100, 100)
-    config = {**train_config_after(pretrain_settings(prepared, tmp_path, rounds=1, local_updates=2), 0), "server-round": 1}
+    config = {**config_record(ClientConfig.of(pretrain_settings(prepared, tmp_path, rounds=1, local_updates=2))), "server-round": 1}
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     client = prepared / "clients" / "client_000"
     audio = sum(int(line.split("\t")[1]) for line in (client / "train.tsv").read_text().splitlines()[1:])
@@ -54,7 +49,7 @@ def test_a_client_sends_only_weights_of_the_model_and_scalar_metrics(prepared, t
         assert any(not np.array_equal(arrays[k].numpy(), v) for k, v in initial.items())  # it did train
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dp_run_killed_mid_round_resumes_with_its_privacy_spent_and_converges(prepared, tmp_path):
     """The server (a `fedhubert pretrain` process) is killed in round 2 and resumed: no round lost or repeated,
     no half-written file, the accountant continues; clients clip (Flower's fixedclipping_mod), the server adds noise."""
@@ -86,7 +81,7 @@ def test_dp_run_killed_mid_round_resumes_with_its_privacy_spent_and_converges(pr
     assert lines[-1]["valid"]["loss"] < lines[0]["valid"]["loss"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_secure_aggregation_gives_the_plain_average_update_and_trains(prepared, tmp_path):
     """SecAgg+: the server reconstructs only the sum of the masked updates. In one simulation the same
     round runs secured and in the clear (uniform FedAvg); the global models agree up to SecAgg+'s
@@ -99,11 +94,11 @@ def test_secure_aggregation_gives_the_plain_average_update_and_trains(prepared, 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         wait_for_nodes(grid, 4, 300)
-        config = ConfigRecord(train_config_after(settings, 0))
+        config = ClientConfig.of(settings)
         results["secure"] = secure_train_round(grid, 1, initial, config, settings, {})
         plain = FedAvg(min_train_nodes=4, min_available_nodes=4, weighted_by_key="updates")  # uniform, as SecAgg+
-        results["plain"] = train_round(grid, 1, plain, initial, config, settings, {}, {})
-        config = ConfigRecord(train_config_after(settings, 3))
+        results["plain"] = train_round(grid, 1, plain, initial, config, settings, {})
+        config = ClientConfig.of(settings, updates_done=3)
         results["second"] = secure_train_round(grid, 2, results["secure"].weights, config, settings, {})
 
     simulate(app, client_app, 4, ray_backend_config())

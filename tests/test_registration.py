@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from conftest import PLUGIN_DIR
+from tests.helpers import PLUGIN_DIR
 
 
 def test_import_registers_task_built_on_hubert_pretraining():

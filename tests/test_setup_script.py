@@ -1,7 +1,7 @@
 """scripts/setup.sh refuses an unsupported Python before touching anything."""
 import subprocess
 
-from conftest import REPO
+from tests.helpers import REPO
 
 
 def test_unsupported_python_is_named_with_the_fix(tmp_path):

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from conftest import setup_fed_task
+from tests.helpers import setup_fed_task
 
 import fedhubert_plugin  # noqa: F401
 from fedhubert_plugin.tasks.fed_hubert_pretraining import ShardError

@@ -1,3 +1,3 @@
-"""Data preparation: scan a LibriSpeech tree, partition it, write manifests and k-means labels."""
+"""Data: scan a LibriSpeech tree, partition it into clients, read and write fairseq manifests."""
 
-LABELS_META = "labels.json"  # beside a client's labels: label rate, features and k-means mode they were made with
+PARTITIONS = ("speaker", "iid", "dirichlet")  # how utterances are split across clients (see data.partition)

@@ -15,9 +15,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from fedhubert_plugin.data import PARTITIONS
 from fedhubert_plugin.data.scan import Utterance
-
-PARTITIONS = ("speaker", "iid", "dirichlet")
 
 
 def greedy_by_duration(groups: List[List[Utterance]], num_clients: int) -> List[List[Utterance]]:

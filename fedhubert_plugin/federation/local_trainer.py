@@ -15,7 +15,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from fairseq.data.data_utils import numpy_seed
 from fairseq.trainer import Trainer
 from omegaconf import DictConfig, open_dict
 
-from fedhubert_plugin.federation.recipe import compose_recipe
+from fedhubert_plugin.federation.wire import UPDATES, ClientConfig
+from fedhubert_plugin.recipes import compose_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def peak_memory_metrics() -> Dict[str, float]:
 class LocalTrainer:
     """fairseq Trainer for any client folder, from one recipe and its overrides."""
 
-    def __init__(self, recipe: Path, overrides: Sequence[str] = (), label_rate: Optional[float] = None, lr: Optional[float] = None):
+    def __init__(self, recipe: str, overrides: Sequence[str] = (), label_rate: Optional[float] = None, lr: Optional[float] = None):
         extra = [f"task.label_rate={label_rate}"] if label_rate else []
         extra += [f"optimization.lr=[{lr}]"] if lr else []
         self.cfg = compose_recipe(recipe, list(overrides) + extra)
@@ -160,7 +161,7 @@ class LocalTrainer:
             result = hubert_metrics(agg)
         seconds = time.perf_counter() - start
         result.update(
-            updates=done,
+            **{UPDATES: done},
             seconds=seconds,
             setup_seconds=setup_seconds,
             samples_per_second=utterances / seconds,
@@ -183,25 +184,17 @@ class LocalTrainer:
 _TRAINERS: Dict[tuple, LocalTrainer] = {}
 
 
-def local_trainer(config: Mapping) -> LocalTrainer:
-    """This process's trainer for the run's recipe (built once, reused by every client it serves).
-
-    ``config`` is the server's message config: recipe, overrides, label-rate, lr.
-    """
-    key = (str(config["recipe"]), tuple(config["overrides"]), float(config["label-rate"]), float(config["lr"]))
+def local_trainer(config: ClientConfig) -> LocalTrainer:
+    """This process's trainer for the run's recipe, overrides, label rate and client lr (built once, reused
+    by every client it serves)."""
+    key = (config.recipe, tuple(config.overrides), config.label_rate, config.eta_l)
     if key not in _TRAINERS:
         _TRAINERS.clear()
-        _TRAINERS[key] = LocalTrainer(Path(key[0]), key[1], label_rate=key[2], lr=key[3] or None)
+        _TRAINERS[key] = LocalTrainer(config.recipe, config.overrides, label_rate=config.label_rate, lr=config.eta_l or None)
     return _TRAINERS[key]
 
 
-def train_locally(config: Mapping, folder: Path, arrays: Dict[str, np.ndarray]) -> LocalResult:
+def train_locally(config: ClientConfig, folder: Path, arrays: Dict[str, np.ndarray]) -> LocalResult:
     """One round of local training as the server's message ``config`` asks (updates or epochs, round)."""
-    return local_trainer(config).fit(
-        folder,
-        arrays,
-        num_updates=int(config["num-updates"]),
-        local_updates=int(config["local-updates"]),
-        local_epochs=int(config["local-epochs"]),
-        round_seed=int(config["server-round"]),
-    )
+    return local_trainer(config).fit(folder, arrays, num_updates=config.num_updates, local_updates=config.local_updates,
+                                     local_epochs=config.local_epochs, round_seed=config.server_round)

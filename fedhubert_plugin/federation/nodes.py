@@ -1,4 +1,4 @@
-"""Where a client's data lives, and how a simulation of clients is started.
+"""Nodes: where a client's data lives, waiting for nodes to connect, and starting a simulation.
 
 In deployment each SuperNode is one site, started with
 ``flower-supernode --node-config 'data-dir=/data/client_007'``: its client folder.
@@ -8,12 +8,13 @@ prepared data folder, so virtual client ``i`` reads ``DATA/clients/client_{i:03d
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context
 from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
+from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 logger = logging.getLogger(__name__)
@@ -24,21 +25,26 @@ def client_name(index: int) -> str:
     return f"client_{index:03d}"
 
 
-def client_folder(context: Context, config: ConfigRecord) -> Path:
-    """This node's client folder: ``data-dir`` from the node config, else the simulated partition's."""
+def client_folder(context: Context, data_root: str) -> Path:
+    """This node's client folder: ``data-dir`` from the node config, else the simulated partition's under ``data_root``."""
     if "data-dir" in context.node_config:
         folder = Path(str(context.node_config["data-dir"]))
     else:
-        folder = Path(str(config["data-root"])) / "clients" / client_name(int(context.node_config["partition-id"]))
+        folder = Path(data_root) / "clients" / client_name(int(context.node_config["partition-id"]))
     if not (folder / "train.tsv").is_file():
         raise FileNotFoundError(f"client folder {folder} has no train.tsv; run `fedhubert prepare` or fix data-dir")
     return folder
 
 
-def client_reply(msg: Message, folder: Path, metrics: Dict[str, Any], **arrays: ArrayRecord) -> Message:
-    """A reply with this client's ``metrics``, its name (the folder's) and any ``arrays`` records."""
-    content = RecordDict({**arrays, "metrics": MetricRecord(metrics), "client": ConfigRecord({"name": folder.name})})
-    return Message(content, reply_to=msg)
+def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> List[int]:
+    """The ids of the connected nodes once ``needed`` are; raise after ``timeout`` seconds (Flower would wait forever)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < needed:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of the {needed} nodes needed are connected after {timeout:g} s "
+                               f"(min-available-nodes, round-timeout): start the missing SuperNodes, or lower min-available-nodes")
+        time.sleep(0.5)
+    return nodes
 
 
 def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: float = 0.0) -> Dict[str, Any]:

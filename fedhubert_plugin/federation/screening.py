@@ -1,4 +1,9 @@
-"""What the server checks in each client update before it aggregates.
+"""What the server checks in each client update before it aggregates, as a strategy wrapper.
+
+``ScreenedStrategy`` wraps the run's strategy the way Flower's DP wrappers do: each reply is
+screened before the wrapped strategy aggregates (``screen``), a node that never answered is
+listed (``missing_replies``), and a round with too few usable updates stops, naming every
+rejection and the fix, with nothing aggregated.
 
 An update is rejected when the client failed or sent no reply within the round timeout,
 when its weights do not match the model's names, when they hold NaN or Inf, or when the
@@ -9,10 +14,15 @@ client's name (or its node id when it never replied).
 """
 import logging
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedhubert_plugin.federation.settings import RESUME_ADVICE
+from fedhubert_plugin.federation.wire import ARRAYS, METRICS, arrays_of, client_of, record_of
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +82,9 @@ def screen(
             reason = error_summary(str(reply.error.reason))
             rejected.append({"client": names.get(node, f"node {node}"), "reason": f"client error: {reply.error.code}: {reason}"})
             continue
-        name = str(reply.content["client"]["name"])
+        name = client_of(reply)
         names[sender(reply, messages or [])] = name
-        arrays = reply.content["arrays"]
+        arrays = reply.content[ARRAYS]
         if set(arrays.keys()) != set(reference):
             rejected.append({"client": name, "reason": "weights do not match the model's parameter names"})
             continue
@@ -85,13 +95,13 @@ def screen(
             rejected.append({"client": name, "reason": f"update norm {norm:.4g} exceeds the global model's norm {model_norm:.4g}"})
         else:
             if max_update_norm and norm > max_update_norm:
-                reply.content["arrays"] = clipped(arrays, reference, max_update_norm / norm)
+                reply.content[ARRAYS] = clipped(arrays, reference, max_update_norm / norm)
                 clipped_updates.append({"client": name, "norm": norm, "clipped_to": max_update_norm})
                 logger.warning("update of %s clipped: norm %.4g > --max-update-norm %.4g", name, norm, max_update_norm)
-            reply.content["metrics"]["update_norm"] = norm
+            reply.content[METRICS]["update_norm"] = norm
             good.append(reply)
     # a fixed summation order: FedAdam's m/sqrt(v) amplifies last-bit differences of near-zero updates
-    good.sort(key=lambda reply: str(reply.content["client"]["name"]))
+    good.sort(key=client_of)
     for r in rejected:
         logger.warning("round update rejected: %s", r)
     return good, rejected, clipped_updates
@@ -105,3 +115,71 @@ def missing_replies(messages: List[Message], replies: List[Message], names: Dict
     for r in rejected:
         logger.warning("round update missing: %s", r)
     return rejected
+
+
+def layers(strategy: Strategy) -> List[Strategy]:
+    """A strategy and those it wraps (ours and Flower's DP wrappers), outermost first; the last is the
+    aggregating one, holding e.g. FedOpt's moments."""
+    found = [strategy]
+    while hasattr(found[-1], "strategy"):
+        found.append(found[-1].strategy)
+    return found
+
+
+class ScreenedStrategy(Strategy):
+    """``strategy`` with every reply screened before it aggregates; the result in float32.
+
+    After each ``aggregate_train``, ``rejected`` and ``clipped`` list that round's decisions.
+    Flower's FedOpt strategies return float64 and keep float64 moments: both are cast back
+    (float64 would double the server's memory and the traffic).
+    """
+
+    def __init__(self, strategy: Strategy, max_update_norm: float, min_train_nodes: int, round_timeout: float):
+        self.strategy = strategy
+        self.max_update_norm, self.min_train_nodes, self.round_timeout = max_update_norm, min_train_nodes, round_timeout
+        self.names: Dict[int, str] = {}  # node id -> client name, to name a client whose reply is an error
+        self.reference: Dict[str, np.ndarray] = {}
+        self.messages: List[Message] = []
+        self.rejected: List[Dict] = []
+        self.clipped: List[Dict] = []
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.reference = arrays_of(arrays)
+        self.messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        return self.messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+        replies = list(replies)
+        for reply in replies:  # aggregate in float32 whatever the transport
+            if not reply.has_error():
+                reply.content[ARRAYS] = record_of(arrays_of(reply.content[ARRAYS]))
+        good, self.rejected, self.clipped = screen(replies, self.reference, self.max_update_norm, self.names, self.messages)
+        self.rejected += missing_replies(self.messages, replies, self.names, self.round_timeout)
+        aggregated, metrics = (None, None)
+        if len(good) >= self.min_train_nodes:
+            aggregated, metrics = self.strategy.aggregate_train(server_round, good)
+        if aggregated is None:
+            kept = f"the global model of round {server_round - 1} (checkpoint_round{server_round - 1}.pt)" if server_round > 1 \
+                else "no global model yet"
+            if len(good) >= self.min_train_nodes:  # Flower's DP accountant needs every sampled client
+                kept += "; DP accounting needs an update from every sampled client"
+            raise RuntimeError(
+                f"round {server_round}: {len(good)} usable client updates of {len(self.messages)} (min-train-nodes "
+                f"{self.min_train_nodes}); rejected: {self.rejected}. Nothing was aggregated: {kept}; fix the clients and "
+                f"{RESUME_ADVICE}."
+            )
+        optimizer = layers(self.strategy)[-1]
+        for name in ("m_t", "v_t"):
+            if getattr(optimizer, name, None):
+                setattr(optimizer, name, {k: v.astype(np.float32) for k, v in getattr(optimizer, name).items()})
+        dtypes = {k: v.dtype for k, v in self.reference.items()}
+        return ArrayRecord({k: Array(v.numpy().astype(dtypes[k])) for k, v in aggregated.items()}), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> Optional[MetricRecord]:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()

@@ -1,5 +1,7 @@
 """Secure aggregation of the clients' updates with Flower's SecAgg+ (``--secure-aggregation``).
 
+The only module that touches Flower's legacy and compat internals.
+
 Flower 1.41 runs SecAgg+ as a workflow of its legacy strategy API: the server side is
 ``SecAggPlusWorkflow`` with a ``LegacyContext``, the client side the ``secaggplus_mod``
 around a handler that speaks the legacy ``fitins``/``fitres`` records. Each client sends
@@ -34,6 +36,8 @@ from flwr.serverapp import Grid
 
 from fedhubert_plugin.federation.local_trainer import train_locally
 from fedhubert_plugin.federation.nodes import client_folder
+from fedhubert_plugin.federation.settings import RESUME_ADVICE, FederationSettings
+from fedhubert_plugin.federation.wire import NUM_EXAMPLES, ClientConfig, from_config_record
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +58,20 @@ def is_secure_round(msg: Message) -> bool:
 
 def secure_train(msg: Message, context: Context) -> Message:
     """Client: train like any round, reply with the update (not the weights) for SecAgg+ to mask."""
-    config = msg.content.config_records[FITINS_CONFIG]
-    folder = client_folder(context, config)
-    names = [str(name) for name in config["param-names"]]
+    record = msg.content.config_records[FITINS_CONFIG]
+    config = from_config_record(ClientConfig, record)
+    folder = client_folder(context, config.data_root)
+    names = [str(name) for name in record["param-names"]]
     arrays = dict(zip(names, (a.numpy() for a in msg.content.array_records[FITINS_PARAMETERS].values())))
     result = train_locally(config, folder, arrays)
     update = [result.arrays[name] - arrays[name] for name in names]
     reply = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(update), num_examples=1,  # uniform average
-                   metrics={**result.metrics, "num-examples": result.num_examples, "client": folder.name})
+                   metrics={**result.metrics, NUM_EXAMPLES: result.num_examples, "client": folder.name})
     return Message(fitres_to_recorddict(reply, keep_input=False), reply_to=msg)
 
 
-def secure_average_update(grid: Grid, rnd: int, weights: Dict[str, np.ndarray], config: Dict, settings) -> Tuple[Dict[str, np.ndarray], List[Dict]]:
+def secure_average_update(grid: Grid, rnd: int, weights: Dict[str, np.ndarray], config: Dict,
+                          settings: FederationSettings) -> Tuple[Dict[str, np.ndarray], List[Dict]]:
     """Server: one SecAgg+ training round; the clients' average update and their metrics.
 
     ``config`` is the round's train config; raises when the protocol halts (too few clients
@@ -91,11 +97,11 @@ def secure_average_update(grid: Grid, rnd: int, weights: Dict[str, np.ndarray], 
     sent = ArrayRecord(numpy_ndarrays=list(weights.values()))
     context.state.array_records[MAIN_PARAMS_RECORD] = sent
     workflow = SecAggPlusWorkflow(num_shares=settings.secagg_shares, reconstruction_threshold=settings.secagg_threshold,
-                                  clipping_range=settings.secagg_clipping_range, max_weight=1.0, timeout=settings.timeout)
+                                  clipping_range=settings.secagg_clipping_range, max_weight=1.0, timeout=settings.round_timeout)
     workflow(grid, context)
     result = context.state.array_records[MAIN_PARAMS_RECORD]
     if result is sent:
         raise RuntimeError(f"round {rnd}: SecAgg+ halted (too few clients answered a stage of the protocol; see Flower's log). "
-                           "Nothing was aggregated; start the missing clients and run again with --resume.")
+                           f"Nothing was aggregated; start the missing clients and {RESUME_ADVICE}.")
     update = {name: a.numpy().astype(weights[name].dtype) for name, a in zip(weights, result.values())}
     return update, reports

@@ -1,4 +1,4 @@
-"""The server's aggregation: Flower's strategies by name, optionally wrapped for differential privacy.
+"""The server's aggregation: Flower's strategies by name, wrapped for differential privacy and screening.
 
 - Server optimizers: ``fedadam`` (default), ``fedyogi``, ``fedadagrad``, ``fedavg``.
 - Robust to a few bad clients: ``fedmedian`` (coordinate-wise median), ``fedtrimmedavg``
@@ -9,6 +9,8 @@
   ``fixedclipping_mod`` and the server adds Gaussian noise of ``dp_noise_multiplier`` times
   the clipping norm over the number of sampled clients. With ``fedavg`` and noise, Flower's
   ``RdpAccountant`` reports the privacy spent (ε at ``dp_target_delta``) after each round.
+- Outermost, ``ScreenedStrategy`` screens every reply first (not under SecAgg+, where the
+  server never sees a single update).
 """
 import json
 import logging
@@ -24,22 +26,26 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Krum,
     MultiKrum,
+    Strategy,
 )
+
+from fedhubert_plugin.federation.screening import ScreenedStrategy, layers
+from fedhubert_plugin.federation.settings import FederationSettings
+from fedhubert_plugin.federation.wire import UPDATES
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("fedadam", "fedavg", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
 # with DP, every client weighs the same (the Gaussian mechanism's sensitivity is per client):
 # weights are the updates each client made, equal under --local-updates
-DP_WEIGHT_KEY = "updates"
+DP_WEIGHT_KEY = UPDATES
 
 
-def sampled_clients(settings) -> int:
+def sampled_clients(settings: FederationSettings) -> int:
     """How many clients Flower samples per round when ``min_available_nodes`` are connected."""
     return max(int(settings.fraction_train * settings.min_available_nodes), settings.min_train_nodes)
 
 
-def sampling(settings) -> dict:
+def sampling(settings: FederationSettings) -> dict:
     """Flower's sampling arguments: the share of clients that train, all of them validate."""
     return dict(
         fraction_train=settings.fraction_train,
@@ -50,12 +56,12 @@ def sampling(settings) -> dict:
     )
 
 
-def evaluation_strategy(settings) -> FedAvg:
+def evaluation_strategy(settings: FederationSettings) -> FedAvg:
     """Validation whatever the training strategy: every client, metrics averaged by valid utterances."""
     return FedAvg(**sampling(settings))
 
 
-def base_strategy(settings):
+def base_strategy(settings: FederationSettings) -> Strategy:
     """The Flower strategy named by ``settings.strategy``, without privacy."""
     common = sampling(settings)
     if settings.dp_clipping_norm:
@@ -78,10 +84,10 @@ def base_strategy(settings):
     if name == "multikrum":
         return MultiKrum(**common, num_malicious_nodes=settings.malicious_nodes,
                          num_nodes_to_select=max(1, sampled_clients(settings) - settings.malicious_nodes))
-    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    raise ValueError(f"unknown strategy {name!r}")  # FederationSettings.validate names the choices
 
 
-def privacy_accountant(settings):
+def privacy_accountant(settings: FederationSettings):
     """Flower's RDP accountant for ``settings``, or None where Flower cannot account (no noise, not FedAvg)."""
     from flwr.serverapp import RdpAccountant
     from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
@@ -98,39 +104,39 @@ def privacy_accountant(settings):
     return RdpAccountant(config)
 
 
-def build_strategy(settings):
-    """The strategy of ``settings`` (a ``PretrainSettings``), wrapped for DP when it asks for it."""
+def build_strategy(settings: FederationSettings) -> Strategy:
+    """The strategy of ``settings`` (validated): Flower's, wrapped for DP when asked, then for screening."""
     strategy = base_strategy(settings)
     if settings.secure_aggregation:
-        if settings.strategy != "fedavg" or settings.dp_clipping_norm or settings.max_update_norm or settings.transport_dtype != "float32":
-            raise ValueError("--secure-aggregation averages masked updates that the server cannot see one by one: use it with "
-                             "--strategy fedavg, without --dp-clipping-norm and --max-update-norm, and float32 transport")
         return strategy
-    if not settings.dp_clipping_norm:
-        return strategy
-    if settings.local_epochs:
-        raise ValueError("differential privacy needs --local-updates: with --local-epochs clients would weigh differently")
-    if settings.transport_dtype != "float32":
-        raise ValueError("differential privacy clips updates on the client: use --transport-dtype float32")
-    return DifferentialPrivacyClientSideFixedClipping(
-        strategy, settings.dp_noise_multiplier, settings.dp_clipping_norm, sampled_clients(settings),
-        accountant=privacy_accountant(settings),
-    )
+    if settings.dp_clipping_norm:
+        strategy = DifferentialPrivacyClientSideFixedClipping(
+            strategy, settings.dp_noise_multiplier, settings.dp_clipping_norm, sampled_clients(settings),
+            accountant=privacy_accountant(settings),
+        )
+    return ScreenedStrategy(strategy, settings.max_update_norm, settings.min_train_nodes, settings.round_timeout)
 
 
-def privacy_spent(strategy) -> Optional[dict]:
+def accountant_of(strategy: Strategy):
+    """The DP wrapper's privacy accountant, or None."""
+    return next((layer.accountant for layer in layers(strategy) if getattr(layer, "accountant", None) is not None), None)
+
+
+def privacy_spent(strategy: Strategy) -> Optional[dict]:
     """ε, δ and the number of private releases so far, where Flower accounts them."""
-    spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
+    dp = next((layer for layer in layers(strategy) if hasattr(layer, "privacy_spent")), None)
+    spent = dp.privacy_spent() if dp is not None else None
     return None if spent is None else {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
 
 
-def accountant_state(strategy) -> str:
+def accountant_state(strategy: Strategy) -> str:
     """The accountant's state as JSON ('' without one), for ``--resume``."""
-    accountant = getattr(strategy, "accountant", None)
+    accountant = accountant_of(strategy)
     return json.dumps(accountant.state_dict()) if accountant is not None else ""
 
 
-def restore_accountant(strategy, state: str) -> None:
+def restore_accountant(strategy: Strategy, state: str) -> None:
     """Put back the privacy spent before a restart."""
-    if state and getattr(strategy, "accountant", None) is not None:
-        strategy.accountant.load_state_dict(json.loads(state))
+    accountant = accountant_of(strategy)
+    if state and accountant is not None:
+        accountant.load_state_dict(json.loads(state))

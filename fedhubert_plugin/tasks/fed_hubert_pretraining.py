@@ -17,7 +17,8 @@ from fairseq.data import Dictionary
 from fairseq.tasks import register_task
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 
-from fedhubert_plugin.data import LABELS_META
+from fedhubert_plugin.data.manifest import ManifestError, ManifestRow, read_manifest
+from fedhubert_plugin.targets import LABELS_META
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +35,12 @@ class FedHubertPretrainingConfig(HubertPretrainingConfig):
     """Same fields as fairseq's ``HubertPretrainingConfig``."""
 
 
-def count_manifest_entries(manifest: Path) -> int:
-    """Number of utterances in a fairseq audio manifest (root line excluded)."""
-    with open(manifest) as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
-    if not lines:
-        raise ShardError(f"{manifest} is empty: a manifest starts with the audio root line; {FIX_HINT}")
-    return len(lines) - 1
+def manifest_rows(manifest: Path) -> List[ManifestRow]:
+    """The (path, samples) rows of a client's fairseq manifest; a ``ShardError`` naming it when it is malformed."""
+    try:
+        return read_manifest(manifest)[1]
+    except ManifestError as err:
+        raise ShardError(f"{err}; {FIX_HINT}") from None
 
 
 def count_lines(path: Path) -> int:
@@ -80,29 +80,28 @@ class FedHubertPretrainingTask(HubertPretrainingTask):
         manifest = Path(self.cfg.data) / f"{split}.tsv"
         if not manifest.is_file():
             raise ShardError(f"manifest {manifest} not found; {FIX_HINT}")
-        utterances = count_manifest_entries(manifest)
+        rows = manifest_rows(manifest)
         for label in self.cfg.labels:
             label_path = Path(self.get_label_dir()) / f"{split}.{label}"
             if not label_path.is_file():
                 raise ShardError(f"label file {label_path} not found (manifest {manifest}); {FIX_HINT}")
             labelled = count_lines(label_path)
-            if labelled != utterances:
+            if labelled != len(rows):
                 raise ShardError(
                     f"label file {label_path} has {labelled} lines but manifest {manifest} lists "
-                    f"{utterances} utterances; {FIX_HINT}"
+                    f"{len(rows)} utterances; {FIX_HINT}"
                 )
-            self.check_label_lengths(manifest, label_path)
+            self.check_label_lengths(manifest, rows, label_path)
 
-    def check_label_lengths(self, manifest: Path, label_path: Path) -> None:
+    def check_label_lengths(self, manifest: Path, rows: List[ManifestRow], label_path: Path) -> None:
         """Stop at the first utterance whose label count does not cover its audio at ``task.label_rate``.
 
         fairseq allows 0.1 s of difference and only logs a count of the others, then trains on
         misaligned targets.
         """
-        with open(manifest) as audio, open(label_path) as labels:
-            entries = [line.split("\t") for line in audio.read().splitlines()[1:] if line.strip()]
-            for number, ((path, samples), line) in enumerate(zip(entries, labels), start=1):
-                audio_seconds = int(samples) / self.cfg.sample_rate
+        with open(label_path) as labels:
+            for number, ((path, samples), line) in enumerate(zip(rows, labels), start=1):
+                audio_seconds = samples / self.cfg.sample_rate
                 label_seconds = len(line.split()) / self.cfg.label_rate
                 if abs(audio_seconds - label_seconds) > LABEL_TOLERANCE_SECONDS:
                     raise ShardError(

@@ -17,6 +17,6 @@ fedhubert="$repo/.venv/bin/fedhubert"
 [ -x "$fedhubert" ] || { echo "run bash $repo/scripts/setup.sh first" >&2; exit 1; }
 teacher=${TEACHER:-$work/save/server/checkpoint_best.pt}
 init=(--init-from-teacher); [ "${INIT_FROM_TEACHER:-1}" = 0 ] && init=()
-"$fedhubert" distill --data "$work/data" --teacher "$teacher" --save-dir "$work/distill" --recipe "$recipe" \
-    --rounds "$rounds" --resume "${init[@]}" "$@"
+"$fedhubert" distill --data-root "$work/data" --teacher "$teacher" --save-dir "$work/distill" --recipe "$recipe" \
+    --num-server-rounds "$rounds" --resume "${init[@]}" "$@"
 echo "student for s3prl: $work/distill/server/best_global_model.pt"

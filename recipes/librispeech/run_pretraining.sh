@@ -29,7 +29,7 @@ if [ ! -f "$work/data/prepare.json" ]; then
     "$fedhubert" prepare --librispeech-root "$root" --subsets $SUBSETS --num-clients "$clients" \
         --out "$work/data" --min-seconds "$min_seconds"
 fi
-"$fedhubert" pretrain --data "$work/data" --save-dir "$work/save" --recipe "$recipe" --rounds "$rounds" --resume "$@"
+"$fedhubert" pretrain --data-root "$work/data" --save-dir "$work/save" --recipe "$recipe" --num-server-rounds "$rounds" --resume "$@"
 echo "iteration 1 global model for s3prl: $work/save/server/best_global_model.pt"
 [ "${ITERATIONS:-2}" = 1 ] && exit 0
 
@@ -42,6 +42,6 @@ if [ ! -f "$work/data_it2/prepare.json" ]; then
         --features checkpoint --checkpoint "$work/save/server/checkpoint_best.pt" --layer "$layer"
 fi
 init=(); [ "${CONTINUE:-0}" = 1 ] && init=(--init-from "$work/save/server/checkpoint_best.pt")
-"$fedhubert" pretrain --data "$work/data_it2" --save-dir "$work/save_it2" --recipe "$recipe_it2" \
-    --rounds "${ROUNDS_IT2:-$rounds}" --resume "${init[@]}" "$@"
+"$fedhubert" pretrain --data-root "$work/data_it2" --save-dir "$work/save_it2" --recipe "$recipe_it2" \
+    --num-server-rounds "${ROUNDS_IT2:-$rounds}" --resume "${init[@]}" "$@"
 echo "iteration 2 global model for s3prl: $work/save_it2/server/best_global_model.pt"

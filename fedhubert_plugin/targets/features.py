@@ -13,13 +13,16 @@ fairseq's HuBERT dataset expects for that label rate (within its 0.1 s tolerance
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
 from tqdm import tqdm
+
+from fedhubert_plugin.data.manifest import read_manifest
+from fedhubert_plugin.targets import FEATURES
 
 WINDOW = 400
 
@@ -109,7 +112,6 @@ class CheckpointFeatures:
 
 
 FeatureExtractor = Union[FeaturePreset, CheckpointFeatures]
-FEATURES = (*PRESETS, "checkpoint")
 
 
 @functools.lru_cache(maxsize=2)
@@ -122,13 +124,6 @@ def feature_extractor(features: str, checkpoint: str = "", layer: int = 0) -> Fe
     if features not in PRESETS:
         raise ValueError(f"unknown --features {features!r}; choose one of {', '.join(FEATURES)}")
     return PRESETS[features]
-
-
-def read_manifest(manifest: Path) -> Tuple[Path, List[Tuple[str, int]]]:
-    """The audio root and the (relative path, samples) rows of a fairseq manifest."""
-    lines = Path(manifest).read_text().splitlines()
-    rows = [(rel, int(samples)) for rel, samples in (line.split("\t") for line in lines[1:] if line)]
-    return Path(lines[0]), rows
 
 
 def manifest_features(manifest: Path, preset: FeatureExtractor, desc: str = "features") -> Tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,12 @@
-"""Compose a fairseq hydra recipe from Python, exactly as ``fairseq-hydra-train`` would."""
+"""fairseq hydra recipes: found by name or path, composed from Python as ``fairseq-hydra-train`` would.
+
+One helper for the CLI, the demo, export, the Flower apps and the shell recipes:
+``find_recipe`` turns ``tiny`` / ``base`` / ``student`` or a yaml path into the file, and
+``compose_recipe`` turns the file and hydra overrides into fairseq's resolved config.
+"""
 import warnings
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,35 +21,53 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fedhubert_plugin.checkpoints import cluster_dictionary
 
-APP_DIR = Path(__file__).resolve().parents[2]  # the repository, or the installed Flower app (FAB)
+APP_DIR = Path(__file__).resolve().parents[1]  # the repository, or the installed Flower app (FAB)
+RECIPES_DIR = APP_DIR / "recipes"
+# where a recipe given by name is looked up, in order
+RECIPE_FOLDERS = (RECIPES_DIR / "librispeech" / "pretrain", RECIPES_DIR / "librispeech" / "distill", RECIPES_DIR / "superb")
 
 
 class RecipeError(ValueError):
     """A recipe or an override names a key fairseq's configs do not have, or a value they do not accept."""
 
 
-def resolve_recipe(recipe: str) -> Path:
-    """An absolute recipe path as is; a relative one inside the app (same on every node's FAB copy)."""
+def find_recipe(recipe: str) -> Path:
+    """The yaml of ``recipe``: a name (``tiny``, ``base``, ``base_iter2``, ``student``, ``tiny_student``,
+    ``ks``), an absolute path, or a path relative to the working directory or to the app (the same on every
+    node's copy of the app)."""
     path = Path(recipe)
-    return path if path.is_absolute() else APP_DIR / path
+    candidates = [path] if path.is_absolute() else [path, APP_DIR / path]
+    candidates += [folder / f"{recipe}.yaml" for folder in RECIPE_FOLDERS if path.suffix != ".yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    names = sorted(p.stem for folder in RECIPE_FOLDERS for p in folder.glob("*.yaml"))
+    raise FileNotFoundError(f"recipe {recipe} not found: give a yaml path or one of {names}")
 
 
-def compose_recipe(recipe: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The resolved fairseq config of ``recipe`` (a yaml path) with hydra-style ``overrides``.
+def device_overrides() -> List[str]:
+    """Overrides that keep a recipe runnable on this machine: without a GPU, fairseq on CPU in float32.
+
+    They go before the user's overrides, which win.
+    """
+    return [] if torch.cuda.is_available() else ["common.cpu=true", "common.fp16=false", "common.bf16=false"]
+
+
+def compose_recipe(recipe: Union[str, Path], overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved fairseq config of ``recipe`` (a name or yaml path) with hydra-style ``overrides``.
 
     fairseq's schema must be registered under the recipe's name first (``hydra_init``), and
     recipes start with the old ``# @package _group_`` header, hence hydra's 1.1 semantics.
+    Without a GPU, ``device_overrides`` come first.
     """
-    recipe = resolve_recipe(str(recipe))
-    if not recipe.is_file():
-        raise FileNotFoundError(f"recipe {recipe} not found; see recipes/librispeech/pretrain/")
+    recipe = find_recipe(str(recipe))
     hydra_init(recipe.stem)
     GlobalHydra.instance().clear()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # hydra's notes on the old package header
         with initialize_config_dir(config_dir=str(recipe.parent), version_base="1.1"):
             try:
-                cfg = compose(config_name=recipe.stem, overrides=list(overrides))
+                cfg = compose(config_name=recipe.stem, overrides=device_overrides() + list(overrides))
                 add_defaults(cfg)  # checks the keys against fairseq's dataclasses
             except (HydraException, OmegaConfBaseException) as error:
                 problem = " ".join(line.strip() for line in str(error).split("\n")[:2])
@@ -59,7 +82,7 @@ def compose_recipe(recipe: Path, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def recipe_initial_model(
-    recipe: Path, overrides: Sequence[str], label_rate: float, n_clusters: int, data_root: str = ""
+    recipe: Union[str, Path], overrides: Sequence[str], label_rate: float, n_clusters: int, data_root: str = ""
 ) -> Tuple[DictConfig, Dict[str, np.ndarray]]:
     """The recipe's config and its initial weights, seeded by ``common.seed``; no data is read.
 

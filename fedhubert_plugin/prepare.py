@@ -1,5 +1,8 @@
 """`fedhubert prepare`: from a LibriSpeech tree to one fairseq-ready folder per client.
 
+It sits above ``data`` (scan, partition, manifests), ``targets`` (features, k-means, labels)
+and ``federation`` (federated k-means through Flower), which never import each other upward.
+
 Writes, under ``out``::
 
     utterances.tsv        every usable utterance (id, speaker, chapter, subset, path, samples, seconds)
@@ -25,21 +28,16 @@ from typing import Dict, List, Sequence
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from fedhubert_plugin.data import LABELS_META
-from fedhubert_plugin.data.features import feature_extractor
-from fedhubert_plugin.data.kmeans import adaptive_clusters, local_codebook, nearest
+from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import Utterance, scan_librispeech
-from fedhubert_plugin.files import atomic_save_array, atomic_write_json, atomic_write_text
-from fedhubert_plugin.federation.kmeans_app import (
-    FederatedKMeansResult,
-    FederatedKMeansSettings,
-    cached_features,
-    client_app,
-    federated_kmeans_server_app,
-    label_client,
-)
+from fedhubert_plugin.federation.kmeans_app import FederatedKMeansResult, FederatedKMeansSettings, client_app, federated_kmeans_server_app
 from fedhubert_plugin.federation.nodes import client_name, ray_backend_config, simulate
+from fedhubert_plugin.files import atomic_save_array, atomic_write_json, atomic_write_text
+from fedhubert_plugin.targets.features import feature_extractor
+from fedhubert_plugin.targets.kmeans import adaptive_clusters, local_codebook, nearest
+from fedhubert_plugin.targets import KMEANS_MODES, LABELS_META
+from fedhubert_plugin.targets.labels import cached_features, label_client
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +75,6 @@ class PrepareSummary:
     converted: int = 0
     label_rate: int = 0
     kmeans_inertia_per_frame: float = 0.0
-
-
-def write_manifest(path: Path, root: Path, utterances: List[Utterance]) -> None:
-    """fairseq manifest: the audio root, then ``relative/path<TAB>num_samples`` per utterance."""
-    lines = [str(root)] + [f"{os.path.relpath(u.path, root)}\t{u.samples}" for u in utterances]
-    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_utterance_table(path: Path, utterances: List[Utterance]) -> None:
@@ -159,8 +151,8 @@ def write_kmeans_metrics(folder: Path, inertia_per_frame: List[float]) -> None:
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     """Scan, partition, write manifests, learn k-means and write labels for every client."""
     preset = feature_extractor(cfg.features, cfg.checkpoint, cfg.layer)  # fails early on a bad choice
-    if cfg.kmeans not in ("federated", "local"):
-        raise ValueError(f"unknown --kmeans {cfg.kmeans!r}; choose federated or local")
+    if cfg.kmeans not in KMEANS_MODES:
+        raise ValueError(f"unknown --kmeans {cfg.kmeans!r}; choose one of {', '.join(KMEANS_MODES)}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [client_name(i) for i in range(cfg.num_clients)]
@@ -176,7 +168,7 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     for index, (name, client_utts) in enumerate(zip(names, clients)):
         splits = split_train_valid(client_utts, cfg.valid_fraction, cfg.seed + index)
         for split, split_utts in splits.items():
-            write_manifest(out / "clients" / name / f"{split}.tsv", root, split_utts)
+            write_manifest(out / "clients" / name / f"{split}.tsv", root, [(os.path.relpath(u.path, root), u.samples) for u in split_utts])
         summary.clients[name] = {
             "speakers": sorted({u.speaker for u in client_utts}),
             **{split: split_summary(split_utts) for split, split_utts in splits.items()},

@@ -1,17 +1,15 @@
-"""K-means targets: the local codebook, the statistics federated k-means exchanges, label files.
+"""K-means codebooks: the local codebook, the statistics federated k-means exchanges, nearest centroids.
 
 Federated k-means never moves frames. A client sends, per cluster, the sum of its frames
 and their count; clusters with fewer than ``min_count`` frames are withheld (a sum of one
 frame *is* that frame). The server starts from the count-weighted k-means of the clients'
 local centroids (sums / counts) and refines with Lloyd steps on summed statistics.
 """
-from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
-from fedhubert_plugin.files import atomic_write_text
 
 FRAMES_PER_CLUSTER = 20  # local k-means: at least this many frames per cluster (adaptive K)
 CHUNK = 65_536
@@ -89,18 +87,3 @@ def lloyd_step(codebook: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np
     filled = counts > 0
     new[filled] = sums[filled] / counts[filled, None]
     return new.astype(np.float32)
-
-
-def write_labels(path: Path, labels: np.ndarray, lengths: np.ndarray) -> None:
-    """One line of space-separated cluster ids per utterance (fairseq's ``.km`` format)."""
-    lines: List[str] = []
-    offset = 0
-    for length in lengths:
-        lines.append(" ".join(map(str, labels[offset : offset + length].tolist())))
-        offset += int(length)
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def write_dictionary(path: Path, n_clusters: int) -> None:
-    """fairseq dictionary of the cluster ids ``0 .. n_clusters-1``."""
-    atomic_write_text(path, "".join(f"{i} 1\n" for i in range(n_clusters)))

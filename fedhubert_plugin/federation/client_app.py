@@ -1,0 +1,56 @@
+"""The Flower ClientApp: local fairseq training and validation of the global weights on a client's shard.
+
+``train`` loads the global weights into this process's fairseq trainer (``local_trainer``),
+trains on the client's own shard and replies with the new weights and the round's metrics;
+``evaluate`` validates the global weights on the client's valid split. Two mods wrap them:
+Flower's DP clipping on rounds that ask for it, and Flower's SecAgg+ on secure rounds.
+"""
+import time
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from fedhubert_plugin.federation.local_trainer import local_trainer, train_locally
+from fedhubert_plugin.federation.nodes import client_folder
+from fedhubert_plugin.federation.secure import is_secure_round, secure_aggregation_mod, secure_train
+from fedhubert_plugin.federation.wire import ARRAYS, CONFIG, NUM_EXAMPLES, ClientConfig, arrays_of, client_reply, from_config_record, record_of
+
+
+def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's ``fixedclipping_mod`` on train messages whose config carries a DP clipping norm."""
+    config = msg.content.config_records.get(CONFIG)
+    if config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+client_app = ClientApp(mods=[dp_clipping_mod, secure_aggregation_mod])
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local fairseq training from the global weights."""
+    if is_secure_round(msg):
+        return secure_train(msg, context)
+    config = from_config_record(ClientConfig, msg.content[CONFIG])
+    folder = client_folder(context, config.data_root)
+    start = time.perf_counter()
+    arrays = arrays_of(msg.content[ARRAYS])
+    decode_seconds = time.perf_counter() - start
+    result = train_locally(config, folder, arrays)
+    start = time.perf_counter()
+    reply_arrays = record_of(result.arrays, config.transport_dtype)
+    serialize_seconds = decode_seconds + time.perf_counter() - start
+    metrics = {**result.metrics, "serialize_seconds": serialize_seconds, NUM_EXAMPLES: result.num_examples}
+    return client_reply(msg, folder, metrics, **{ARRAYS: reply_arrays})
+
+
+@client_app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Validation of the global weights on the client's valid split."""
+    config = from_config_record(ClientConfig, msg.content[CONFIG])
+    folder = client_folder(context, config.data_root)
+    result = local_trainer(config).evaluate(folder, arrays_of(msg.content[ARRAYS]), round_seed=config.server_round)
+    return client_reply(msg, folder, {**result.metrics, NUM_EXAMPLES: result.num_examples})

@@ -1,0 +1,115 @@
+"""The server's record of a run in ``SAVE/server/``: ``settings.json``, ``metrics.jsonl``, TensorBoard, resume state.
+
+``metrics.jsonl`` holds one JSON line per round; ``read_metrics`` is its one reader (the demo's
+report, ``--resume`` and the tests use it). ``server_state.pt`` holds what ``--resume`` needs
+beyond the round's checkpoint: the progress, FedOpt's moments, the privacy spent, the RNG.
+"""
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.federation.screening import layers
+from fedhubert_plugin.federation.strategies import accountant_state, restore_accountant
+from fedhubert_plugin.files import atomic_write, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "server_state.pt"
+MOMENTS = ("m_t", "v_t")  # FedOpt's first and second moments
+
+
+def metrics_path(save_or_server_dir: Union[str, Path]) -> Path:
+    """``metrics.jsonl`` of a run, given its save dir or its ``server`` folder."""
+    folder = Path(save_or_server_dir)
+    return (folder if folder.name == "server" else folder / "server") / METRICS_FILE
+
+
+def read_metrics(save_or_server_dir: Union[str, Path], until_round: Optional[int] = None) -> List[Dict]:
+    """The rounds of ``metrics.jsonl`` (up to ``until_round``); a line cut short by a kill is dropped."""
+    path = metrics_path(save_or_server_dir)
+    rounds = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s: dropping a line cut short (the server was killed while writing it)", path)
+            continue
+        if until_round is None or record["round"] <= until_round:
+            rounds.append(record)
+    return rounds
+
+
+@dataclass
+class Progress:
+    """How far a run got: the last completed round, the updates done, the best validation loss so far."""
+
+    round_done: int = 0
+    updates_done: int = 0
+    best_loss: float = math.inf
+    best_round: int = 0
+
+
+class RunLog:
+    """Writes a run's metrics (JSON lines and TensorBoard in fairseq's ``tb/train``, ``tb/valid`` layout) and state."""
+
+    def __init__(self, server_dir: Path):
+        from tensorboardX import SummaryWriter  # the writer fairseq uses
+
+        self.server_dir = Path(server_dir)
+        self.server_dir.mkdir(parents=True, exist_ok=True)
+        self.boards = {tag: SummaryWriter(str(self.server_dir / "tb" / tag)) for tag in ("train", "valid")}
+
+    @property
+    def state_path(self) -> Path:
+        return self.server_dir / STATE_FILE
+
+    def append(self, line: Dict) -> None:
+        """Add a round's line to ``metrics.jsonl`` and its scalars to TensorBoard."""
+        with open(self.server_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        privacy = {"epsilon": line["privacy"]["epsilon"]} if line["privacy"] else {}
+        traffic = {"bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}
+        for tag, scalars in (("train", {**line["train"], **privacy, **traffic}), ("valid", line["valid"])):
+            for key, value in scalars.items():
+                self.boards[tag].add_scalar(key, value, line["round"])
+            self.boards[tag].flush()
+
+    def save_state(self, progress: Progress, strategy) -> None:
+        """What ``--resume`` needs after ``progress.round_done``."""
+        optimizer = layers(strategy)[-1]
+        moments = {name: {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in (getattr(optimizer, name, None) or {}).items()}
+                   for name in MOMENTS}
+        state = {"round": progress.round_done, "updates": progress.updates_done, "best_loss": progress.best_loss,
+                 "best_round": progress.best_round, "random": random.getstate(), "accountant": accountant_state(strategy), **moments}
+        atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
+
+    def restore_state(self, strategy) -> Progress:
+        """The progress saved last; puts back the strategy's moments, the privacy spent and the RNG, and cuts
+        ``metrics.jsonl`` back to the rounds that state covers."""
+        state = load_checkpoint(self.state_path)
+        random.setstate(state["random"])
+        optimizer = layers(strategy)[-1]
+        for name in MOMENTS:
+            if state[name]:
+                setattr(optimizer, name, {k: v.numpy() for k, v in state[name].items()})
+        restore_accountant(strategy, state.get("accountant", ""))
+        progress = Progress(int(state["round"]), int(state["updates"]), float(state["best_loss"]), int(state["best_round"]))
+        for stale in self.server_dir.glob(".*.tmp"):  # a write cut short by a kill; its target is whole or absent
+            logger.warning("removing %s, left by a server killed while writing", stale)
+            stale.unlink()
+        kept = read_metrics(self.server_dir, until_round=progress.round_done)
+        atomic_write_text(self.server_dir / METRICS_FILE, "".join(json.dumps(line) + "\n" for line in kept))
+        return progress
+
+    def close(self) -> None:
+        for board in self.boards.values():
+            board.close()

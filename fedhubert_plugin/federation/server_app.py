@@ -1,0 +1,51 @@
+"""The Flower ServerApp of federated pretraining: settings -> strategy -> round loop.
+
+``server_app`` is the entry of ``flwr run`` (settings from the run config in pyproject.toml);
+``server_app_for`` and ``simulate_pretraining`` serve ``fedhubert pretrain`` / ``distill``
+and the demo, which run Flower's simulation runtime with settings they already hold.
+"""
+import random
+
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedhubert_plugin.federation.client_app import client_app
+from fedhubert_plugin.federation.nodes import ray_backend_config, simulate
+from fedhubert_plugin.federation.rounds import run_rounds
+from fedhubert_plugin.federation.settings import FederationSettings, from_run_config
+from fedhubert_plugin.federation.strategies import build_strategy
+
+
+def serve(grid: Grid, settings: FederationSettings) -> None:
+    """Validate ``settings``, seed the server, build the strategy and run the rounds."""
+    settings.validate()
+    random.seed(settings.seed)
+    np.random.seed(settings.seed)  # Flower's DP noise
+    run_rounds(grid, settings, build_strategy(settings))
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry of ``flwr run`` (deployment or Flower's own simulation)."""
+    serve(grid, from_run_config(context.run_config))
+
+
+def server_app_for(settings: FederationSettings) -> ServerApp:
+    """A ServerApp running the federation of ``settings``."""
+    app = ServerApp()
+
+    @app.main()
+    def run(grid: Grid, context: Context) -> None:
+        serve(grid, settings)
+
+    return app
+
+
+def simulate_pretraining(settings: FederationSettings, num_clients: int) -> None:
+    """Run the federation with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
+    settings.validate()  # before Ray starts
+    simulate(server_app_for(settings), client_app, num_clients, ray_backend_config(settings.cpus_per_client, settings.gpus_per_client))

@@ -1,0 +1,91 @@
+"""What travels between the server and the clients: record names, typed configs, weights on the wire.
+
+A train or evaluate message holds ``arrays`` (the global weights, float32 or float16 on the
+wire) and ``config`` (a ``ClientConfig``); a reply holds ``arrays`` (train only), ``metrics``
+(scalars) and ``client`` (the client's name: its folder's, never a path). Config keys are the
+settings' names (``local-updates``, ``eta-l``...), as on the command line and in the run config.
+"""
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Type, TypeVar
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+ARRAYS, CONFIG, METRICS, CLIENT = "arrays", "config", "metrics", "client"
+CLIENT_NAME = "name"
+NUM_EXAMPLES = "num-examples"  # Flower's strategies weigh replies by it
+UPDATES = "updates"  # local updates a client made; the server's update count and DP's uniform weights
+
+Config = TypeVar("Config")
+
+
+def config_record(config: Any) -> ConfigRecord:
+    """A dataclass as a ConfigRecord; keys are its field names with dashes."""
+    return ConfigRecord({name.replace("_", "-"): value for name, value in dataclasses.asdict(config).items()})
+
+
+def from_config_record(cls: Type[Config], record: Mapping[str, Any]) -> Config:
+    """The dataclass ``cls`` from a ConfigRecord made by ``config_record`` (other keys are ignored)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f.name.replace("_", "-")
+        if key in record:
+            kind = typing.get_origin(hints[f.name]) or hints[f.name]
+            values[f.name] = [str(v) for v in record[key]] if kind is list else kind(record[key])
+    return cls(**values)
+
+
+@dataclass
+class ClientConfig:
+    """What a train or evaluate message tells a client: the model to build, where data lives, what to do."""
+
+    recipe: str
+    overrides: List[str] = field(default_factory=list)
+    label_rate: float = 100.0
+    eta_l: float = 0.0  # the client's peak learning rate; 0: the recipe's
+    data_root: str = ""  # simulation: the prepared data folder; deployment: empty (nodes know theirs)
+    transport_dtype: str = "float32"
+    num_updates: int = 0  # updates done before this round: the clients' LR schedules continue from there
+    local_updates: int = 0
+    local_epochs: int = 0
+    server_round: int = 0  # set by Flower's strategies
+
+    @classmethod
+    def of(cls, settings, updates_done: int = 0) -> "ClientConfig":
+        """The config of a round of the run ``settings`` (``FederationSettings``) after ``updates_done`` updates."""
+        return cls(recipe=settings.recipe, overrides=list(settings.overrides), label_rate=float(settings.label_rate),
+                   eta_l=float(settings.eta_l), data_root=settings.data_root, transport_dtype=settings.transport_dtype,
+                   num_updates=updates_done, local_updates=settings.updates_per_round, local_epochs=settings.local_epochs)
+
+
+def arrays_of(record: ArrayRecord) -> Dict[str, np.ndarray]:
+    """Arrays of a record; half-precision transport is widened back to float32."""
+    return {k: (a.astype(np.float32) if a.dtype == np.float16 else a) for k, a in ((k, v.numpy()) for k, v in record.items())}
+
+
+def record_of(arrays: Mapping[str, np.ndarray], transport_dtype: str = "float32") -> ArrayRecord:
+    """A record of ``arrays``; float32 ones are sent as ``transport_dtype`` (float16 halves the traffic)."""
+    def wire(a: np.ndarray) -> np.ndarray:
+        return a.astype(transport_dtype) if a.dtype == np.float32 else a
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(wire(np.asarray(v)))) for k, v in arrays.items()})
+
+
+def client_reply(msg: Message, folder: Path, metrics: Dict[str, Any], **arrays: ArrayRecord) -> Message:
+    """A reply with this client's ``metrics``, its name (the folder's) and any ``arrays`` records."""
+    content = RecordDict({**arrays, METRICS: MetricRecord(metrics), CLIENT: ConfigRecord({CLIENT_NAME: folder.name})})
+    return Message(content, reply_to=msg)
+
+
+def client_of(reply: Message) -> str:
+    """The name of the client that sent ``reply`` (a reply without an error)."""
+    return str(reply.content[CLIENT][CLIENT_NAME])
+
+
+def message_bytes(messages: List[Message]) -> int:
+    """Bytes of the weights that ``messages`` carry (as they travelled)."""
+    return int(sum(r.count_bytes() for m in messages if m.has_content() for r in m.content.array_records.values()))

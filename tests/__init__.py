@@ -1,0 +1,1 @@
+"""fedhubert's test suite (a package, so that its helpers import as ``tests.helpers``)."""

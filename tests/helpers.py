@@ -1,0 +1,82 @@
+"""Helpers of the test suite: paths, the tiny recipe's settings, test-only labels, fairseq's task set-up.
+
+Fixtures live in ``conftest.py``; everything here is imported as ``from tests.helpers import ...``.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from fedhubert_plugin.federation.runlog import read_metrics
+from fedhubert_plugin.federation.settings import FederationSettings
+from fedhubert_plugin.targets.labels import write_dictionary
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = REPO / "fedhubert_plugin"
+RECIPES = REPO / "recipes" / "librispeech" / "pretrain"
+TINY = str(RECIPES / "tiny.yaml")
+LABEL_RATE = 100
+ENERGY_BINS = 8
+N_CLUSTERS = 100
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+def energy_labels(wav: np.ndarray) -> list:
+    """Test-only frame targets at 100 Hz: log energy of 25 ms frames quantised into bins.
+
+    They stand in for `fedhubert prepare`'s k-means labels; the count per utterance is the
+    one fairseq's HuBERT dataset expects at label rate 100.
+    """
+    frames = 1 + (len(wav) - 400) // 160
+    energy = np.array([np.log1p(np.sum(wav[i * 160 : i * 160 + 400] ** 2)) for i in range(frames)])
+    edges = np.quantile(energy, np.linspace(0, 1, ENERGY_BINS + 1)[1:-1])
+    return np.digitize(energy, edges).tolist()
+
+
+def write_split(shard: Path, name: str, flacs: list, root: Path) -> None:
+    """A manifest and energy labels for ``flacs`` in a client folder."""
+    lines = [str(root)]
+    labels = []
+    for flac in flacs:
+        wav, _ = sf.read(flac, dtype="float32")
+        lines.append(f"{flac.relative_to(root)}\t{len(wav)}")
+        labels.append(" ".join(map(str, energy_labels(wav))))
+    (shard / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    (shard / "labels" / f"{name}.km").write_text("\n".join(labels) + "\n")
+
+
+def write_energy_dictionary(shard: Path) -> None:
+    """``dict.km.txt`` of the energy labels."""
+    write_dictionary(shard / "labels" / "dict.km.txt", ENERGY_BINS)
+
+
+def setup_fed_task(shard: Path, **overrides):
+    """fairseq's own task set-up (dataclass defaults merged) for a client folder."""
+    from fairseq import tasks
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {"_name": "fed_hubert_pretraining", "data": str(shard), "label_dir": str(shard / "labels"),
+         "labels": ["km"], "label_rate": 100, **overrides}
+    )
+    return tasks.setup_task(cfg)
+
+
+def fairseq_env() -> dict:
+    """The environment of a fairseq subprocess: unbuffered, two threads."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+
+
+def metric_lines(save_dir: Path) -> list:
+    """The server's ``metrics.jsonl`` of a run saved in ``save_dir``, one dict per round."""
+    return read_metrics(save_dir)
+
+
+def pretrain_settings(prepared, save_dir, rounds, **kwargs) -> FederationSettings:
+    """Settings of a federated run (default: the tiny recipe, 3 local updates) on the `prepared` clients."""
+    defaults = dict(recipe=TINY, label_rate=100, n_clusters=N_CLUSTERS, data_root=str(prepared), overrides=["common.cpu=true"],
+                    local_updates=3, min_train_nodes=2, min_available_nodes=4)
+    return FederationSettings(save_dir=str(save_dir), num_server_rounds=rounds, **{**defaults, **kwargs})

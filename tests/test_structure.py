@@ -1,0 +1,119 @@
+"""The package's shape: imports follow the pipeline one way, one module touches Flower's legacy API,
+the federation's functions stay short, and `fedhubert --help` imports no more than fairseq does."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Set
+
+import pytest
+
+from tests.helpers import REPO
+
+PACKAGES = ("fedhubert_plugin", "upstream")
+# module prefix -> prefixes it must never import (the pipeline: data -> targets -> task -> federation ->
+# checkpoints -> upstream; prepare, export, downstream, report, demo and cli sit above all of them)
+APPS = ("fedhubert_plugin.prepare", "fedhubert_plugin.export", "fedhubert_plugin.downstream", "fedhubert_plugin.report",
+        "fedhubert_plugin.demo", "fedhubert_plugin.cli", "upstream")
+FORBIDDEN = {
+    "fedhubert_plugin.files": ("fedhubert_plugin.",),
+    "fedhubert_plugin.checkpoints": ("fedhubert_plugin.data", "fedhubert_plugin.targets", "fedhubert_plugin.tasks",
+                                     "fedhubert_plugin.criterions", "fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
+    "fedhubert_plugin.data": ("fedhubert_plugin.targets", "fedhubert_plugin.tasks", "fedhubert_plugin.criterions",
+                              "fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
+    "fedhubert_plugin.targets": ("fedhubert_plugin.tasks", "fedhubert_plugin.criterions", "fedhubert_plugin.federation",
+                                 "fedhubert_plugin.recipes", *APPS),
+    "fedhubert_plugin.tasks": ("fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
+    "fedhubert_plugin.criterions": ("fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
+    "fedhubert_plugin.recipes": ("fedhubert_plugin.federation", *APPS),
+    "fedhubert_plugin.federation": APPS,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> Set[str]:
+    """Every module ``path`` imports (at any depth of the file), as absolute names."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> Dict[str, Set[str]]:
+    files = [p for package in PACKAGES for p in (REPO / package).rglob("*.py")]
+    names = {module_name(p) for p in files}
+    return {module_name(p): {m for m in imports_of(p) if m in names and m != module_name(p)} for p in files}
+
+
+def test_imports_follow_the_pipeline_one_way(graph):
+    wrong = [f"{module} imports {imported}" for module, imported_set in graph.items() for imported in imported_set
+             for prefix, banned in FORBIDDEN.items() if module.startswith(prefix) and imported.startswith(banned)]
+    assert not wrong
+
+
+def test_upstream_depends_only_on_checkpoint_loading(graph):
+    for module, imported in graph.items():
+        if module.startswith("upstream"):
+            assert {m for m in imported if m.startswith("fedhubert_plugin")} <= {"fedhubert_plugin.checkpoints"}, module
+
+
+def test_no_import_cycle(graph):
+    state: Dict[str, int] = {}
+
+    def visit(module, path):
+        state[module] = 1
+        for imported in graph[module]:
+            assert state.get(imported) != 1, " -> ".join(path + [imported])
+            if imported not in state:
+                visit(imported, path + [imported])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_only_the_secure_aggregation_module_touches_flowers_legacy_api():
+    legacy = ("flwr.server", "flwr.client", "flwr.common", "flwr.compat")
+    users = {module_name(p) for package in PACKAGES for p in (REPO / package).rglob("*.py")
+             if any(m in legacy or m.startswith(tuple(f"{name}." for name in legacy)) for m in imports_of(p))}
+    assert users == {"fedhubert_plugin.federation.secure"}
+
+
+def test_federation_functions_read_in_one_screen():
+    long = []
+    for path in (REPO / "fedhubert_plugin" / "federation").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 50:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long
+
+
+def test_help_imports_nothing_beyond_fairseq():
+    """`fedhubert --help` and each command's help: fairseq's import is the floor (the plugin registers with it)."""
+    code = """
+import sys
+import fairseq.criterions, fairseq.models, fairseq.tasks
+floor = {m.split(".")[0] for m in sys.modules}
+from fedhubert_plugin.cli import build_parser
+for command in ([], ["toy-data"], ["prepare"], ["pretrain"], ["distill"], ["export"], ["demo"]):
+    try:
+        build_parser().parse_args(command + ["--help"])
+    except SystemExit:
+        pass
+added = {m.split(".")[0] for m in sys.modules} - floor - set(sys.stdlib_module_names)
+print("ADDED", sorted(added))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    added = proc.stdout.split("ADDED")[-1].strip()
+    assert added == "['fedhubert_plugin']", added
