@@ -9,20 +9,19 @@ client holds while its k-means runs: float32 frames at 50 Hz.
 
 writes benchmarks/results/checkpoint_features.json and .md.
 """
+
 import argparse
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
-
-from fedhubert_plugin.targets.features import CheckpointFeatures
-from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
-
 from common import write_results
+
+from fedhubert_plugin.export import export_initial
+from fedhubert_plugin.targets.features import CheckpointFeatures
+from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = [("base", "pretrain/base.yaml", 6), ("tiny", "pretrain/tiny.yaml", 1)]
@@ -30,7 +29,15 @@ MODELS = [("base", "pretrain/base.yaml", 6), ("tiny", "pretrain/tiny.yaml", 1)]
 
 def toy_utterances(folder: Path, seconds: float):
     """At least ``seconds`` of toy speech, as float32 arrays."""
-    write_toy_data(folder, speakers=16, dev_speakers=1, utterances_per_speaker=12, keyword_speakers=2, keyword_repeats=1, force=True)
+    write_toy_data(
+        folder,
+        speakers=16,
+        dev_speakers=1,
+        utterances_per_speaker=12,
+        keyword_speakers=2,
+        keyword_repeats=1,
+        force=True,
+    )
     wavs, total = [], 0.0
     for flac in sorted((folder / "LibriSpeech" / TRAIN_SUBSET).rglob("*.flac")):
         wav, _ = sf.read(flac, dtype="float32")
@@ -50,7 +57,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         wavs, audio = toy_utterances(Path(tmp) / "toy", args.seconds)
         for name, recipe, layer in MODELS:
-            ckpt = export_initial(REPO / "recipes" / "librispeech" / recipe, Path(tmp) / f"{name}.pt", 100, 100, ["common.fp16=false"])
+            ckpt = export_initial(
+                REPO / "recipes" / "librispeech" / recipe, Path(tmp) / f"{name}.pt", 100, 100, ["common.fp16=false"]
+            )
             for device in devices:
                 extractor = CheckpointFeatures(str(ckpt), layer, device=device)
                 extractor(wavs[0])  # warm-up
@@ -59,14 +68,36 @@ def main() -> None:
                 if device == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
-                rows.append({"model": name, "layer": layer, "device": device, "audio_seconds": audio, "frames": frames,
-                             "seconds": seconds, "seconds_per_audio_hour": seconds / audio * 3600,
-                             "disk_mb_per_audio_hour": extractor.dim * 4 * extractor.label_rate * 3600 / 1e6})
-    table = ["| model (layer) | device | s per hour of audio | real-time factor | disk per hour of audio |", "| --- | --- | --- | --- | --- |"]
+                rows.append(
+                    {
+                        "model": name,
+                        "layer": layer,
+                        "device": device,
+                        "audio_seconds": audio,
+                        "frames": frames,
+                        "seconds": seconds,
+                        "seconds_per_audio_hour": seconds / audio * 3600,
+                        "disk_mb_per_audio_hour": extractor.dim * 4 * extractor.label_rate * 3600 / 1e6,
+                    }
+                )
+    table = [
+        "| model (layer) | device | s per hour of audio | real-time factor | disk per hour of audio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        table.append(f"| {r['model']} ({r['layer']}) | {r['device']} | {r['seconds_per_audio_hour']:.0f} | "
-                     f"{r['seconds_per_audio_hour'] / 3600:.3f} | {r['disk_mb_per_audio_hour']:.0f} MB |")
-    print(write_results("checkpoint_features", rows, table, f"{rows[0]['audio_seconds']:.0f} s of toy speech, one utterance at a time."))
+        table.append(
+            f"| {r['model']} ({r['layer']}) | {r['device']} | {r['seconds_per_audio_hour']:.0f} | "
+            f"{r['seconds_per_audio_hour'] / 3600:.3f} | {r['disk_mb_per_audio_hour']:.0f} MB |"
+        )
+    print(
+        write_results(
+            "checkpoint_features",
+            rows,
+            table,
+            f"{rows[0]['audio_seconds']:.0f} s of toy speech, one utterance at a time.",
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

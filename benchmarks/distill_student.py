@@ -10,27 +10,34 @@ not depend on training).
 
 writes benchmarks/results/distill_student.json and .md.
 """
+
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import write_results
 
 from fedhubert_plugin.export import export_initial
 from upstream.hubert_local.hubconf import hubert_local
 
-from common import write_results
-
 REPO = Path(__file__).resolve().parents[1]
-PAIRS = [("base", "pretrain/base.yaml", "student", "distill/student.yaml"),
-         ("tiny", "pretrain/tiny.yaml", "tiny_student", "distill/tiny_student.yaml")]
+PAIRS = [
+    ("base", "pretrain/base.yaml", "student", "distill/student.yaml"),
+    ("tiny", "pretrain/tiny.yaml", "tiny_student", "distill/tiny_student.yaml"),
+]
 AUDIO_SECONDS = 10.0
 
 
 def upstream_of(recipe: str, folder: Path):
-    ckpt = export_initial(REPO / "recipes" / "librispeech" / recipe, folder / f"{Path(recipe).stem}.pt", 100, 100,
-                          ["common.fp16=false", "criterion.teacher_checkpoint=unused"] if "distill" in recipe else ["common.fp16=false"])
+    ckpt = export_initial(
+        REPO / "recipes" / "librispeech" / recipe,
+        folder / f"{Path(recipe).stem}.pt",
+        100,
+        100,
+        ["common.fp16=false", "criterion.teacher_checkpoint=unused"] if "distill" in recipe else ["common.fp16=false"],
+    )
     return hubert_local(ckpt=str(ckpt)).eval()
 
 
@@ -61,14 +68,35 @@ def main() -> None:
             for device in devices:
                 repeats = 3 if device == "cpu" else 20
                 t, s = (seconds_per_audio_second(m, device, repeats) for m in (teacher, student))
-                rows.append({"teacher": teacher_name, "student": student_name, "device": device,
-                             "teacher_params": params[0], "student_params": params[1], "param_ratio": params[1] / params[0],
-                             "teacher_s_per_audio_s": t, "student_s_per_audio_s": s, "time_ratio": s / t})
-    table = ["| teacher → student | device | parameters | ratio | s per s of audio (teacher → student) | ratio |", "| --- | --- | --- | --- | --- | --- |"]
+                rows.append(
+                    {
+                        "teacher": teacher_name,
+                        "student": student_name,
+                        "device": device,
+                        "teacher_params": params[0],
+                        "student_params": params[1],
+                        "param_ratio": params[1] / params[0],
+                        "teacher_s_per_audio_s": t,
+                        "student_s_per_audio_s": s,
+                        "time_ratio": s / t,
+                    }
+                )
+    table = [
+        "| teacher → student | device | parameters | ratio | s per s of audio (teacher → student) | ratio |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        table.append(f"| {r['teacher']} → {r['student']} | {r['device']} | {r['teacher_params'] / 1e6:.2f} M → {r['student_params'] / 1e6:.2f} M | "
-                     f"{r['param_ratio']:.2f} | {r['teacher_s_per_audio_s']:.4f} → {r['student_s_per_audio_s']:.4f} | {r['time_ratio']:.2f} |")
-    print(write_results("distill_student", rows, table, f"{AUDIO_SECONDS:.0f} s of audio, batch 1, median of repeated runs."))
+        table.append(
+            f"| {r['teacher']} → {r['student']} | {r['device']} | "
+            f"{r['teacher_params'] / 1e6:.2f} M → {r['student_params'] / 1e6:.2f} M | {r['param_ratio']:.2f} | "
+            f"{r['teacher_s_per_audio_s']:.4f} → {r['student_s_per_audio_s']:.4f} | {r['time_ratio']:.2f} |"
+        )
+    print(
+        write_results(
+            "distill_student", rows, table, f"{AUDIO_SECONDS:.0f} s of audio, batch 1, median of repeated runs."
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

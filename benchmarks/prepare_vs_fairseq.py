@@ -10,6 +10,7 @@ Quality: k-means inertia of both codebooks on the same pooled MFCC frames (fairs
 
 writes benchmarks/results/prepare_vs_fairseq_<minutes>min.json and .md.
 """
+
 import argparse
 import datetime
 import json
@@ -19,14 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+import fairseq
 import joblib
 import numpy as np
 import soundfile as sf
 import torch
 
-import fairseq
-from fedhubert_plugin.targets.kmeans import nearest
 from fedhubert_plugin.prepare import PrepareConfig, prepare
+from fedhubert_plugin.targets.kmeans import nearest
 from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
 
 SIMPLE_KMEANS = Path(fairseq.__file__).parent / "examples" / "hubert" / "simple_kmeans"
@@ -46,9 +47,27 @@ def fairseq_pipeline(librispeech: Path, work: Path, n_clusters: int) -> dict:
     (work / "train.tsv").write_text("\n".join(lines) + "\n")
     py = sys.executable
     times = {
-        "dump_mfcc_feature": timed([py, "dump_mfcc_feature.py", str(work), "train", "1", "0", str(work / "feat")], cwd=SIMPLE_KMEANS),
-        "learn_kmeans": timed([py, "learn_kmeans.py", str(work / "feat"), "train", "1", str(work / "km.bin"), str(n_clusters), "--percent", "-1"], cwd=SIMPLE_KMEANS),
-        "dump_km_label": timed([py, "dump_km_label.py", str(work / "feat"), "train", str(work / "km.bin"), "1", "0", str(work / "lab")], cwd=SIMPLE_KMEANS),
+        "dump_mfcc_feature": timed(
+            [py, "dump_mfcc_feature.py", str(work), "train", "1", "0", str(work / "feat")], cwd=SIMPLE_KMEANS
+        ),
+        "learn_kmeans": timed(
+            [
+                py,
+                "learn_kmeans.py",
+                str(work / "feat"),
+                "train",
+                "1",
+                str(work / "km.bin"),
+                str(n_clusters),
+                "--percent",
+                "-1",
+            ],
+            cwd=SIMPLE_KMEANS,
+        ),
+        "dump_km_label": timed(
+            [py, "dump_km_label.py", str(work / "feat"), "train", str(work / "km.bin"), "1", "0", str(work / "lab")],
+            cwd=SIMPLE_KMEANS,
+        ),
     }
     return {"seconds": sum(times.values()), "steps": times, "utterances": len(flacs)}
 
@@ -64,8 +83,13 @@ def main() -> None:
     utterances = int(np.ceil(args.minutes * 60 / 4.2))  # toy sentences last ~4.2 s
     speakers = int(np.clip(round(utterances / 12), args.clients, 90))  # 96 distinct toy voices in all
     toy = write_toy_data(
-        args.work / "toy", speakers=speakers, dev_speakers=1, utterances_per_speaker=int(np.ceil(utterances / speakers)),
-        keyword_speakers=2, keyword_repeats=1, force=True,
+        args.work / "toy",
+        speakers=speakers,
+        dev_speakers=1,
+        utterances_per_speaker=int(np.ceil(utterances / speakers)),
+        keyword_speakers=2,
+        keyword_repeats=1,
+        force=True,
     )
     librispeech = Path(toy.librispeech_root)
     baseline_dir = args.work / "fairseq"
@@ -73,7 +97,11 @@ def main() -> None:
 
     baseline = fairseq_pipeline(librispeech, baseline_dir, args.n_clusters)
     start = time.perf_counter()
-    prepare(PrepareConfig(librispeech, [TRAIN_SUBSET], args.clients, args.work / "ours", min_seconds=0.5, n_clusters=args.n_clusters))
+    prepare(
+        PrepareConfig(
+            librispeech, [TRAIN_SUBSET], args.clients, args.work / "ours", min_seconds=0.5, n_clusters=args.n_clusters
+        )
+    )
     ours_seconds = time.perf_counter() - start
 
     frames = np.load(baseline_dir / "feat" / "train_0_1.npy")
@@ -99,10 +127,12 @@ def main() -> None:
     name = f"prepare_vs_fairseq_{args.minutes:g}min"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = (
-        f"| audio | clusters | fairseq simple_kmeans | fedhubert prepare ({args.clients} clients, federated) | speed-up | inertia ours / fairseq |\n"
+        f"| audio | clusters | fairseq simple_kmeans | fedhubert prepare ({args.clients} clients, federated) "
+        "| speed-up | inertia ours / fairseq |\n"
         f"| --- | --- | --- | --- | --- | --- |\n"
         f"| {minutes:.1f} min | {args.n_clusters} | {baseline['seconds']:.1f} s | {ours_seconds:.1f} s "
-        f"(of which federated k-means {federated['seconds']:.1f} s) | {result['speedup']:.2f}x | {result['inertia_ratio_fedhubert_over_fairseq']:.3f} |\n"
+        f"(of which federated k-means {federated['seconds']:.1f} s) | {result['speedup']:.2f}x | "
+        f"{result['inertia_ratio_fedhubert_over_fairseq']:.3f} |\n"
         f"\n{result['date']}, {result['machine']}; fairseq steps: "
         + ", ".join(f"{k} {v:.1f} s" for k, v in result["fairseq_steps"].items())
         + "\n"

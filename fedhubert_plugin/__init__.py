@@ -2,9 +2,10 @@
 
 Importing this package, or passing ``common.user_dir=<path to fedhubert_plugin>`` to
 fairseq, registers the fairseq task ``fed_hubert_pretraining`` and the criterion
-``hubert_distillation``, and allow-lists the classes that fairseq HuBERT checkpoints hold, so that fairseq loads them with
-``weights_only=True`` on torch >= 2.6.
+``hubert_distillation``, and allow-lists the classes that fairseq HuBERT checkpoints hold,
+so that fairseq loads them with ``weights_only=True`` on torch >= 2.6.
 """
+
 import logging
 import os
 

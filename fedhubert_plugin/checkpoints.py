@@ -6,6 +6,7 @@ with the safety switched off. ``allow_fairseq_checkpoint_classes()`` (run when t
 is imported) registers the same allow-list with torch so that fairseq's own
 ``checkpoint_utils.load_model_ensemble_and_task`` works on these checkpoints too.
 """
+
 import io
 import logging
 import math
@@ -82,7 +83,12 @@ def cluster_dictionary(n_clusters: int) -> Dictionary:
 
 
 def save_fairseq_checkpoint(
-    path: Path, cfg: DictConfig, weights: Mapping[str, np.ndarray], n_clusters: int, num_updates: int, extra: Dict[str, Any]
+    path: Path,
+    cfg: DictConfig,
+    weights: Mapping[str, np.ndarray],
+    n_clusters: int,
+    num_updates: int,
+    extra: Dict[str, Any],
 ) -> None:
     """A fairseq HuBERT checkpoint of ``weights`` that ``load_model_ensemble_and_task`` loads."""
     state = {
@@ -90,7 +96,12 @@ def save_fairseq_checkpoint(
         "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         "model": {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()},
         "optimizer_history": [
-            {"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam", "lr_scheduler_state": {}, "num_updates": num_updates}
+            {
+                "criterion_name": "HubertCriterion",
+                "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {},
+                "num_updates": num_updates,
+            }
         ],
         "task_state": {"dictionaries": [cluster_dictionary(n_clusters)]},
         "extra_state": extra,
@@ -98,7 +109,9 @@ def save_fairseq_checkpoint(
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def s3prl_state(task_cfg: Mapping, model_cfg: Mapping, weights: Mapping[str, Any], symbols: List[List[str]]) -> Dict[str, Any]:
+def s3prl_state(
+    task_cfg: Mapping, model_cfg: Mapping, weights: Mapping[str, Any], symbols: List[List[str]]
+) -> Dict[str, Any]:
     """A checkpoint in s3prl's converted HuBERT format (plain containers and tensors only)."""
     return {
         "task_cfg": dict(task_cfg),
@@ -193,21 +206,29 @@ def copy_fitting_tensors(weights: Mapping[str, np.ndarray], checkpoint: Union[st
             result[name] = source[origin].astype(value.dtype)
             copied += 1
     if not copied:
-        raise ValueError(f"no tensor of {checkpoint} fits the model: starting from it needs the same conv extractor or width")
+        raise ValueError(
+            f"no tensor of {checkpoint} fits the model: starting from it needs the same conv extractor or width"
+        )
     logger.info("initialised from %s: %d of %d tensors copied", checkpoint, copied, len(weights))
     return result
 
 
-def check_architecture(expected: Mapping[str, np.ndarray], found: Mapping[str, Any], checkpoint: Union[str, Path], recipe: str) -> None:
-    """Raise ``CheckpointError`` unless ``found`` (a checkpoint's weights) has the tensors of ``expected`` (the recipe's model)."""
+def check_architecture(
+    expected: Mapping[str, np.ndarray], found: Mapping[str, Any], checkpoint: Union[str, Path], recipe: str
+) -> None:
+    """Raise ``CheckpointError`` unless ``found`` (a checkpoint's weights) has the tensors of ``expected``
+    (the recipe's model)."""
     for name, value in expected.items():
         if name not in found or tuple(found[name].shape) != tuple(value.shape):
             held = f"shape {tuple(found[name].shape)}" if name in found else "no such tensor"
             raise CheckpointError(
                 f"checkpoint {checkpoint} does not match recipe {recipe}: {name} has {held} there and shape "
-                f"{tuple(value.shape)} in the recipe's model. Use the recipe and overrides the run started with, or another checkpoint"
+                f"{tuple(value.shape)} in the recipe's model. Use the recipe and overrides the run started with, "
+                "or another checkpoint"
             )
     extra = sorted(set(found) - set(expected))
     if extra:
-        raise CheckpointError(f"checkpoint {checkpoint} does not match recipe {recipe}: it has tensors the recipe's model lacks, "
-                              f"e.g. {extra[0]}. Use the recipe and overrides the run started with, or another checkpoint")
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not match recipe {recipe}: it has tensors the recipe's model lacks, "
+            f"e.g. {extra[0]}. Use the recipe and overrides the run started with, or another checkpoint"
+        )

@@ -4,6 +4,7 @@ Building the parser imports only fairseq (through the plugin's registration) and
 settings declaration: every heavy import (Flower, Ray, s3prl, scikit-learn, TensorBoard)
 happens inside the command that needs it, so ``fedhubert --help`` stays fast.
 """
+
 import argparse
 import logging
 import sys
@@ -30,7 +31,9 @@ def add_toy_data_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dev-speakers", type=int, default=2, help="speakers in the dev subset (default 2)")
     p.add_argument("--utterances", type=int, default=6, help="utterances per speaker (default 6)")
     p.add_argument("--keyword-speakers", type=int, default=6, help="speakers of the keyword train set (default 6)")
-    p.add_argument("--keyword-repeats", type=int, default=2, help="times each keyword speaker says each word (default 2)")
+    p.add_argument(
+        "--keyword-repeats", type=int, default=2, help="times each keyword speaker says each word (default 2)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=4, help="parallel synthesis processes (default 4)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
@@ -51,7 +54,10 @@ def run_toy_data(args: argparse.Namespace) -> None:
         workers=args.workers,
         force=args.force,
     )
-    print(f"LibriSpeech root:     {summary.librispeech_root} ({summary.train_utterances} train, {summary.dev_utterances} dev utterances)")
+    print(
+        f"LibriSpeech root:     {summary.librispeech_root} "
+        f"({summary.train_utterances} train, {summary.dev_utterances} dev utterances)"
+    )
     print(f"Speech Commands root: {summary.speech_commands_root} ({summary.keyword_train_files} files)")
     print(f"Speech Commands test: {summary.speech_commands_test_root} ({summary.keyword_test_files} files)")
 
@@ -59,34 +65,67 @@ def run_toy_data(args: argparse.Namespace) -> None:
 def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare",
-        help="partition a LibriSpeech tree into clients with fairseq manifests and k-means labels (MFCC or a checkpoint's layer)",
+        help="partition a LibriSpeech tree into clients with fairseq manifests and k-means labels "
+        "(MFCC or a checkpoint's layer)",
         description="Scan LibriSpeech subsets, split them across clients (non-IID by speaker by default), "
         "write fairseq manifests and k-means targets per client under OUT/clients/client_XXX.",
     )
-    p.add_argument("--librispeech-root", type=Path, required=True, help="folder holding the subsets (e.g. .../LibriSpeech)")
+    p.add_argument(
+        "--librispeech-root", type=Path, required=True, help="folder holding the subsets (e.g. .../LibriSpeech)"
+    )
     p.add_argument("--subsets", nargs="+", required=True, help="e.g. train-clean-100 train-clean-360")
     p.add_argument("--num-clients", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="prepared data folder")
-    p.add_argument("--partition", choices=PARTITIONS, default="speaker",
-                   help="speaker: each speaker on one client (default); iid: utterance-level baseline; "
-                   "dirichlet: speaker shares ~ Dirichlet(--alpha)")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5; small = more skewed)")
-    p.add_argument("--features", choices=FEATURES, default="hubert",
-                   help="hubert: 39-dim MFCC+deltas at 100 Hz, iteration 1 (default); seed: 13-dim MFCC at 50 Hz; "
-                   "checkpoint: layer --layer of --checkpoint at 50 Hz, iteration 2")
-    p.add_argument("--checkpoint", type=Path, help="--features checkpoint: iteration 1's global model "
-                   "(SAVE/server/checkpoint_best.pt or best_global_model.pt), read by each client from its disk")
-    p.add_argument("--layer", type=int, default=0, help="--features checkpoint: encoder layer, 1-based (HuBERT Base: 6)")
-    p.add_argument("--kmeans", choices=KMEANS_MODES, default="federated",
-                   help="federated: one shared codebook via Flower, only sums and counts leave a client (default); "
-                   "local: one codebook per client")
+    p.add_argument(
+        "--partition",
+        choices=PARTITIONS,
+        default="speaker",
+        help="speaker: each speaker on one client (default); iid: utterance-level baseline; "
+        "dirichlet: speaker shares ~ Dirichlet(--alpha)",
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5; small = more skewed)"
+    )
+    p.add_argument(
+        "--features",
+        choices=FEATURES,
+        default="hubert",
+        help="hubert: 39-dim MFCC+deltas at 100 Hz, iteration 1 (default); seed: 13-dim MFCC at 50 Hz; "
+        "checkpoint: layer --layer of --checkpoint at 50 Hz, iteration 2",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="--features checkpoint: iteration 1's global model "
+        "(SAVE/server/checkpoint_best.pt or best_global_model.pt), read by each client from its disk",
+    )
+    p.add_argument(
+        "--layer", type=int, default=0, help="--features checkpoint: encoder layer, 1-based (HuBERT Base: 6)"
+    )
+    p.add_argument(
+        "--kmeans",
+        choices=KMEANS_MODES,
+        default="federated",
+        help="federated: one shared codebook via Flower, only sums and counts leave a client (default); "
+        "local: one codebook per client",
+    )
     p.add_argument("--n-clusters", type=int, default=100)
     p.add_argument("--valid-fraction", type=float, default=0.1)
-    p.add_argument("--min-seconds", type=float, default=2.0,
-                   help="skip shorter utterances (default 2.0 s, HuBERT Base's min_sample_size)")
-    p.add_argument("--min-count", type=int, default=5,
-                   help="federated k-means: a client withholds clusters with fewer frames than this (default 5)")
-    p.add_argument("--kmeans-max-iter", type=int, default=10, help="federated k-means: Lloyd steps at most (default 10)")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="skip shorter utterances (default 2.0 s, HuBERT Base's min_sample_size)",
+    )
+    p.add_argument(
+        "--min-count",
+        type=int,
+        default=5,
+        help="federated k-means: a client withholds clusters with fewer frames than this (default 5)",
+    )
+    p.add_argument(
+        "--kmeans-max-iter", type=int, default=10, help="federated k-means: Lloyd steps at most (default 10)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="parallel audio readers for the scan (default 2)")
     p.set_defaults(run=run_prepare)
@@ -148,12 +187,23 @@ def add_distill_parser(subparsers: argparse._SubParsersAction) -> None:
         "hubert_distillation (KD from the teacher + HuBERT loss on its own k-means targets, + layer "
         "regression). The teacher is read from --teacher on each client and never sent.",
     )
-    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (SAVE/server/checkpoint_best.pt or best_global_model.pt)")
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        required=True,
+        help="teacher checkpoint (SAVE/server/checkpoint_best.pt or best_global_model.pt)",
+    )
     p.add_argument("--alpha", type=float, help="KD weight (default: the recipe's, 0.5)")
     p.add_argument("--temperature", type=float, help="KD temperature (default: the recipe's, 2.0)")
-    p.add_argument("--hidden-weight", type=float, help="layer regression weight, 0 turns it off (default: the recipe's)")
-    p.add_argument("--init-from-teacher", action="store_true", help="start the student from the teacher's fitting tensors "
-                   "(mapped layers, conv extractor); the same as --init-from TEACHER")
+    p.add_argument(
+        "--hidden-weight", type=float, help="layer regression weight, 0 turns it off (default: the recipe's)"
+    )
+    p.add_argument(
+        "--init-from-teacher",
+        action="store_true",
+        help="start the student from the teacher's fitting tensors "
+        "(mapped layers, conv extractor); the same as --init-from TEACHER",
+    )
     federation_settings.add_options(p, recipe="student")
     p.set_defaults(run=run_distill)
 
@@ -161,7 +211,9 @@ def add_distill_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_distill(args: argparse.Namespace) -> None:
     teacher = args.teacher.resolve()
     if not teacher.is_file():
-        raise FileNotFoundError(f"teacher {teacher} not found: pass SAVE/server/checkpoint_best.pt of a `fedhubert pretrain` run")
+        raise FileNotFoundError(
+            f"teacher {teacher} not found: pass SAVE/server/checkpoint_best.pt of a `fedhubert pretrain` run"
+        )
     overrides = [f"criterion.teacher_checkpoint={teacher}"]
     for key, value in (("alpha", args.alpha), ("temperature", args.temperature), ("hidden_weight", args.hidden_weight)):
         if value is not None:
@@ -180,9 +232,13 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="checkpoint to convert")
-    source.add_argument("--initial", metavar="RECIPE", help="recipe (yaml path, or tiny / base) whose initial model to write")
+    source.add_argument(
+        "--initial", metavar="RECIPE", help="recipe (yaml path, or tiny / base) whose initial model to write"
+    )
     p.add_argument("--out", type=Path, required=True, help="output .pt file")
-    p.add_argument("--n-clusters", type=int, default=100, help="with --initial: k-means clusters of the targets (default 100)")
+    p.add_argument(
+        "--n-clusters", type=int, default=100, help="with --initial: k-means clusters of the targets (default 100)"
+    )
     p.add_argument("--label-rate", type=float, default=100, help="with --initial: label rate in Hz (default 100)")
     p.add_argument("overrides", nargs="*", help="with --initial: fairseq/hydra overrides of the recipe")
     p.set_defaults(run=run_export)
@@ -209,9 +265,18 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--librispeech-root", type=Path, help="real LibriSpeech root (default: the toy corpus)")
     p.add_argument("--subsets", nargs="+", default=[], help="with --librispeech-root (default train-clean-100)")
-    p.add_argument("--speech-commands-root", type=Path, help="Speech Commands v0.01 train folder, or a folder with train/ and test/")
+    p.add_argument(
+        "--speech-commands-root",
+        type=Path,
+        help="Speech Commands v0.01 train folder, or a folder with train/ and test/",
+    )
     p.add_argument("--speech-commands-test-root", type=Path, help="Speech Commands test set folder")
-    p.add_argument("--recipe", choices=["tiny", "base"], default="tiny", help="teacher recipe; base pairs with student.yaml and ks.yaml")
+    p.add_argument(
+        "--recipe",
+        choices=["tiny", "base"],
+        default="tiny",
+        help="teacher recipe; base pairs with student.yaml and ks.yaml",
+    )
     p.add_argument("--num-clients", type=int, default=4)
     p.add_argument("--n-clusters", type=int, default=100)
     p.add_argument("--rounds", type=int, default=5, help="federated pretraining rounds (default 5)")
@@ -225,10 +290,23 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_demo_command(args: argparse.Namespace) -> None:
     from fedhubert_plugin.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=args.out, librispeech_root=args.librispeech_root, subsets=args.subsets,
-                        speech_commands_root=args.speech_commands_root, speech_commands_test_root=args.speech_commands_test_root,
-                        recipe=args.recipe, num_clients=args.num_clients, n_clusters=args.n_clusters, rounds=args.rounds,
-                        distill_rounds=args.distill_rounds, local_updates=args.local_updates, overrides=args.overrides, seed=args.seed))
+    run_demo(
+        DemoConfig(
+            out=args.out,
+            librispeech_root=args.librispeech_root,
+            subsets=args.subsets,
+            speech_commands_root=args.speech_commands_root,
+            speech_commands_test_root=args.speech_commands_test_root,
+            recipe=args.recipe,
+            num_clients=args.num_clients,
+            n_clusters=args.n_clusters,
+            rounds=args.rounds,
+            distill_rounds=args.distill_rounds,
+            local_updates=args.local_updates,
+            overrides=args.overrides,
+            seed=args.seed,
+        )
+    )
 
 
 def add_downstream_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -236,12 +314,15 @@ def add_downstream_parser(subparsers: argparse._SubParsersAction) -> None:
         "downstream",
         add_help=False,
         help="s3prl's run_downstream with our hubert_local (every argument passed through unchanged)",
-        description="fedhubert downstream -m train -u hubert_local -k SAVE/server/best_global_model.pt -d speech_commands ...",
+        description="fedhubert downstream -m train -u hubert_local -k SAVE/server/best_global_model.pt "
+        "-d speech_commands ...",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedhubert", description="Federated HuBERT pretraining with fairseq, Flower and s3prl.")
+    parser = argparse.ArgumentParser(
+        prog="fedhubert", description="Federated HuBERT pretraining with fairseq, Flower and s3prl."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of every error")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_toy_data_parser(subparsers)

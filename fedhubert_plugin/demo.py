@@ -12,6 +12,7 @@ Phases (each logs ``[phase i/6]``; the tools underneath show their own progress 
 Every phase keeps its outputs under OUT; a second run reuses finished phases (prepare's
 ``prepare.json``, the federations' ``--resume``, each downstream run's ``test.json``).
 """
+
 import json
 import logging
 import time
@@ -83,32 +84,61 @@ def data_phase(cfg: DemoConfig) -> Dict[str, object]:
         for folder, option in ((train_root, "--speech-commands-root"), (test_root, "--speech-commands-test-root")):
             if not folder.is_dir():  # checked now, not after pretraining
                 raise FileNotFoundError(f"keyword spotting folder {folder} not found; check {option}")
-        return {"librispeech": Path(cfg.librispeech_root), "subsets": list(cfg.subsets) or ["train-clean-100"],
-                "keywords": train_root, "keywords_test": test_root, "min_seconds": 2.0}
+        return {
+            "librispeech": Path(cfg.librispeech_root),
+            "subsets": list(cfg.subsets) or ["train-clean-100"],
+            "keywords": train_root,
+            "keywords_test": test_root,
+            "min_seconds": 2.0,
+        }
     toy = cfg.out / "toy"
     if not (toy / "toy_data.json").is_file():
         write_toy_data(toy, seed=cfg.seed, force=True)
-    return {"librispeech": toy / "LibriSpeech", "subsets": [TRAIN_SUBSET, DEV_SUBSET],
-            "keywords": toy / "speech_commands" / "train", "keywords_test": toy / "speech_commands" / "test", "min_seconds": 1.0}
+    return {
+        "librispeech": toy / "LibriSpeech",
+        "subsets": [TRAIN_SUBSET, DEV_SUBSET],
+        "keywords": toy / "speech_commands" / "train",
+        "keywords_test": toy / "speech_commands" / "test",
+        "min_seconds": 1.0,
+    }
 
 
 def prepare_phase(cfg: DemoConfig, data: Dict) -> Path:
     """Prepared clients in OUT/data (kept from an earlier run when complete)."""
     out = cfg.out / "data"
     if not (out / "prepare.json").is_file():
-        summary = prepare(PrepareConfig(librispeech_root=data["librispeech"], subsets=data["subsets"], num_clients=cfg.num_clients,
-                                        out=out, n_clusters=cfg.n_clusters, min_seconds=data["min_seconds"], seed=cfg.seed))
+        summary = prepare(
+            PrepareConfig(
+                librispeech_root=data["librispeech"],
+                subsets=data["subsets"],
+                num_clients=cfg.num_clients,
+                out=out,
+                n_clusters=cfg.n_clusters,
+                min_seconds=data["min_seconds"],
+                seed=cfg.seed,
+            )
+        )
         print(summary_table(summary))
     return out
 
 
-def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: str, rounds: int,
-                     overrides: List[str], init_from: str = "") -> Path:
+def federation_phase(
+    cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: str, rounds: int, overrides: List[str], init_from: str = ""
+) -> Path:
     """A federated run (pretraining or distillation), resumed when OUT holds part of it."""
     gpus = 1.0 / cfg.num_clients if torch.cuda.is_available() else 0.0
-    settings = from_prepared_data(str(prepared), save_dir=str(save_dir.resolve()), recipe=recipe, num_server_rounds=rounds,
-                                  overrides=overrides, local_updates=cfg.local_updates, seed=cfg.seed, resume=True,
-                                  init_from=init_from, gpus_per_client=gpus)
+    settings = from_prepared_data(
+        str(prepared),
+        save_dir=str(save_dir.resolve()),
+        recipe=recipe,
+        num_server_rounds=rounds,
+        overrides=overrides,
+        local_updates=cfg.local_updates,
+        seed=cfg.seed,
+        resume=True,
+        init_from=init_from,
+        gpus_per_client=gpus,
+    )
     simulate_pretraining(settings, settings.min_available_nodes)
     return save_dir
 
@@ -124,14 +154,32 @@ def run_demo(cfg: DemoConfig) -> Path:
     phases = Phases(6)
     data = phases.run("data", data_phase, cfg)
     prepared = phases.run("prepare (federated k-means)", prepare_phase, cfg, data)
-    pretrain = phases.run("federated pretraining", federation_phase, cfg, prepared, cfg.out / "pretrain", teacher_recipe,
-                          cfg.rounds, overrides)
+    pretrain = phases.run(
+        "federated pretraining",
+        federation_phase,
+        cfg,
+        prepared,
+        cfg.out / "pretrain",
+        teacher_recipe,
+        cfg.rounds,
+        overrides,
+    )
     teacher = pretrain / "server" / "checkpoint_best.pt"
-    distill = phases.run("federated distillation", federation_phase, cfg, prepared, cfg.out / "distill",
-                         str(find_recipe(student_recipe)), cfg.distill_rounds,
-                         [f"criterion.teacher_checkpoint={teacher.resolve()}"] + overrides, str(teacher.resolve()))
+    distill = phases.run(
+        "federated distillation",
+        federation_phase,
+        cfg,
+        prepared,
+        cfg.out / "distill",
+        str(find_recipe(student_recipe)),
+        cfg.distill_rounds,
+        [f"criterion.teacher_checkpoint={teacher.resolve()}"] + overrides,
+        str(teacher.resolve()),
+    )
     meta = json.loads((prepared / "prepare.json").read_text())
-    random_init = export_initial(teacher_recipe, cfg.out / "random_init.pt", meta["n_clusters"], meta["label_rate"], overrides)
+    random_init = export_initial(
+        teacher_recipe, cfg.out / "random_init.pt", meta["n_clusters"], meta["label_rate"], overrides
+    )
     upstreams = {  # folder under OUT/downstream: (label, checkpoint)
         "teacher": ("teacher (federated HuBERT)", pretrain / "server" / "best_global_model.pt"),
         "student": ("student (federated distillation)", distill / "server" / "best_global_model.pt"),
@@ -142,7 +190,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     def downstream() -> Dict[str, Dict]:
         results = {}
         for folder, (label, ckpt) in upstreams.items():
-            results[label] = keyword_spotting(ckpt, cfg.out / "downstream" / folder, ks_config, data["keywords"], data["keywords_test"])
+            results[label] = keyword_spotting(
+                ckpt, cfg.out / "downstream" / folder, ks_config, data["keywords"], data["keywords_test"]
+            )
             logger.info("KS %s: test accuracy %.3f", label, results[label]["test_acc"])
         return results
 
@@ -153,19 +203,22 @@ def run_demo(cfg: DemoConfig) -> Path:
     return report
 
 
-def make_report(cfg: DemoConfig, prepared: Path, pretrain: Path, distill: Path, results: Dict, seconds: Dict[str, float]) -> Path:
+def make_report(
+    cfg: DemoConfig, prepared: Path, pretrain: Path, distill: Path, results: Dict, seconds: Dict[str, float]
+) -> Path:
     """Plots and ``report.md``."""
     pretrain_lines, distill_lines = read_metrics(pretrain), read_metrics(distill)
     plot_run(pretrain_lines, "federated pretraining", cfg.out / "pretrain.png")
     plot_run(distill_lines, "federated distillation", cfg.out / "distill.png")
     sections = {
         "Data and clients": f"Prepared data: `{prepared}`: speaker non-IID partition, MFCC k-means targets "
-                            f"learned federated (only per-cluster sums and counts left the clients).\n\n"
-                            + clients_table(json.loads((prepared / "partition.json").read_text())),
-        "Federated pretraining": f"![pretraining](pretrain.png)\n\n{rounds_table(pretrain_lines)}\n\nCheckpoints: `{pretrain / 'server'}`; "
-                                 f"TensorBoard: `{pretrain / 'server' / 'tb'}`.",
-        "Federated distillation": f"![distillation](distill.png)\n\n{rounds_table(distill_lines)}\n\nKD loss per round: "
-                                  + ", ".join(f"{line['train'].get('kd_loss', float('nan')):.3f}" for line in distill_lines),
+        f"learned federated (only per-cluster sums and counts left the clients).\n\n"
+        + clients_table(json.loads((prepared / "partition.json").read_text())),
+        "Federated pretraining": f"![pretraining](pretrain.png)\n\n{rounds_table(pretrain_lines)}\n\n"
+        f"Checkpoints: `{pretrain / 'server'}`; TensorBoard: `{pretrain / 'server' / 'tb'}`.",
+        "Federated distillation": f"![distillation](distill.png)\n\n{rounds_table(distill_lines)}\n\n"
+        "KD loss per round: "
+        + ", ".join(f"{line['train'].get('kd_loss', float('nan')):.3f}" for line in distill_lines),
         "Downstream: SUPERB keyword spotting": downstream_table(results)
         + "\n\ns3prl `speech_commands`, frozen upstream, weighted sum of its layers, "
         + f"config `{PAIRED[cfg.recipe][1]}.yaml`; logs under `{cfg.out / 'downstream'}`.",

@@ -9,6 +9,7 @@ checkpoints load on torch >= 2.6. Those hold the run's ``argparse.Namespace``, w
 and resuming with ``-e`` fail in stock s3prl. We allow-list exactly that class (plus the
 fairseq classes of HuBERT checkpoints); the safety stays on.
 """
+
 import argparse
 import json
 import logging
@@ -71,10 +72,29 @@ def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test
     done = Path(exp) / "test.json"
     if done.is_file():
         return json.loads(done.read_text())
-    paths = (f"config.downstream_expert.datarc.speech_commands_root='{train_root}',,"
-             f"config.downstream_expert.datarc.speech_commands_test_root='{test_root}'")
-    run_downstream(["-m", "train", "-u", "hubert_local", "-k", str(ckpt), "-d", "speech_commands", "-c", str(config),
-                    "-p", str(exp), "-o", paths, "--auto_resume"])
+    paths = (
+        f"config.downstream_expert.datarc.speech_commands_root='{train_root}',,"
+        f"config.downstream_expert.datarc.speech_commands_test_root='{test_root}'"
+    )
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "hubert_local",
+            "-k",
+            str(ckpt),
+            "-d",
+            "speech_commands",
+            "-c",
+            str(config),
+            "-p",
+            str(exp),
+            "-o",
+            paths,
+            "--auto_resume",
+        ]
+    )
     best = Path(exp) / "dev-best.ckpt"
     if not best.is_file():  # dev accuracy never rose above 0: test the last state instead
         best = max(Path(exp).glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
@@ -83,7 +103,11 @@ def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test
     if not scores:
         raise RuntimeError(f"s3prl wrote no test accuracy to {Path(exp) / 'log.log'}")
     weights = as_s3prl_state(load_checkpoint(ckpt), ckpt)["model_weight"]
-    result = {"test_acc": float(scores[-1]), "parameters": sum(v.numel() for v in weights.values()),
-              "checkpoint": str(ckpt), "evaluated": best.name}
+    result = {
+        "test_acc": float(scores[-1]),
+        "parameters": sum(v.numel() for v in weights.values()),
+        "checkpoint": str(ckpt),
+        "evaluated": best.name,
+    }
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result

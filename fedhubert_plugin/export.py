@@ -5,6 +5,7 @@ Stock s3prl (``-u hubert_local -k X.pt``, no fedhubert installed) reads only tha
 writes the untrained model of a recipe (the weights federated round 1 starts from), the
 random-init baseline of downstream comparisons.
 """
+
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -22,7 +23,9 @@ def export_s3prl(ckpt: Path, out: Path) -> Path:
     return Path(out)
 
 
-def export_initial(recipe: Union[str, Path], out: Path, n_clusters: int, label_rate: float, overrides: Sequence[str] = ()) -> Path:
+def export_initial(
+    recipe: Union[str, Path], out: Path, n_clusters: int, label_rate: float, overrides: Sequence[str] = ()
+) -> Path:
     """Write the seeded initial (untrained) model of ``recipe`` (a name or yaml path) to ``out`` in s3prl's format."""
     cfg, weights = recipe_initial_model(recipe, overrides, label_rate, n_clusters)
     save_s3prl_checkpoint(Path(out), cfg, weights, n_clusters)

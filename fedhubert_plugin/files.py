@@ -1,4 +1,5 @@
 """Atomic file writes: a file is either whole or absent, never half-written."""
+
 import json
 import os
 import tempfile

@@ -17,6 +17,7 @@ Every file is written atomically. A run first removes ``prepare.json`` and the c
 old labels, so an interrupted run never leaves labels that belong to other manifests;
 running again redoes the preparation cleanly.
 """
+
 import json
 import logging
 import os
@@ -31,12 +32,17 @@ from tensorboardX import SummaryWriter
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import Utterance, scan_librispeech
-from fedhubert_plugin.federation.kmeans_app import FederatedKMeansResult, FederatedKMeansSettings, client_app, federated_kmeans_server_app
+from fedhubert_plugin.federation.kmeans_app import (
+    FederatedKMeansResult,
+    FederatedKMeansSettings,
+    client_app,
+    federated_kmeans_server_app,
+)
 from fedhubert_plugin.federation.nodes import client_name, ray_backend_config, simulate
 from fedhubert_plugin.files import atomic_save_array, atomic_write_json, atomic_write_text
+from fedhubert_plugin.targets import KMEANS_MODES, LABELS_META
 from fedhubert_plugin.targets.features import feature_extractor
 from fedhubert_plugin.targets.kmeans import adaptive_clusters, local_codebook, nearest
-from fedhubert_plugin.targets import KMEANS_MODES, LABELS_META
 from fedhubert_plugin.targets.labels import cached_features, label_client
 
 logger = logging.getLogger(__name__)
@@ -133,14 +139,19 @@ def run_federated_kmeans(cfg: PrepareConfig, num_clients: int) -> float:
     if result.codebook is None:
         raise RuntimeError("federated k-means did not finish; see the Flower log above")
     atomic_save_array(cfg.out / "kmeans" / "codebook.npy", result.codebook)
-    atomic_write_json(cfg.out / "kmeans" / "federated.json", {"inertia_per_step": result.inertia, "frames": result.frames, "seconds": result.seconds})
+    atomic_write_json(
+        cfg.out / "kmeans" / "federated.json",
+        {"inertia_per_step": result.inertia, "frames": result.frames, "seconds": result.seconds},
+    )
     write_kmeans_metrics(cfg.out / "kmeans", [inertia / result.frames for inertia in result.inertia])
     return result.inertia[-1] / result.frames
 
 
 def write_kmeans_metrics(folder: Path, inertia_per_frame: List[float]) -> None:
     """Federated k-means per Lloyd step as JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``)."""
-    lines = [json.dumps({"step": step, "inertia_per_frame": value}) for step, value in enumerate(inertia_per_frame, start=1)]
+    lines = [
+        json.dumps({"step": step, "inertia_per_frame": value}) for step, value in enumerate(inertia_per_frame, start=1)
+    ]
     atomic_write_text(folder / "metrics.jsonl", "".join(line + "\n" for line in lines))
     board = SummaryWriter(str(folder / "tb"))
     for step, value in enumerate(inertia_per_frame, start=1):
@@ -158,22 +169,33 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     names = [client_name(i) for i in range(cfg.num_clients)]
     clear_previous_run(out, keep=names)
 
-    utterances, report = scan_librispeech(cfg.librispeech_root, cfg.subsets, out / "converted", cfg.min_seconds, cfg.workers)
+    utterances, report = scan_librispeech(
+        cfg.librispeech_root, cfg.subsets, out / "converted", cfg.min_seconds, cfg.workers
+    )
     write_utterance_table(out / "utterances.tsv", utterances)
     atomic_write_json(out / "report.json", {**asdict(report), "usable_utterances": len(utterances)})
     clients = partition_utterances(utterances, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
 
     root = Path(cfg.librispeech_root).resolve()
-    summary = PrepareSummary(usable_utterances=len(utterances), skipped=len(report.skipped), converted=len(report.converted))
+    summary = PrepareSummary(
+        usable_utterances=len(utterances), skipped=len(report.skipped), converted=len(report.converted)
+    )
     for index, (name, client_utts) in enumerate(zip(names, clients)):
         splits = split_train_valid(client_utts, cfg.valid_fraction, cfg.seed + index)
         for split, split_utts in splits.items():
-            write_manifest(out / "clients" / name / f"{split}.tsv", root, [(os.path.relpath(u.path, root), u.samples) for u in split_utts])
+            write_manifest(
+                out / "clients" / name / f"{split}.tsv",
+                root,
+                [(os.path.relpath(u.path, root), u.samples) for u in split_utts],
+            )
         summary.clients[name] = {
             "speakers": sorted({u.speaker for u in client_utts}),
             **{split: split_summary(split_utts) for split, split_utts in splits.items()},
         }
-    atomic_write_json(out / "partition.json", {"method": cfg.partition, "seed": cfg.seed, "alpha": cfg.alpha, "clients": summary.clients})
+    atomic_write_json(
+        out / "partition.json",
+        {"method": cfg.partition, "seed": cfg.seed, "alpha": cfg.alpha, "clients": summary.clients},
+    )
 
     folders = [out / "clients" / name for name in names]
     if cfg.kmeans == "federated":
@@ -181,12 +203,20 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     else:
         summary.kmeans_inertia_per_frame = run_local_kmeans(cfg, folders)
     summary.label_rate = preset.label_rate
-    labels_meta = {"label_rate": preset.label_rate, "features": cfg.features, "kmeans": cfg.kmeans, "n_clusters": cfg.n_clusters,
-                   **({"checkpoint": cfg.checkpoint, "layer": cfg.layer} if cfg.features == "checkpoint" else {})}
+    labels_meta = {
+        "label_rate": preset.label_rate,
+        "features": cfg.features,
+        "kmeans": cfg.kmeans,
+        "n_clusters": cfg.n_clusters,
+        **({"checkpoint": cfg.checkpoint, "layer": cfg.layer} if cfg.features == "checkpoint" else {}),
+    }
     for folder in folders:
         atomic_write_json(folder / "labels" / LABELS_META, labels_meta)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-    atomic_write_json(out / "prepare.json", {**settings, "subsets": list(cfg.subsets), "label_rate": preset.label_rate, "feature_dim": preset.dim})
+    atomic_write_json(
+        out / "prepare.json",
+        {**settings, "subsets": list(cfg.subsets), "label_rate": preset.label_rate, "feature_dim": preset.dim},
+    )
     return summary
 
 
@@ -200,6 +230,7 @@ def summary_table(summary: PrepareSummary) -> str:
         )
     lines.append(
         f"{summary.usable_utterances} usable utterances, {summary.skipped} skipped, {summary.converted} converted "
-        f"(see report.json); label rate {summary.label_rate} Hz; k-means inertia per frame {summary.kmeans_inertia_per_frame:.3f}"
+        f"(see report.json); label rate {summary.label_rate} Hz; "
+        f"k-means inertia per frame {summary.kmeans_inertia_per_frame:.3f}"
     )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ One helper for the CLI, the demo, export, the Flower apps and the shell recipes:
 ``find_recipe`` turns ``tiny`` / ``base`` / ``student`` or a yaml path into the file, and
 ``compose_recipe`` turns the file and hydra overrides into fairseq's resolved config.
 """
+
 import warnings
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
@@ -24,7 +25,11 @@ from fedhubert_plugin.checkpoints import cluster_dictionary
 APP_DIR = Path(__file__).resolve().parents[1]  # the repository, or the installed Flower app (FAB)
 RECIPES_DIR = APP_DIR / "recipes"
 # where a recipe given by name is looked up, in order
-RECIPE_FOLDERS = (RECIPES_DIR / "librispeech" / "pretrain", RECIPES_DIR / "librispeech" / "distill", RECIPES_DIR / "superb")
+RECIPE_FOLDERS = (
+    RECIPES_DIR / "librispeech" / "pretrain",
+    RECIPES_DIR / "librispeech" / "distill",
+    RECIPES_DIR / "superb",
+)
 
 
 class RecipeError(ValueError):
@@ -90,7 +95,9 @@ def recipe_initial_model(
     data, but fairseq refuses an empty ``task.data``).
     """
     data = data_root or "federated"
-    cfg = compose_recipe(recipe, list(overrides) + [f"task.label_rate={label_rate}", f"task.data={data}", f"task.label_dir={data}"])
+    cfg = compose_recipe(
+        recipe, list(overrides) + [f"task.label_rate={label_rate}", f"task.data={data}", f"task.label_dir={data}"]
+    )
     task = tasks.setup_task(cfg.task)
     task.load_state_dict({"dictionaries": [cluster_dictionary(n_clusters)]})
     torch.manual_seed(cfg.common.seed)

@@ -1,4 +1,5 @@
 """The demo's report: PNG plots of the federated runs and ``report.md`` with the results tables."""
+
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -17,13 +18,23 @@ def plot_run(lines: List[Dict], title: str, out: Path) -> Path:
         ax.plot(rounds, [line["train"].get(key) for line in lines], "k-o", label="global train")
         ax.plot(rounds, [line["valid"].get(key) for line in lines], "b-o", label="global valid")
         for name in clients:
-            ax.plot(rounds, [line["clients"].get(name, {}).get(f"valid_{key}") for line in lines], "--", alpha=0.6, label=f"{name} valid")
+            ax.plot(
+                rounds,
+                [line["clients"].get(name, {}).get(f"valid_{key}") for line in lines],
+                "--",
+                alpha=0.6,
+                label=f"{name} valid",
+            )
         ax.set_xlabel("round")
         ax.set_xticks(rounds)
         ax.set_ylabel(key)
         ax.legend(fontsize=7)
-    axes[2].bar([r - 0.2 for r in rounds], [line["bytes_sent"] / 1e6 for line in lines], width=0.4, label="server → clients")
-    axes[2].bar([r + 0.2 for r in rounds], [line["bytes_received"] / 1e6 for line in lines], width=0.4, label="clients → server")
+    axes[2].bar(
+        [r - 0.2 for r in rounds], [line["bytes_sent"] / 1e6 for line in lines], width=0.4, label="server → clients"
+    )
+    axes[2].bar(
+        [r + 0.2 for r in rounds], [line["bytes_received"] / 1e6 for line in lines], width=0.4, label="clients → server"
+    )
     axes[2].set_xlabel("round")
     axes[2].set_xticks(rounds)
     axes[2].set_ylabel("MB")
@@ -37,21 +48,30 @@ def plot_run(lines: List[Dict], title: str, out: Path) -> Path:
 
 def clients_table(partition: Dict) -> str:
     """Markdown table of the partition: speakers, utterances and minutes of audio per client."""
-    rows = ["| client | speakers | train utterances | train minutes | valid utterances |", "| --- | --- | --- | --- | --- |"]
+    rows = [
+        "| client | speakers | train utterances | train minutes | valid utterances |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, client in partition["clients"].items():
-        rows.append(f"| {name} | {len(client['speakers'])} | {client['train']['utterances']} | "
-                    f"{60 * client['train']['hours']:.1f} | {client['valid']['utterances']} |")
+        rows.append(
+            f"| {name} | {len(client['speakers'])} | {client['train']['utterances']} | "
+            f"{60 * client['train']['hours']:.1f} | {client['valid']['utterances']} |"
+        )
     return "\n".join(rows)
 
 
 def rounds_table(lines: List[Dict]) -> str:
     """One markdown row per round: losses, accuracy, traffic, time."""
-    rows = ["| round | train loss | valid loss | valid masked acc | clients | MB sent | MB received | seconds |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| round | train loss | valid loss | valid masked acc | clients | MB sent | MB received | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for line in lines:
-        rows.append(f"| {line['round']} | {line['train']['loss']:.3f} | {line['valid']['loss']:.3f} | "
-                    f"{line['valid']['acc_masked']:.3f} | {len(line['participants'])} | {line['bytes_sent'] / 1e6:.1f} | "
-                    f"{line['bytes_received'] / 1e6:.1f} | {line['round_seconds']:.1f} |")
+        rows.append(
+            f"| {line['round']} | {line['train']['loss']:.3f} | {line['valid']['loss']:.3f} | "
+            f"{line['valid']['acc_masked']:.3f} | {len(line['participants'])} | {line['bytes_sent'] / 1e6:.1f} | "
+            f"{line['bytes_received'] / 1e6:.1f} | {line['round_seconds']:.1f} |"
+        )
     return "\n".join(rows)
 
 
@@ -59,7 +79,9 @@ def downstream_table(results: Dict[str, Dict]) -> str:
     """Markdown table of KS test accuracy per upstream."""
     rows = ["| upstream | parameters | KS test accuracy | checkpoint |", "| --- | --- | --- | --- |"]
     for name, result in results.items():
-        rows.append(f"| {name} | {result['parameters'] / 1e6:.2f} M | {result['test_acc']:.3f} | `{result['checkpoint']}` |")
+        rows.append(
+            f"| {name} | {result['parameters'] / 1e6:.2f} M | {result['test_acc']:.3f} | `{result['checkpoint']}` |"
+        )
     return "\n".join(rows)
 
 

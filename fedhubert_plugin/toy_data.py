@@ -11,6 +11,7 @@
 
 The same seed gives the same files, byte for byte.
 """
+
 import hashlib
 import json
 import logging
@@ -84,10 +85,7 @@ def draw_voices(rng: np.random.Generator, count: int) -> List[Voice]:
     if count > len(combos):
         raise ValueError(f"at most {len(combos)} distinct toy voices, asked for {count}")
     picked = rng.choice(len(combos), size=count, replace=False)
-    return [
-        Voice(*combos[i], pitch=int(rng.integers(25, 76)), speed=int(rng.integers(130, 191)))
-        for i in picked
-    ]
+    return [Voice(*combos[i], pitch=int(rng.integers(25, 76)), speed=int(rng.integers(130, 191))) for i in picked]
 
 
 def synthesize(voice: Voice, text: str, out_path: Path, sox_effects: Iterable[str] = ()) -> None:
@@ -194,7 +192,9 @@ def write_toy_data(
         raise ValueError("keyword_speakers must be at least 2 (one for s3prl's train split, one for its valid split)")
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not installed; run `bash scripts/setup.sh` or `apt-get install espeak-ng sox`")
+            raise RuntimeError(
+                f"{tool} is not installed; run `bash scripts/setup.sh` or `apt-get install espeak-ng sox`"
+            )
 
     rng = np.random.default_rng(seed)
     test_speakers = 2
@@ -206,13 +206,19 @@ def write_toy_data(
 
     libri = out / "LibriSpeech"
     speaker_ids = [int(i) for i in rng.choice(np.arange(100, 9000), size=speakers + dev_speakers, replace=False)]
-    jobs, n_train = librispeech_jobs(rng, libri, train_voices, speaker_ids[:speakers], TRAIN_SUBSET, utterances_per_speaker)
-    dev_jobs, n_dev = librispeech_jobs(rng, libri, dev_voices, speaker_ids[speakers:], DEV_SUBSET, utterances_per_speaker)
+    jobs, n_train = librispeech_jobs(
+        rng, libri, train_voices, speaker_ids[:speakers], TRAIN_SUBSET, utterances_per_speaker
+    )
+    dev_jobs, n_dev = librispeech_jobs(
+        rng, libri, dev_voices, speaker_ids[speakers:], DEV_SUBSET, utterances_per_speaker
+    )
     jobs += dev_jobs
 
     commands = out / "speech_commands"
     kw_ids = keyword_speaker_ids(rng, train=keyword_speakers - 1, valid=1)
-    keyword_jobs_list = keyword_jobs(commands / "train", kw_voices, kw_ids, COMMAND_WORDS + UNKNOWN_WORDS, keyword_repeats)
+    keyword_jobs_list = keyword_jobs(
+        commands / "train", kw_voices, kw_ids, COMMAND_WORDS + UNKNOWN_WORDS, keyword_repeats
+    )
     test_ids = [f"{int(rng.integers(0, 2**32)):08x}" for _ in range(test_speakers)]
     test_jobs = keyword_jobs(commands / "test", test_voices, test_ids, COMMAND_WORDS, 1)
     unknown_dir = commands / "test" / "_unknown_"
@@ -221,7 +227,9 @@ def write_toy_data(
         for word in UNKNOWN_WORDS[:3]:
             test_jobs.append((voice, word, unknown_dir / f"{word}_{speaker_id}_nohash_0.wav"))
     one_second = ["pad", "0.1", "1", "trim", "0", "1"]
-    all_jobs = [(v, t, p, ()) for v, t, p in jobs] + [(v, t, p, one_second) for v, t, p in keyword_jobs_list + test_jobs]
+    all_jobs = [(v, t, p, ()) for v, t, p in jobs] + [
+        (v, t, p, one_second) for v, t, p in keyword_jobs_list + test_jobs
+    ]
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(tqdm(pool.map(lambda job: synthesize(*job), all_jobs), total=len(all_jobs), desc="toy-data", unit="file"))

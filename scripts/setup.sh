@@ -77,7 +77,14 @@ if [ "$venv_dir" != .venv ]; then
     ln -sfn "$venv_dir" .venv
 fi
 
-# 4. The project itself, editable, unless .venv already imports it from this checkout.
+# 4. Development tools (ruff), pinned in requirements/dev.txt on top of the lock: a bump does not rebuild the venv.
+ruff_pin=$(grep -i '^ruff==' requirements/dev.txt)
+if [ "$(.venv/bin/ruff --version 2>/dev/null || true)" != "ruff ${ruff_pin#*==}" ]; then
+    say "installing $ruff_pin"
+    pip_in .venv install -q --no-deps -r requirements/dev.txt
+fi
+
+# 5. The project itself, editable, unless .venv already imports it from this checkout.
 here=$(pwd -P)
 installed=$(cd / && "$here/.venv/bin/python" -c '
 import importlib.util as u

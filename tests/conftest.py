@@ -2,6 +2,7 @@
 
 Everything runs on CPU and talks to nothing but the local disk. Helpers are in ``tests.helpers``.
 """
+
 import json
 import shutil
 import subprocess
@@ -15,7 +16,15 @@ import torch
 import torchaudio
 
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
-from tests.helpers import N_CLUSTERS, PLUGIN_DIR, RECIPES, fairseq_env, pretrain_settings, write_energy_dictionary, write_split
+from tests.helpers import (
+    N_CLUSTERS,
+    PLUGIN_DIR,
+    RECIPES,
+    fairseq_env,
+    pretrain_settings,
+    write_energy_dictionary,
+    write_split,
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -51,8 +60,10 @@ def trained_run(client_shard, tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("hydra_run")
     cmd = [
         str(Path(sys.executable).parent / "fairseq-hydra-train"),
-        "--config-dir", str(RECIPES),
-        "--config-name", "tiny",
+        "--config-dir",
+        str(RECIPES),
+        "--config-name",
+        "tiny",
         f"task.data={client_shard}",
         f"task.label_dir={client_shard / 'labels'}",
         f"common.user_dir={PLUGIN_DIR}",
@@ -79,7 +90,8 @@ def trained_run(client_shard, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def messy_librispeech(toy_corpus, tmp_path_factory):
-    """The toy LibriSpeech with a corrupted flac, an empty flac, a stereo 44.1 kHz flac and a chapter without transcript."""
+    """The toy LibriSpeech with a corrupted flac, an empty flac, a stereo 44.1 kHz flac and a chapter
+    without transcript."""
     root = tmp_path_factory.mktemp("messy") / "LibriSpeech"
     shutil.copytree(toy_corpus / "LibriSpeech", root)
     speakers = sorted((root / TRAIN_SUBSET).iterdir())
@@ -107,8 +119,22 @@ def prepared(messy_librispeech, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "data"
     from fedhubert_plugin.cli import main
 
-    args = ["prepare", "--librispeech-root", str(root), "--subsets", TRAIN_SUBSET, DEV_SUBSET,
-            "--num-clients", "4", "--out", str(out), "--min-seconds", "1.0", "--n-clusters", str(N_CLUSTERS)]
+    args = [
+        "prepare",
+        "--librispeech-root",
+        str(root),
+        "--subsets",
+        TRAIN_SUBSET,
+        DEV_SUBSET,
+        "--num-clients",
+        "4",
+        "--out",
+        str(out),
+        "--min-seconds",
+        "1.0",
+        "--n-clusters",
+        str(N_CLUSTERS),
+    ]
     assert main(args) == 0
     return out
 

@@ -2,6 +2,7 @@
 
 Fixtures live in ``conftest.py``; everything here is imported as ``from tests.helpers import ...``.
 """
+
 import os
 from pathlib import Path
 
@@ -59,8 +60,14 @@ def setup_fed_task(shard: Path, **overrides):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(
-        {"_name": "fed_hubert_pretraining", "data": str(shard), "label_dir": str(shard / "labels"),
-         "labels": ["km"], "label_rate": 100, **overrides}
+        {
+            "_name": "fed_hubert_pretraining",
+            "data": str(shard),
+            "label_dir": str(shard / "labels"),
+            "labels": ["km"],
+            "label_rate": 100,
+            **overrides,
+        }
     )
     return tasks.setup_task(cfg)
 
@@ -77,6 +84,14 @@ def metric_lines(save_dir: Path) -> list:
 
 def pretrain_settings(prepared, save_dir, rounds, **kwargs) -> FederationSettings:
     """Settings of a federated run (default: the tiny recipe, 3 local updates) on the `prepared` clients."""
-    defaults = dict(recipe=TINY, label_rate=100, n_clusters=N_CLUSTERS, data_root=str(prepared), overrides=["common.cpu=true"],
-                    local_updates=3, min_train_nodes=2, min_available_nodes=4)
+    defaults = dict(
+        recipe=TINY,
+        label_rate=100,
+        n_clusters=N_CLUSTERS,
+        data_root=str(prepared),
+        overrides=["common.cpu=true"],
+        local_updates=3,
+        min_train_nodes=2,
+        min_available_nodes=4,
+    )
     return FederationSettings(save_dir=str(save_dir), num_server_rounds=rounds, **{**defaults, **kwargs})

@@ -1,4 +1,5 @@
 """Checkpoints load with weights_only=True and an allow-list; crafted ones are refused unrun."""
+
 import os
 import pickle
 

@@ -1,4 +1,6 @@
-"""The command line: errors a user can fix print one line, -v keeps the traceback; global options before `downstream`."""
+"""The command line: errors a user can fix print one line, -v keeps the traceback; global options come
+before `downstream`."""
+
 from fedhubert_plugin import cli
 
 

@@ -1,4 +1,5 @@
 """`fedhubert demo` at its smallest size: every phase runs and the report holds real numbers."""
+
 import json
 import re
 
@@ -7,13 +8,24 @@ import pytest
 from fedhubert_plugin.cli import main
 from tests.helpers import metric_lines
 
-SECTIONS = ["Data and clients", "Federated pretraining", "Federated distillation", "Downstream: SUPERB keyword spotting", "Time per phase"]
+SECTIONS = [
+    "Data and clients",
+    "Federated pretraining",
+    "Federated distillation",
+    "Downstream: SUPERB keyword spotting",
+    "Time per phase",
+]
 
 
 def table_rows(section: str):
     """The data rows of the markdown tables in ``section`` as lists of cells."""
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("|") and not line.startswith("| ---") and not re.match(r"\| (client|round|upstream|phase) \|", line)]
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("|")
+        and not line.startswith("| ---")
+        and not re.match(r"\| (client|round|upstream|phase) \|", line)
+    ]
 
 
 @pytest.mark.e2e
@@ -31,7 +43,11 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys):
         assert [row[0] for row in rounds] == ["1", "2"]
         assert all(float(cell) > 0 for row in rounds for cell in row[1:3] + row[5:])  # losses, MB, seconds
     downstream = table_rows(sections["Downstream: SUPERB keyword spotting"])
-    assert [row[0] for row in downstream] == ["teacher (federated HuBERT)", "student (federated distillation)", "random init (untrained teacher)"]
+    assert [row[0] for row in downstream] == [
+        "teacher (federated HuBERT)",
+        "student (federated distillation)",
+        "random init (untrained teacher)",
+    ]
     assert all(0.0 <= float(row[2]) <= 1.0 for row in downstream)
     assert float(downstream[1][1].split()[0]) < float(downstream[0][1].split()[0])  # the student is smaller
     phases = table_rows(sections["Time per phase"])
@@ -39,7 +55,9 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys):
     for png in ("pretrain.png", "distill.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for run in ("pretrain", "distill"):
-        assert list((out / run / "server" / "tb" / "valid").glob("events.out.tfevents.*"))  # fairseq's TensorBoard writer
+        assert list(
+            (out / run / "server" / "tb" / "valid").glob("events.out.tfevents.*")
+        )  # fairseq's TensorBoard writer
         assert len(metric_lines(out / run)) == 2
     for folder in ("teacher", "student", "random_init"):
         assert json.loads((out / "downstream" / folder / "test.json").read_text())["test_acc"] >= 0
@@ -48,8 +66,15 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys):
 
 
 def test_demo_names_a_missing_keyword_folder_before_any_training(toy_corpus, tmp_path, capsys):
-    args = ["demo", "--out", str(tmp_path / "demo"), "--librispeech-root", str(toy_corpus / "LibriSpeech"),
-            "--speech-commands-root", str(tmp_path / "nowhere")]
+    args = [
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--librispeech-root",
+        str(toy_corpus / "LibriSpeech"),
+        "--speech-commands-root",
+        str(tmp_path / "nowhere"),
+    ]
     assert main(args) == 1
     assert f"{tmp_path / 'nowhere'} not found; check --speech-commands-root" in capsys.readouterr().err
     assert not (tmp_path / "demo" / "data").exists()

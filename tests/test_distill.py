@@ -3,14 +3,17 @@
 import pytest
 import torch
 
-from tests.helpers import REPO, TINY, metric_lines, pretrain_settings, setup_fed_task
 from fedhubert_plugin.checkpoints import load_checkpoint, matching_layer
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.criterions.hubert_distillation import (
-    cluster_logits_of, cluster_logits_of_student, frozen_teacher, student_pass,
+    cluster_logits_of,
+    cluster_logits_of_student,
+    frozen_teacher,
+    student_pass,
 )
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server_app import simulate_pretraining
+from tests.helpers import REPO, TINY, metric_lines, pretrain_settings, setup_fed_task
 
 TINY_STUDENT = str(REPO / "recipes" / "librispeech" / "distill" / "tiny_student.yaml")
 
@@ -63,8 +66,23 @@ def test_teacher_is_frozen_hidden_from_fairseq_and_must_share_the_vocabulary(cli
 def distilled(federated_run, prepared, tmp_path_factory):
     save = tmp_path_factory.mktemp("distill")
     teacher = federated_run / "server" / "checkpoint_best.pt"
-    args = ["distill", "--data", str(prepared), "--teacher", str(teacher), "--recipe", "tiny_student",
-            "--save-dir", str(save), "--rounds", "3", "--local-updates", "3", "--init-from-teacher", "common.cpu=true"]
+    args = [
+        "distill",
+        "--data",
+        str(prepared),
+        "--teacher",
+        str(teacher),
+        "--recipe",
+        "tiny_student",
+        "--save-dir",
+        str(save),
+        "--rounds",
+        "3",
+        "--local-updates",
+        "3",
+        "--init-from-teacher",
+        "common.cpu=true",
+    ]
     assert main(args) == 0
     return save, teacher
 
@@ -80,7 +98,10 @@ def test_distillation_loss_goes_down_and_the_student_is_smaller(distilled):
     assert all(line["rejected"] == [] for line in lines)
     student = load_checkpoint(save / "server" / "checkpoint_last.pt")
     teacher_state = load_checkpoint(teacher)
-    count = lambda weights: sum(v.numel() for v in weights.values())
+
+    def count(weights):
+        return sum(v.numel() for v in weights.values())
+
     assert count(student["model"]) < count(teacher_state["model"])
     assert student["cfg"]["criterion"]["_name"] == "hubert_distillation"
     assert not any(k.startswith("teacher") for k in student["model"])  # only the student travels and is saved
@@ -105,8 +126,9 @@ def test_distillation_resumes_like_pretraining(distilled, prepared, tmp_path):
     overrides = [f"criterion.teacher_checkpoint={teacher}", "common.cpu=true"]
 
     def settings(rounds, resume):
-        return pretrain_settings(prepared, tmp_path, rounds, recipe=TINY_STUDENT, overrides=overrides,
-                                 init_from=str(teacher), resume=resume)
+        return pretrain_settings(
+            prepared, tmp_path, rounds, recipe=TINY_STUDENT, overrides=overrides, init_from=str(teacher), resume=resume
+        )
 
     simulate_pretraining(settings(2, False), num_clients=4)
     simulate_pretraining(settings(3, True), num_clients=4)

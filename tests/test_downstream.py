@@ -1,21 +1,23 @@
 """SUPERB downstream with s3prl's run_downstream: KS end to end on the toy keyword set, and the recipes."""
+
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, fairseq_env
 from fedhubert_plugin.cli import main
+from tests.helpers import REPO, fairseq_env
 
 SUPERB = REPO / "recipes" / "superb"
 
 
 def keyword_paths(toy_corpus) -> str:
     root = toy_corpus / "speech_commands"
-    return (f"config.downstream_expert.datarc.speech_commands_root='{root / 'train'}',,"
-            f"config.downstream_expert.datarc.speech_commands_test_root='{root / 'test'}'")
+    return (
+        f"config.downstream_expert.datarc.speech_commands_root='{root / 'train'}',,"
+        f"config.downstream_expert.datarc.speech_commands_test_root='{root / 'test'}'"
+    )
 
 
 def accuracy_in(text: str) -> float:
@@ -28,14 +30,37 @@ def accuracy_in(text: str) -> float:
 def test_ks_train_evaluate_and_resume_on_the_federated_checkpoint(federated_run, toy_corpus, tmp_path, capsys):
     best = federated_run / "server" / "best_global_model.pt"
     exp = tmp_path / "ks"
-    assert main(["downstream", "-m", "train", "-u", "hubert_local", "-k", str(best), "-d", "speech_commands",
-                 "-c", str(SUPERB / "ks_tiny.yaml"), "-p", str(exp), "-o", keyword_paths(toy_corpus) + ",,config.runner.total_steps=50"]) == 0
+    assert (
+        main(
+            [
+                "downstream",
+                "-m",
+                "train",
+                "-u",
+                "hubert_local",
+                "-k",
+                str(best),
+                "-d",
+                "speech_commands",
+                "-c",
+                str(SUPERB / "ks_tiny.yaml"),
+                "-p",
+                str(exp),
+                "-o",
+                keyword_paths(toy_corpus) + ",,config.runner.total_steps=50",
+            ]
+        )
+        == 0
+    )
     assert (exp / "dev-best.ckpt").is_file() and (exp / "states-50.ckpt").is_file()
     capsys.readouterr()
     # torch >= 2.6 refuses s3prl's own checkpoint (argparse.Namespace) without our allow-list
     assert main(["downstream", "-m", "evaluate", "-e", str(exp / "dev-best.ckpt")]) == 0
     assert 0.0 <= accuracy_in(capsys.readouterr().out) <= 1.0
-    assert main(["downstream", "-m", "train", "-e", str(exp / "states-50.ckpt"), "-o", "config.runner.total_steps=75"]) == 0
+    assert (
+        main(["downstream", "-m", "train", "-e", str(exp / "states-50.ckpt"), "-o", "config.runner.total_steps=75"])
+        == 0
+    )
     assert (exp / "states-75.ckpt").is_file()
     log = (exp / "log.log").read_text()
     dev_steps = re.findall(r"^dev at step (\d+):", log, flags=re.M)
@@ -46,28 +71,58 @@ def test_ks_train_evaluate_and_resume_on_the_federated_checkpoint(federated_run,
 def test_run_superb_script_on_a_fairseq_format_checkpoint(federated_run, toy_corpus, tmp_path):
     root = toy_corpus / "speech_commands"
     proc = subprocess.run(
-        ["bash", str(SUPERB / "run_superb.sh"), "ks_tiny", str(federated_run / "server" / "checkpoint_best.pt"),
-         str(tmp_path / "exp"), str(root / "train"), str(root / "test")],
-        capture_output=True, text=True, env=fairseq_env(), timeout=600,
+        [
+            "bash",
+            str(SUPERB / "run_superb.sh"),
+            "ks_tiny",
+            str(federated_run / "server" / "checkpoint_best.pt"),
+            str(tmp_path / "exp"),
+            str(root / "train"),
+            str(root / "test"),
+        ],
+        capture_output=True,
+        text=True,
+        env=fairseq_env(),
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 0.0 <= accuracy_in((tmp_path / "exp" / "test.log").read_text()) <= 1.0
 
 
 def test_run_superb_script_names_what_a_task_needs(tmp_path):
-    proc = subprocess.run(["bash", str(SUPERB / "run_superb.sh"), "sid", "x.pt", str(tmp_path), "/voxceleb1"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(SUPERB / "run_superb.sh"), "sid", "x.pt", str(tmp_path), "/voxceleb1"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "VOXCELEB1_WAV_ROOT IDEN_SPLIT_TXT" in proc.stderr
 
 
-@pytest.mark.parametrize("config,downstream", [("ks", "speech_commands"), ("ks_tiny", "speech_commands"),
-                                               ("ic", "fluent_commands"), ("sid", "voxceleb1"), ("er", "emotion"),
-                                               ("asr", "asr"), ("pr", "ctc")])
+@pytest.mark.parametrize(
+    "config,downstream",
+    [
+        ("ks", "speech_commands"),
+        ("ks_tiny", "speech_commands"),
+        ("ic", "fluent_commands"),
+        ("sid", "voxceleb1"),
+        ("er", "emotion"),
+        ("asr", "asr"),
+        ("pr", "ctc"),
+    ],
+)
 def test_superb_configs_fit_s3prls_runner_and_experts(config, downstream):
     import importlib
 
     cfg = yaml.safe_load((SUPERB / f"{config}.yaml").read_text())
-    for key in ("total_steps", "gradient_clipping", "log_step", "eval_step", "save_step", "max_keep", "eval_dataloaders"):
+    for key in (
+        "total_steps",
+        "gradient_clipping",
+        "log_step",
+        "eval_step",
+        "save_step",
+        "max_keep",
+        "eval_dataloaders",
+    ):
         assert key in cfg["runner"], key
     optimizers = importlib.import_module("s3prl.optimizers")
     assert hasattr(optimizers, f"get_{cfg['optimizer']['name']}")
@@ -84,4 +139,4 @@ def script_block(script: str, config: str) -> str:
     """The case branch of run_superb.sh that handles ``config``."""
     name = "ks|ks_tiny" if config.startswith("ks") else config
     start = script.index(f"    {name})")
-    return script[start:script.index(";;", start)]
+    return script[start : script.index(";;", start)]

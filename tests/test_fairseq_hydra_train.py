@@ -1,4 +1,5 @@
 """`fairseq-hydra-train` with the tiny recipe and `common.user_dir` trains on a client shard."""
+
 import math
 
 import pytest

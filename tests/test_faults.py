@@ -1,4 +1,5 @@
 """Faults a federation meets: killed, stalled and garbage-sending clients, a killed server, robust aggregation."""
+
 import os
 import shutil
 import signal
@@ -13,13 +14,13 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from tests.helpers import TINY, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation import client_app
 from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
 from fedhubert_plugin.federation.screening import screen
 from fedhubert_plugin.federation.server_app import server_app_for
 from fedhubert_plugin.federation.strategies import base_strategy
+from tests.helpers import TINY, metric_lines, pretrain_settings
 
 # Ray workers cannot import this test module: ship its functions by value
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -51,7 +52,9 @@ def test_killed_stalled_and_failing_clients_leave_the_round_to_the_others(prepar
     data = tmp_path / "data"
     shutil.copytree(prepared, data)
     (data / "clients" / "client_003" / "labels" / "train.km").unlink()  # this client raises a ShardError
-    settings = pretrain_settings(data, tmp_path, rounds=2, local_updates=2, round_timeout=TIMEOUT_SECONDS, min_train_nodes=1)
+    settings = pretrain_settings(
+        data, tmp_path, rounds=2, local_updates=2, round_timeout=TIMEOUT_SECONDS, min_train_nodes=1
+    )
     # one Ray actor per client, so that a stalled client holds up nobody else
     simulate(server_app_for(settings), faulty_app, 4, ray_backend_config(num_cpus_per_client=0.5))
     first, second = metric_lines(tmp_path)
@@ -72,8 +75,13 @@ def test_killed_stalled_and_failing_clients_leave_the_round_to_the_others(prepar
 
 
 def reply(name, arrays):
-    content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in arrays.items()}),
-                          "metrics": MetricRecord({"num-examples": 10, "updates": 3}), "client": ConfigRecord({"name": name})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": 10, "updates": 3}),
+            "client": ConfigRecord({"name": name}),
+        }
+    )
     return Message(content, dst_node_id=1, message_type="train")
 
 
@@ -105,13 +113,17 @@ def test_a_robust_strategy_barely_moves_under_one_garbage_client_and_plain_avera
 
     _, initial = recipe_initial_model(Path(TINY), ["common.cpu=true"], 100, 100)
     rng = np.random.default_rng(0)
-    honest = [reply(f"client_00{i}", {k: v + 1e-3 * rng.standard_normal(v.shape) for k, v in initial.items()})
-              for i in range(4)]
+    honest = [
+        reply(f"client_00{i}", {k: v + 1e-3 * rng.standard_normal(v.shape) for k, v in initial.items()})
+        for i in range(4)
+    ]
     # finite and below the screen's absurd-norm bound, so only the strategy can stop it
     garbage = reply("client_004", {k: v + 0.05 * rng.standard_normal(v.shape) for k, v in initial.items()})
 
     def shift(strategy: str) -> float:
-        settings = pretrain_settings("unused", "unused", rounds=1, strategy=strategy, min_available_nodes=5, trimmed_beta=0.2)
+        settings = pretrain_settings(
+            "unused", "unused", rounds=1, strategy=strategy, min_available_nodes=5, trimmed_beta=0.2
+        )
         kept, rejected, _ = screen(honest + [garbage], initial)
         assert len(kept) == 5 and not rejected
         aggregated, _ = base_strategy(settings).aggregate_train(1, kept)
@@ -128,6 +140,8 @@ def test_waiting_for_missing_nodes_stops_after_the_timeout_with_the_count():
         def get_node_ids(self):
             return [1, 2]
 
-    with pytest.raises(RuntimeError, match=r"only 2 of the 3 nodes needed are connected after 0.5 s \(min-available-nodes"):
+    with pytest.raises(
+        RuntimeError, match=r"only 2 of the 3 nodes needed are connected after 0.5 s \(min-available-nodes"
+    ):
         wait_for_nodes(TwoNodes(), 3, timeout=0.5)
     assert wait_for_nodes(TwoNodes(), 2, timeout=0.5) == [1, 2]  # enough: returns at once

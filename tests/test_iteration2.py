@@ -1,4 +1,5 @@
 """HuBERT iteration 2, federated: k-means targets from a layer of the iteration-1 global model."""
+
 import json
 
 import numpy as np
@@ -6,15 +7,15 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from tests.helpers import TINY, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.data.manifest import read_manifest
-from fedhubert_plugin.targets.features import CheckpointFeatures, manifest_features
-from fedhubert_plugin.targets.kmeans import nearest
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.targets.features import CheckpointFeatures, manifest_features
+from fedhubert_plugin.targets.kmeans import nearest
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
+from tests.helpers import TINY, metric_lines, pretrain_settings
 from upstream.hubert_local.hubconf import hubert_local
 
 IT2_CLUSTERS = 50
@@ -36,8 +37,19 @@ def test_checkpoint_features_are_the_models_layer_at_its_frame_rate(tmp_path):
 
 
 def test_checkpoint_features_need_a_checkpoint_and_a_layer(toy_corpus, tmp_path):
-    args = ["prepare", "--librispeech-root", str(toy_corpus / "LibriSpeech"), "--subsets", TRAIN_SUBSET,
-            "--num-clients", "2", "--out", str(tmp_path / "d"), "--features", "checkpoint"]
+    args = [
+        "prepare",
+        "--librispeech-root",
+        str(toy_corpus / "LibriSpeech"),
+        "--subsets",
+        TRAIN_SUBSET,
+        "--num-clients",
+        "2",
+        "--out",
+        str(tmp_path / "d"),
+        "--features",
+        "checkpoint",
+    ]
     assert main(args) == 1
     assert not (tmp_path / "d" / "prepare.json").exists()
 
@@ -47,9 +59,28 @@ def iteration2(federated_run, messy_librispeech, tmp_path_factory):
     root, _ = messy_librispeech
     out = tmp_path_factory.mktemp("iteration2") / "data"
     checkpoint = federated_run / "server" / "checkpoint_best.pt"
-    args = ["prepare", "--librispeech-root", str(root), "--subsets", TRAIN_SUBSET, DEV_SUBSET, "--num-clients", "4",
-            "--out", str(out), "--min-seconds", "1.0", "--n-clusters", str(IT2_CLUSTERS),
-            "--features", "checkpoint", "--checkpoint", str(checkpoint), "--layer", "2"]
+    args = [
+        "prepare",
+        "--librispeech-root",
+        str(root),
+        "--subsets",
+        TRAIN_SUBSET,
+        DEV_SUBSET,
+        "--num-clients",
+        "4",
+        "--out",
+        str(out),
+        "--min-seconds",
+        "1.0",
+        "--n-clusters",
+        str(IT2_CLUSTERS),
+        "--features",
+        "checkpoint",
+        "--checkpoint",
+        str(checkpoint),
+        "--layer",
+        "2",
+    ]
     assert main(args) == 0
     return out, checkpoint
 
@@ -79,7 +110,9 @@ def test_iteration2_labels_count_50hz_frames_and_features_are_gone(iteration2):
 def test_federated_codebook_matches_centralized_kmeans_on_the_same_features(iteration2):
     out, checkpoint = iteration2
     features = CheckpointFeatures(str(checkpoint), layer=2, device="cpu")
-    pooled = np.concatenate([manifest_features(c / "train.tsv", features)[0] for c in sorted((out / "clients").iterdir())])
+    pooled = np.concatenate(
+        [manifest_features(c / "train.tsv", features)[0] for c in sorted((out / "clients").iterdir())]
+    )
     federated = float(nearest(pooled, np.load(out / "kmeans" / "codebook.npy"))[1].sum())
     centralized = KMeans(n_clusters=IT2_CLUSTERS, n_init=10, random_state=0).fit(pooled).inertia_
     assert federated <= 1.05 * centralized, (federated, centralized)
@@ -89,8 +122,9 @@ def test_federated_codebook_matches_centralized_kmeans_on_the_same_features(iter
 @pytest.mark.parametrize("continued", [False, True])
 def test_a_round_of_pretraining_on_iteration2_targets(iteration2, tmp_path, continued):
     out, checkpoint = iteration2
-    settings = pretrain_settings(out, tmp_path, rounds=1, label_rate=50, n_clusters=IT2_CLUSTERS,
-                                 init_from=str(checkpoint) if continued else "")
+    settings = pretrain_settings(
+        out, tmp_path, rounds=1, label_rate=50, n_clusters=IT2_CLUSTERS, init_from=str(checkpoint) if continued else ""
+    )
     simulate_pretraining(settings, num_clients=4)
     (line,) = metric_lines(tmp_path)
     assert line["participants"] == ["client_000", "client_001", "client_002", "client_003"] and line["rejected"] == []

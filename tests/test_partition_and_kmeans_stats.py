@@ -1,10 +1,11 @@
 """Partitions on a synthetic utterance table, and what federated k-means statistics reveal."""
+
 import numpy as np
 import pytest
 
-from fedhubert_plugin.targets.kmeans import cluster_statistics, lloyd_step
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import Utterance
+from fedhubert_plugin.targets.kmeans import cluster_statistics, lloyd_step
 
 
 def table(speakers=12, seed=0):
@@ -12,7 +13,11 @@ def table(speakers=12, seed=0):
     utts = []
     for s in range(speakers):
         for u in range(int(rng.integers(3, 30))):
-            utts.append(Utterance(f"{s}-1-{u:04d}", str(s), "1", "train", f"/a/{s}-1-{u:04d}.flac", int(rng.integers(16000, 300000))))
+            utts.append(
+                Utterance(
+                    f"{s}-1-{u:04d}", str(s), "1", "train", f"/a/{s}-1-{u:04d}.flac", int(rng.integers(16000, 300000))
+                )
+            )
     return utts
 
 
@@ -28,7 +33,9 @@ def test_speaker_partition_is_disjoint_balanced_by_duration_and_deterministic():
     assert sorted(u.id for c in clients for u in c) == sorted(u.id for u in utts)
     totals = [hours(c) for c in clients]
     assert max(totals) / min(totals) < 1.3
-    assert [[u.id for u in c] for c in clients] == [[u.id for u in c] for c in partition_utterances(utts, 4, "speaker", seed=3)]
+    assert [[u.id for u in c] for c in clients] == [
+        [u.id for u in c] for c in partition_utterances(utts, 4, "speaker", seed=3)
+    ]
 
 
 def test_iid_and_dirichlet_place_every_utterance_once():

@@ -1,19 +1,20 @@
 """`fedhubert prepare` on the toy corpus, with bad files mixed in."""
+
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
-from tests.helpers import N_CLUSTERS, setup_fed_task
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.data.manifest import read_manifest
+from fedhubert_plugin.prepare import PrepareConfig, prepare
 from fedhubert_plugin.targets.features import PRESETS, manifest_features
 from fedhubert_plugin.targets.kmeans import local_codebook, nearest
-from fedhubert_plugin.prepare import PrepareConfig, prepare
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
+from tests.helpers import N_CLUSTERS, setup_fed_task
+
 
 def manifest_entries(out: Path):
     """(client, split, absolute path, samples) for every manifest row."""
@@ -46,7 +47,7 @@ def test_speakers_are_disjoint_and_clients_balanced_by_duration(prepared):
     partition = json.loads((prepared / "partition.json").read_text())
     speaker_sets = [set(c["speakers"]) for c in partition["clients"].values()]
     assert sum(len(s) for s in speaker_sets) == len(set().union(*speaker_sets)) == 10
-    for client, split, path, _ in manifest_entries(prepared):
+    for client, _split, path, _ in manifest_entries(prepared):
         assert path.name.split("-")[0] in partition["clients"][client]["speakers"]
     hours = [c["train"]["hours"] + c["valid"]["hours"] for c in partition["clients"].values()]
     assert max(hours) / min(hours) < 1.6
@@ -81,29 +82,58 @@ def test_labels_line_up_with_manifests_and_load_in_fairseq(prepared):
 
 def test_federated_kmeans_is_deterministic_for_a_seed(prepared, messy_librispeech, tmp_path):
     root, _ = messy_librispeech
-    again = prepare(PrepareConfig(root, [TRAIN_SUBSET, DEV_SUBSET], 4, tmp_path / "again", min_seconds=1.0, n_clusters=N_CLUSTERS))
+    again = prepare(
+        PrepareConfig(root, [TRAIN_SUBSET, DEV_SUBSET], 4, tmp_path / "again", min_seconds=1.0, n_clusters=N_CLUSTERS)
+    )
     assert again.label_rate == 100
-    assert np.array_equal(np.load(prepared / "kmeans" / "codebook.npy"), np.load(tmp_path / "again" / "kmeans" / "codebook.npy"))
+    assert np.array_equal(
+        np.load(prepared / "kmeans" / "codebook.npy"), np.load(tmp_path / "again" / "kmeans" / "codebook.npy")
+    )
     for client in sorted((prepared / "clients").iterdir()):
         for split in ("train", "valid"):
-            assert (client / "labels" / f"{split}.km").read_text() == (tmp_path / "again" / "clients" / client.name / "labels" / f"{split}.km").read_text()
+            assert (client / "labels" / f"{split}.km").read_text() == (
+                tmp_path / "again" / "clients" / client.name / "labels" / f"{split}.km"
+            ).read_text()
 
 
 def test_federated_kmeans_inertia_within_5_percent_of_centralized(prepared):
-    pooled = np.concatenate([manifest_features(c / "train.tsv", PRESETS["hubert"])[0] for c in sorted((prepared / "clients").iterdir())])
+    pooled = np.concatenate(
+        [manifest_features(c / "train.tsv", PRESETS["hubert"])[0] for c in sorted((prepared / "clients").iterdir())]
+    )
     federated = nearest(pooled, np.load(prepared / "kmeans" / "codebook.npy"))[1].sum()
     centralized = nearest(pooled, local_codebook(pooled, N_CLUSTERS, seed=0, n_init=20))[1].sum()
     assert federated <= 1.05 * centralized, (federated, centralized)
     steps = [json.loads(line) for line in (prepared / "kmeans" / "metrics.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and steps[-1]["inertia_per_frame"] <= steps[0]["inertia_per_frame"]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and steps[-1]["inertia_per_frame"] <= steps[0][
+        "inertia_per_frame"
+    ]
     assert list((prepared / "kmeans" / "tb").glob("events.out.tfevents.*"))
 
 
 def test_local_kmeans_with_the_seed_preset(messy_librispeech, tmp_path, capsys):
     root, _ = messy_librispeech
     out = tmp_path / "local"
-    args = ["prepare", "--librispeech-root", str(root), "--subsets", TRAIN_SUBSET, "--num-clients", "3", "--out", str(out),
-            "--min-seconds", "1.0", "--features", "seed", "--kmeans", "local", "--n-clusters", "500", "--partition", "iid"]
+    args = [
+        "prepare",
+        "--librispeech-root",
+        str(root),
+        "--subsets",
+        TRAIN_SUBSET,
+        "--num-clients",
+        "3",
+        "--out",
+        str(out),
+        "--min-seconds",
+        "1.0",
+        "--features",
+        "seed",
+        "--kmeans",
+        "local",
+        "--n-clusters",
+        "500",
+        "--partition",
+        "iid",
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "client_002" in table and "label rate 50 Hz" in table
@@ -133,13 +163,23 @@ def test_an_interrupted_run_leaves_no_stale_labels_and_a_rerun_completes(messy_l
 
     monkeypatch.setattr(prepare_module, "run_local_kmeans", crash)
     with pytest.raises(KeyboardInterrupt):
-        prepare(PrepareConfig(root, [TRAIN_SUBSET], 2, tmp_path / "data", min_seconds=1.0, kmeans="local", n_clusters=20, seed=1))
+        prepare(
+            PrepareConfig(
+                root, [TRAIN_SUBSET], 2, tmp_path / "data", min_seconds=1.0, kmeans="local", n_clusters=20, seed=1
+            )
+        )
     assert not (tmp_path / "data" / "prepare.json").exists()
     for client in (tmp_path / "data" / "clients").iterdir():
         assert (client / "train.tsv").is_file() and not (client / "labels").exists()
     assert not list((tmp_path / "data").rglob("*.tmp"))
     monkeypatch.undo()
-    prepare(PrepareConfig(root, [TRAIN_SUBSET], 2, tmp_path / "data", min_seconds=1.0, kmeans="local", n_clusters=20, seed=1))
+    prepare(
+        PrepareConfig(
+            root, [TRAIN_SUBSET], 2, tmp_path / "data", min_seconds=1.0, kmeans="local", n_clusters=20, seed=1
+        )
+    )
     assert (tmp_path / "data" / "prepare.json").is_file()
     for client in (tmp_path / "data" / "clients").iterdir():
-        assert len((client / "labels" / "train.km").read_text().splitlines()) == len(read_manifest(client / "train.tsv")[1])
+        assert len((client / "labels" / "train.km").read_text().splitlines()) == len(
+            read_manifest(client / "train.tsv")[1]
+        )

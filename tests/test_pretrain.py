@@ -1,12 +1,14 @@
 """Federated pretraining on the toy corpus: Flower simulation, fairseq trainers, FedAdam, checkpoints, resume."""
+
 import json
 
 import pytest
 import torch
 
-from tests.helpers import REPO, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.server_app import simulate_pretraining
+from tests.helpers import REPO, metric_lines, pretrain_settings
+
 
 @pytest.mark.e2e
 def test_validation_loss_goes_down_and_metrics_are_complete(federated_run):
@@ -22,7 +24,13 @@ def test_validation_loss_goes_down_and_metrics_are_complete(federated_run):
             assert client["train_samples_per_second"] > 0 and client["train_peak_rss_mb"] > 100
             assert 0 <= client["valid_acc_masked"] <= 1 and client["train_ppl"] > 1
             assert client["train_setup_seconds"] > 0 and client["train_serialize_seconds"] > 0
-        assert set(line["server_seconds"]) == {"serialize", "clients_train", "aggregate", "clients_evaluate", "checkpoint"}
+        assert set(line["server_seconds"]) == {
+            "serialize",
+            "clients_train",
+            "aggregate",
+            "clients_evaluate",
+            "checkpoint",
+        }
         assert all(seconds >= 0 for seconds in line["server_seconds"].values())
 
 
@@ -32,7 +40,13 @@ def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(fede
     from s3prl.upstream.hubert.convert import load_converted_model
 
     server = federated_run / "server"
-    for name in ("checkpoint_round1.pt", "checkpoint_round2.pt", "checkpoint_round3.pt", "checkpoint_last.pt", "checkpoint_best.pt"):
+    for name in (
+        "checkpoint_round1.pt",
+        "checkpoint_round2.pt",
+        "checkpoint_round3.pt",
+        "checkpoint_last.pt",
+        "checkpoint_best.pt",
+    ):
         state = load_checkpoint(server / name)
         assert all(v.dtype == torch.float32 for v in state["model"].values())  # no float64 from FedAdam
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(server / "checkpoint_best.pt")])
@@ -44,8 +58,10 @@ def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(fede
         theirs, _ = s3prl_model.eval().extract_features(audio, mask=False)
     assert torch.equal(ours, theirs)
     best_round = metric_lines(federated_run)[-1]["best_round"]
-    assert torch.equal(load_checkpoint(server / "checkpoint_best.pt")["model"]["final_proj.weight"],
-                       load_checkpoint(server / f"checkpoint_round{best_round}.pt")["model"]["final_proj.weight"])
+    assert torch.equal(
+        load_checkpoint(server / "checkpoint_best.pt")["model"]["final_proj.weight"],
+        load_checkpoint(server / f"checkpoint_round{best_round}.pt")["model"]["final_proj.weight"],
+    )
 
 
 @pytest.mark.e2e
@@ -54,17 +70,25 @@ def test_float16_transport_halves_the_traffic_and_keeps_the_loss(federated_run, 
     half, full = metric_lines(tmp_path)[0], metric_lines(federated_run)[0]
     assert half["bytes_received"] < 0.55 * full["bytes_received"] and half["bytes_sent"] < 0.55 * full["bytes_sent"]
     assert abs(half["valid"]["loss"] - full["valid"]["loss"]) < 0.01 * full["valid"]["loss"]
-    assert all(v.dtype == torch.float32 for v in load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"].values())
+    assert all(
+        v.dtype == torch.float32 for v in load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"].values()
+    )
 
 
 @pytest.mark.e2e
 def test_local_epochs_continue_the_update_count_and_lr_schedule(prepared, tmp_path):
-    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=2, local_updates=0, local_epochs=1), num_clients=4)
+    simulate_pretraining(
+        pretrain_settings(prepared, tmp_path, rounds=2, local_updates=0, local_epochs=1), num_clients=4
+    )
     lines = metric_lines(tmp_path)
     per_round = [round(line["train"]["updates"]) for line in lines]
     assert all(n > 0 for n in per_round)
-    assert load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"] == sum(per_round)
-    assert lines[1]["train"]["lr"] > lines[0]["train"]["lr"]  # still warming up from where round 1 stopped, not restarted
+    assert load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"] == sum(
+        per_round
+    )
+    assert (
+        lines[1]["train"]["lr"] > lines[0]["train"]["lr"]
+    )  # still warming up from where round 1 stopped, not restarted
 
 
 @pytest.mark.e2e
@@ -88,15 +112,34 @@ def test_fairseq_hydra_train_continues_from_the_global_checkpoint(federated_run,
 
     client = prepared / "clients" / "client_000"
     last = federated_run / "server" / "checkpoint_last.pt"
-    cmd = [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(REPO / "recipes" / "librispeech" / "pretrain"),
-           "--config-name", "tiny", f"task.data={client}", f"task.label_dir={client / 'labels'}", f"common.user_dir={PLUGIN_DIR}",
-           "common.cpu=true", "optimization.max_update=2", f"checkpoint.restore_file={last}", "checkpoint.reset_optimizer=true",
-           "checkpoint.reset_dataloader=true", "checkpoint.reset_meters=true", f"checkpoint.save_dir={tmp_path / 'ckpt'}",
-           f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        str(Path(sys.executable).parent / "fairseq-hydra-train"),
+        "--config-dir",
+        str(REPO / "recipes" / "librispeech" / "pretrain"),
+        "--config-name",
+        "tiny",
+        f"task.data={client}",
+        f"task.label_dir={client / 'labels'}",
+        f"common.user_dir={PLUGIN_DIR}",
+        "common.cpu=true",
+        "optimization.max_update=2",
+        f"checkpoint.restore_file={last}",
+        "checkpoint.reset_optimizer=true",
+        "checkpoint.reset_dataloader=true",
+        "checkpoint.reset_meters=true",
+        f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert f"Loaded checkpoint {last}" in log
-    first_loss = float(json.loads(next(line[line.index("{"):] for line in log.splitlines() if "train_inner" in line and '"loss"' in line))["loss"])
-    assert first_loss < metric_lines(federated_run)[0]["train"]["loss"]  # it starts from the federated weights, not from scratch
+    first_loss = float(
+        json.loads(
+            next(line[line.index("{") :] for line in log.splitlines() if "train_inner" in line and '"loss"' in line)
+        )["loss"]
+    )
+    assert (
+        first_loss < metric_lines(federated_run)[0]["train"]["loss"]
+    )  # it starts from the federated weights, not from scratch
     assert (tmp_path / "ckpt" / "checkpoint_last.pt").is_file()

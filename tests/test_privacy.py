@@ -1,4 +1,6 @@
-"""What leaves a client; differential privacy (Flower's DP wrapper, mod and accountant); secure aggregation (SecAgg+)."""
+"""What leaves a client; differential privacy (Flower's DP wrapper, mod and accountant); secure aggregation
+(SecAgg+)."""
+
 import os
 import signal
 import subprocess
@@ -12,26 +14,32 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from tests.helpers import TINY, fairseq_env, metric_lines, pretrain_settings
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.client_app import client_app
 from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
 from fedhubert_plugin.federation.rounds import secure_train_round, train_round
 from fedhubert_plugin.federation.wire import ClientConfig, config_record, record_of
 from fedhubert_plugin.recipes import recipe_initial_model
+from tests.helpers import TINY, fairseq_env, metric_lines, pretrain_settings
 
 
 @pytest.mark.e2e
 def test_a_client_sends_only_weights_of_the_model_and_scalar_metrics(prepared, tmp_path, in_a_run):
     _, initial = recipe_initial_model(Path(TINY), ["common.cpu=true"], 100, 100)
-    config = {**config_record(ClientConfig.of(pretrain_settings(prepared, tmp_path, rounds=1, local_updates=2))), "server-round": 1}
+    config = {
+        **config_record(ClientConfig.of(pretrain_settings(prepared, tmp_path, rounds=1, local_updates=2))),
+        "server-round": 1,
+    }
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     client = prepared / "clients" / "client_000"
     audio = sum(int(line.split("\t")[1]) for line in (client / "train.tsv").read_text().splitlines()[1:])
     labels = sum(len(line.split()) for line in (client / "labels" / "train.km").read_text().splitlines())
     for message_type in ("train", "evaluate"):
-        message = Message(RecordDict({"arrays": record_of(initial), "config": ConfigRecord(config)}), dst_node_id=1,
-                          message_type=message_type)
+        message = Message(
+            RecordDict({"arrays": record_of(initial), "config": ConfigRecord(config)}),
+            dst_node_id=1,
+            message_type=message_type,
+        )
         content = client_app(message, context).content
         assert set(content.keys()) <= {"arrays", "metrics", "client"}
         assert dict(content["client"]) == {"name": "client_000"}  # the folder's name, no path
@@ -55,11 +63,31 @@ def test_dp_run_killed_mid_round_resumes_with_its_privacy_spent_and_converges(pr
     no half-written file, the accountant continues; clients clip (Flower's fixedclipping_mod), the server adds noise."""
     save = tmp_path / "save"
     clip = 0.05  # below the tiny recipe's update norms (0.03 to 0.15 in rounds 1-2): every update is clipped
-    cmd = [str(Path(sys.executable).parent / "fedhubert"), "pretrain", "--data", str(prepared), "--save-dir", str(save),
-           "--rounds", "3", "--local-updates", "3", "--strategy", "fedavg", "--min-train-nodes", "4",
-           "--dp-clipping-norm", str(clip), "--dp-noise-multiplier", "0.01", "common.cpu=true"]
+    cmd = [
+        str(Path(sys.executable).parent / "fedhubert"),
+        "pretrain",
+        "--data",
+        str(prepared),
+        "--save-dir",
+        str(save),
+        "--rounds",
+        "3",
+        "--local-updates",
+        "3",
+        "--strategy",
+        "fedavg",
+        "--min-train-nodes",
+        "4",
+        "--dp-clipping-norm",
+        str(clip),
+        "--dp-noise-multiplier",
+        "0.01",
+        "common.cpu=true",
+    ]
     metrics = save / "server" / "metrics.jsonl"
-    server = subprocess.Popen(cmd, env=fairseq_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        cmd, env=fairseq_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while not (metrics.is_file() and metrics.read_text().endswith("\n")) and time.monotonic() < deadline:
         time.sleep(0.2)

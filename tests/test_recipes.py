@@ -1,7 +1,7 @@
 """Recipes are found by name or path, compose as fairseq-hydra-train would, and iteration 2 overrides base."""
-from omegaconf import OmegaConf
 
 import pytest
+from omegaconf import OmegaConf
 
 from fedhubert_plugin.recipes import compose_recipe, find_recipe
 from tests.helpers import REPO, TINY

@@ -1,4 +1,5 @@
 """The plugin registers its fairseq task on import and as a fairseq user dir."""
+
 import subprocess
 import sys
 
@@ -6,9 +7,10 @@ from tests.helpers import PLUGIN_DIR
 
 
 def test_import_registers_task_built_on_hubert_pretraining():
-    import fedhubert_plugin  # noqa: F401
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
+
+    import fedhubert_plugin  # noqa: F401
 
     task_cls = TASK_REGISTRY["fed_hubert_pretraining"]
     assert issubclass(task_cls, HubertPretrainingTask) and task_cls is not HubertPretrainingTask

@@ -1,4 +1,5 @@
 """Every federation setting is declared once; CLI, run config, messages and validation derive from it."""
+
 import tomllib
 from dataclasses import fields
 
@@ -34,14 +35,40 @@ def test_the_base_run_config_uses_declared_keys_and_becomes_settings():
 
 
 def test_cli_options_come_from_the_declaration_with_one_name_each():
-    args = build_parser().parse_args(["pretrain", "--data-root", "d", "--save-dir", "s", "--num-server-rounds", "2",
-                                      "--secagg-shares", "0.5", "--gpus-per-client", "0.25", "model.encoder_layers=1"])
-    assert (args.num_server_rounds, args.secagg_shares, args.gpus_per_client, args.overrides) == (2, 0.5, 0.25, ["model.encoder_layers=1"])
+    args = build_parser().parse_args(
+        [
+            "pretrain",
+            "--data-root",
+            "d",
+            "--save-dir",
+            "s",
+            "--num-server-rounds",
+            "2",
+            "--secagg-shares",
+            "0.5",
+            "--gpus-per-client",
+            "0.25",
+            "model.encoder_layers=1",
+        ]
+    )
+    assert (args.num_server_rounds, args.secagg_shares, args.gpus_per_client, args.overrides) == (
+        2,
+        0.5,
+        0.25,
+        ["model.encoder_layers=1"],
+    )
     assert args.local_updates == 10 == FederationSettings.local_updates  # the default the help states
     old = build_parser().parse_args(["pretrain", "--data", "d", "--save-dir", "s", "--rounds", "2"])  # older spellings
     assert (old.data_root, old.num_server_rounds) == ("d", 2)
-    assert build_parser().parse_args(["distill", "--teacher", "t", "--data", "d", "--save-dir", "s", "--rounds", "1"]).recipe == "student"
-    pretrain = next(a for a in build_parser()._subparsers._group_actions[0].choices["pretrain"]._actions if a.dest == "eta")
+    assert (
+        build_parser()
+        .parse_args(["distill", "--teacher", "t", "--data", "d", "--save-dir", "s", "--rounds", "1"])
+        .recipe
+        == "student"
+    )
+    pretrain = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices["pretrain"]._actions if a.dest == "eta"
+    )
     assert "server learning rate" in pretrain.help and "default 0.001" in pretrain.help
     for f in fields(FederationSettings):
         assert f.metadata["cli"] or f.metadata["run_config"], f.name
@@ -49,20 +76,27 @@ def test_cli_options_come_from_the_declaration_with_one_name_each():
 
 def test_run_config_values_become_typed_settings_with_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    settings = from_run_config({**run_config_defaults(), "save-dir": "runs/x", "overrides": "a=1 b=2", "resume": True,
-                                "num-server-rounds": 7})
+    settings = from_run_config(
+        {**run_config_defaults(), "save-dir": "runs/x", "overrides": "a=1 b=2", "resume": True, "num-server-rounds": 7}
+    )
     assert settings.save_dir == str(tmp_path / "runs" / "x") and settings.overrides == ["a=1", "b=2"]
     assert settings.resume is True and settings.num_server_rounds == 7 and settings.recipe == "tiny"
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"strategy": "fedprox"}, "--strategy (run config strategy): unknown strategy 'fedprox'; choose one of fedadam"),
-    ({"secure_aggregation": True}, "--secure-aggregation (run config secure-aggregation): SecAgg+"),
-    ({"dp_clipping_norm": 0.1, "local_epochs": 1}, "--dp-clipping-norm (run config dp-clipping-norm)"),
-    ({"local_updates": 0}, "--local-updates (run config local-updates)"),
-    ({"init_from": "/nowhere/teacher.pt"}, "--init-from (run config init-from): /nowhere/teacher.pt not found"),
-    ({"transport_dtype": "bfloat16"}, "--transport-dtype (run config transport-dtype)"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (
+            {"strategy": "fedprox"},
+            "--strategy (run config strategy): unknown strategy 'fedprox'; choose one of fedadam",
+        ),
+        ({"secure_aggregation": True}, "--secure-aggregation (run config secure-aggregation): SecAgg+"),
+        ({"dp_clipping_norm": 0.1, "local_epochs": 1}, "--dp-clipping-norm (run config dp-clipping-norm)"),
+        ({"local_updates": 0}, "--local-updates (run config local-updates)"),
+        ({"init_from": "/nowhere/teacher.pt"}, "--init-from (run config init-from): /nowhere/teacher.pt not found"),
+        ({"transport_dtype": "bfloat16"}, "--transport-dtype (run config transport-dtype)"),
+    ],
+)
 def test_validation_names_the_setting_under_both_launchers(change, named):
     with pytest.raises(SettingsError) as err:
         FederationSettings(**change).validate()

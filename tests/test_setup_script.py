@@ -1,4 +1,5 @@
 """scripts/setup.sh refuses an unsupported Python before touching anything."""
+
 import subprocess
 
 from tests.helpers import REPO
@@ -11,7 +12,9 @@ def test_unsupported_python_is_named_with_the_fix(tmp_path):
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "setup.sh")],
         env={"PATH": "/usr/bin:/bin", "FEDHUBERT_PYTHON": str(fake_python)},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "Python 3.12" in proc.stderr and "not supported" in proc.stderr

@@ -1,5 +1,6 @@
 """The package's shape: imports follow the pipeline one way, one module touches Flower's legacy API,
 the federation's functions stay short, and `fedhubert --help` imports no more than fairseq does."""
+
 import ast
 import subprocess
 import sys
@@ -13,16 +14,41 @@ from tests.helpers import REPO
 PACKAGES = ("fedhubert_plugin", "upstream")
 # module prefix -> prefixes it must never import (the pipeline: data -> targets -> task -> federation ->
 # checkpoints -> upstream; prepare, export, downstream, report, demo and cli sit above all of them)
-APPS = ("fedhubert_plugin.prepare", "fedhubert_plugin.export", "fedhubert_plugin.downstream", "fedhubert_plugin.report",
-        "fedhubert_plugin.demo", "fedhubert_plugin.cli", "upstream")
+APPS = (
+    "fedhubert_plugin.prepare",
+    "fedhubert_plugin.export",
+    "fedhubert_plugin.downstream",
+    "fedhubert_plugin.report",
+    "fedhubert_plugin.demo",
+    "fedhubert_plugin.cli",
+    "upstream",
+)
 FORBIDDEN = {
     "fedhubert_plugin.files": ("fedhubert_plugin.",),
-    "fedhubert_plugin.checkpoints": ("fedhubert_plugin.data", "fedhubert_plugin.targets", "fedhubert_plugin.tasks",
-                                     "fedhubert_plugin.criterions", "fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
-    "fedhubert_plugin.data": ("fedhubert_plugin.targets", "fedhubert_plugin.tasks", "fedhubert_plugin.criterions",
-                              "fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
-    "fedhubert_plugin.targets": ("fedhubert_plugin.tasks", "fedhubert_plugin.criterions", "fedhubert_plugin.federation",
-                                 "fedhubert_plugin.recipes", *APPS),
+    "fedhubert_plugin.checkpoints": (
+        "fedhubert_plugin.data",
+        "fedhubert_plugin.targets",
+        "fedhubert_plugin.tasks",
+        "fedhubert_plugin.criterions",
+        "fedhubert_plugin.federation",
+        "fedhubert_plugin.recipes",
+        *APPS,
+    ),
+    "fedhubert_plugin.data": (
+        "fedhubert_plugin.targets",
+        "fedhubert_plugin.tasks",
+        "fedhubert_plugin.criterions",
+        "fedhubert_plugin.federation",
+        "fedhubert_plugin.recipes",
+        *APPS,
+    ),
+    "fedhubert_plugin.targets": (
+        "fedhubert_plugin.tasks",
+        "fedhubert_plugin.criterions",
+        "fedhubert_plugin.federation",
+        "fedhubert_plugin.recipes",
+        *APPS,
+    ),
     "fedhubert_plugin.tasks": ("fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
     "fedhubert_plugin.criterions": ("fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
     "fedhubert_plugin.recipes": ("fedhubert_plugin.federation", *APPS),
@@ -55,8 +81,13 @@ def graph() -> Dict[str, Set[str]]:
 
 
 def test_imports_follow_the_pipeline_one_way(graph):
-    wrong = [f"{module} imports {imported}" for module, imported_set in graph.items() for imported in imported_set
-             for prefix, banned in FORBIDDEN.items() if module.startswith(prefix) and imported.startswith(banned)]
+    wrong = [
+        f"{module} imports {imported}"
+        for module, imported_set in graph.items()
+        for imported in imported_set
+        for prefix, banned in FORBIDDEN.items()
+        if module.startswith(prefix) and imported.startswith(banned)
+    ]
     assert not wrong
 
 
@@ -84,8 +115,12 @@ def test_no_import_cycle(graph):
 
 def test_only_the_secure_aggregation_module_touches_flowers_legacy_api():
     legacy = ("flwr.server", "flwr.client", "flwr.common", "flwr.compat")
-    users = {module_name(p) for package in PACKAGES for p in (REPO / package).rglob("*.py")
-             if any(m in legacy or m.startswith(tuple(f"{name}." for name in legacy)) for m in imports_of(p))}
+    users = {
+        module_name(p)
+        for package in PACKAGES
+        for p in (REPO / package).rglob("*.py")
+        if any(m in legacy or m.startswith(tuple(f"{name}." for name in legacy)) for m in imports_of(p))
+    }
     assert users == {"fedhubert_plugin.federation.secure"}
 
 

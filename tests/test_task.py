@@ -1,12 +1,12 @@
 """fed_hubert_pretraining reads a client shard and names the file when the shard is wrong."""
+
 import shutil
 
 import pytest
 
-from tests.helpers import setup_fed_task
-
 import fedhubert_plugin  # noqa: F401
 from fedhubert_plugin.tasks.fed_hubert_pretraining import ShardError
+from tests.helpers import setup_fed_task
 
 
 def copy_shard(client_shard, tmp_path):

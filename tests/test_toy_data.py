@@ -1,8 +1,8 @@
 """`fedhubert toy-data`: LibriSpeech and Speech Commands layouts, determinism, s3prl compatibility."""
+
 import hashlib
 from pathlib import Path
 
-import pytest
 import soundfile as sf
 
 from fedhubert_plugin.cli import main
@@ -60,8 +60,21 @@ def test_refuses_non_empty_folder_unless_forced(tmp_path, capsys):
     out = tmp_path / "toy"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    args = ["toy-data", "--out", str(out), "--speakers", "1", "--dev-speakers", "1", "--utterances", "1",
-            "--keyword-speakers", "2", "--keyword-repeats", "1"]
+    args = [
+        "toy-data",
+        "--out",
+        str(out),
+        "--speakers",
+        "1",
+        "--dev-speakers",
+        "1",
+        "--utterances",
+        "1",
+        "--keyword-speakers",
+        "2",
+        "--keyword-repeats",
+        "1",
+    ]
     assert main(args) == 1
     error = capsys.readouterr().err
     assert "--force" in error and str(out) in error

@@ -1,4 +1,5 @@
 """The s3prl upstream hubert_local: same hidden states as s3prl's own, from every checkpoint format."""
+
 import pytest
 import torch
 
@@ -48,8 +49,13 @@ def test_fairseq_checkpoint_loads_directly_with_s3prl_hidden_states(trained_run,
 
 @pytest.mark.parametrize("layers,width", [(3, 96), (1, 64)])
 def test_students_of_any_width_and_depth(layers, width, wavs, tmp_path):
-    shape = [f"model.encoder_layers={layers}", f"model.encoder_embed_dim={width}",
-             f"model.encoder_ffn_embed_dim={2 * width}", "model.encoder_attention_heads=4", "common.cpu=true"]
+    shape = [
+        f"model.encoder_layers={layers}",
+        f"model.encoder_embed_dim={width}",
+        f"model.encoder_ffn_embed_dim={2 * width}",
+        "model.encoder_attention_heads=4",
+        "common.cpu=true",
+    ]
     student = export_initial(TINY, tmp_path / "student.pt", n_clusters=50, label_rate=100, overrides=shape)
     states = hidden_states(hubert_local(ckpt=str(student)), wavs)
     assert len(states) == layers + 1 and states[-1].shape[-1] == width

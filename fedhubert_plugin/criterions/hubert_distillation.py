@@ -17,6 +17,7 @@ The teacher is read once per process from ``teacher_checkpoint`` (fedhubert's lo
 criterion's parameters or state: fairseq neither optimizes nor saves it, and the
 federation never sends it.
 """
+
 import contextlib
 import functools
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ _TEACHERS: Dict[str, torch.nn.Module] = {}
 
 @dataclass
 class HubertDistillationConfig(HubertCriterionConfig):
-    teacher_checkpoint: str = field(default="", metadata={"help": "the teacher: a fedhubert or fairseq HuBERT checkpoint"})
+    teacher_checkpoint: str = field(
+        default="", metadata={"help": "the teacher: a fedhubert or fairseq HuBERT checkpoint"}
+    )
     alpha: float = field(default=0.5, metadata={"help": "weight of the KD term; 1 - alpha weighs the HuBERT loss"})
     temperature: float = field(default=2.0, metadata={"help": "softmax temperature of the KD term"})
     hidden_weight: float = field(default=0.0, metadata={"help": "weight of the layer-to-layer hidden-state regression"})
@@ -67,13 +70,19 @@ def cluster_logits_of(model, features: torch.Tensor) -> torch.Tensor:
     label_embs = model.label_embs_concat[: model.num_classes[0]]
     if model.target_glu:
         label_embs = model.target_glu(label_embs)
-    return torch.cosine_similarity(projected.float().unsqueeze(1), label_embs.float().unsqueeze(0), dim=-1) / model.logit_temp
+    return (
+        torch.cosine_similarity(projected.float().unsqueeze(1), label_embs.float().unsqueeze(0), dim=-1)
+        / model.logit_temp
+    )
 
 
 @contextlib.contextmanager
 def layer_outputs(model, into: List[torch.Tensor]):
     """Collect the output (B, T, C) of every encoder layer of ``model`` while inside."""
-    hooks = [layer.register_forward_hook(lambda _m, _i, out: into.append(out[0].transpose(0, 1))) for layer in model.encoder.layers]
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out: into.append(out[0].transpose(0, 1)))
+        for layer in model.encoder.layers
+    ]
     try:
         yield into
     finally:
@@ -113,12 +122,24 @@ def projection(from_dim: int, to_dim: int) -> torch.Tensor:
 class HubertDistillationCriterion(HubertCriterion):
     """HuBERT masked prediction plus distillation from a frozen teacher (see the module docstring)."""
 
-    def __init__(self, task, pred_masked_weight, pred_nomask_weight, loss_weights=None, log_keys=None,
-                 teacher_checkpoint="", alpha=0.5, temperature=2.0, hidden_weight=0.0):
+    def __init__(
+        self,
+        task,
+        pred_masked_weight,
+        pred_nomask_weight,
+        loss_weights=None,
+        log_keys=None,
+        teacher_checkpoint="",
+        alpha=0.5,
+        temperature=2.0,
+        hidden_weight=0.0,
+    ):
         super().__init__(task, pred_masked_weight, pred_nomask_weight, loss_weights, log_keys)
         if not teacher_checkpoint:
-            raise ValueError("criterion hubert_distillation needs criterion.teacher_checkpoint=<teacher .pt> "
-                             "(e.g. SAVE/server/checkpoint_best.pt of a pretraining run)")
+            raise ValueError(
+                "criterion hubert_distillation needs criterion.teacher_checkpoint=<teacher .pt> "
+                "(e.g. SAVE/server/checkpoint_best.pt of a pretraining run)"
+            )
         self.teacher_checkpoint = teacher_checkpoint
         self.alpha, self.temperature, self.hidden_weight = alpha, temperature, hidden_weight
         teacher = frozen_teacher(teacher_checkpoint)
@@ -126,7 +147,8 @@ class HubertDistillationCriterion(HubertCriterion):
         if teacher.num_classes[0] != classes:
             raise ValueError(
                 f"teacher {teacher_checkpoint} predicts {teacher.num_classes[0]} classes but the student's labels "
-                f"({task.cfg.label_dir}/dict.{task.cfg.labels[0]}.txt) have {classes}: distil on the labels the teacher was trained on"
+                f"({task.cfg.label_dir}/dict.{task.cfg.labels[0]}.txt) have {classes}: "
+                "distil on the labels the teacher was trained on"
             )
 
     @property
@@ -148,7 +170,9 @@ class HubertDistillationCriterion(HubertCriterion):
         frames = padding_mask.size(1)
         masked = torch.logical_and(~padding_mask, captured["mask_indices"])
 
-        kd = self.kd_loss(captured["net_output"]["logit_m_list"][0], cluster_logits_of(teacher, teacher_x[:, :frames][masked]))
+        kd = self.kd_loss(
+            captured["net_output"]["logit_m_list"][0], cluster_logits_of(teacher, teacher_x[:, :frames][masked])
+        )
         loss = self.alpha * kd + (1 - self.alpha) * hubert_loss
         logging_output["loss_hubert"] = hubert_loss.detach().item()
         logging_output["loss_kd"] = kd.detach().item()
@@ -166,13 +190,17 @@ class HubertDistillationCriterion(HubertCriterion):
         teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
         return F.kl_div(student, teacher, log_target=True, reduction="sum") * t * t
 
-    def hidden_loss(self, student_layers: List[torch.Tensor], teacher_layers: List[torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+    def hidden_loss(
+        self, student_layers: List[torch.Tensor], teacher_layers: List[torch.Tensor], frames: torch.Tensor
+    ) -> torch.Tensor:
         """Mean over layers and real frames of L1 − log σ(cosine) between mapped layer outputs."""
         losses = []
         length = frames.size(1)  # the encoder pads its input to a multiple of required_seq_len_multiple
         for i, student in enumerate(student_layers, start=1):
             student = student[:, :length]
-            teacher = teacher_layers[matching_layer(i, len(student_layers), len(teacher_layers)) - 1][:, :length].float()
+            teacher = teacher_layers[matching_layer(i, len(student_layers), len(teacher_layers)) - 1][
+                :, :length
+            ].float()
             if teacher.size(-1) != student.size(-1):
                 teacher = teacher @ projection(teacher.size(-1), student.size(-1)).to(teacher.device)
             student, teacher = student.float()[frames], teacher[frames]
@@ -180,4 +208,3 @@ class HubertDistillationCriterion(HubertCriterion):
             cosine = F.cosine_similarity(student, teacher, dim=-1)
             losses.append((l1 - F.logsigmoid(cosine)).mean())
         return torch.stack(losses).mean()
-

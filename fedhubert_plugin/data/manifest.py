@@ -1,4 +1,5 @@
 """fairseq audio manifests (``train.tsv``/``valid.tsv``): the audio root, then ``relative/path<TAB>samples``."""
+
 from pathlib import Path
 from typing import Iterable, List, Tuple, Union
 

@@ -10,6 +10,7 @@
 
 All three are deterministic for a seed.
 """
+
 from collections import defaultdict
 from typing import Dict, List, Sequence
 
@@ -74,9 +75,7 @@ def partition_utterances(
     return clients
 
 
-def split_train_valid(
-    utterances: Sequence[Utterance], valid_fraction: float, seed: int
-) -> Dict[str, List[Utterance]]:
+def split_train_valid(utterances: Sequence[Utterance], valid_fraction: float, seed: int) -> Dict[str, List[Utterance]]:
     """A client's utterances split by utterance: at least one in each of train and valid."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(utterances))

@@ -5,6 +5,7 @@ Every ``.flac`` is decoded once. A file that is unreadable, empty, corrupted, sh
 16 kHz is down-mixed / resampled into ``converted_dir``. Each decision is in the report
 with the file and the reason, so nothing is dropped silently.
 """
+
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -149,5 +150,10 @@ def scan_librispeech(
             report.converted.append(converted)
     for chapter in report.chapters_without_transcript:
         logger.info("chapter %s has no transcript (fine for pretraining)", chapter)
-    logger.info("scan: %d usable utterances, %d skipped, %d converted", len(utterances), len(report.skipped), len(report.converted))
+    logger.info(
+        "scan: %d usable utterances, %d skipped, %d converted",
+        len(utterances),
+        len(report.skipped),
+        len(report.converted),
+    )
     return utterances, report

@@ -5,6 +5,7 @@ trains on the client's own shard and replies with the new weights and the round'
 ``evaluate`` validates the global weights on the client's valid split. Two mods wrap them:
 Flower's DP clipping on rounds that ask for it, and Flower's SecAgg+ on secure rounds.
 """
+
 import time
 
 from flwr.app import Context, Message
@@ -15,7 +16,16 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from fedhubert_plugin.federation.local_trainer import local_trainer, train_locally
 from fedhubert_plugin.federation.nodes import client_folder
 from fedhubert_plugin.federation.secure import is_secure_round, secure_aggregation_mod, secure_train
-from fedhubert_plugin.federation.wire import ARRAYS, CONFIG, NUM_EXAMPLES, ClientConfig, arrays_of, client_reply, from_config_record, record_of
+from fedhubert_plugin.federation.wire import (
+    ARRAYS,
+    CONFIG,
+    NUM_EXAMPLES,
+    ClientConfig,
+    arrays_of,
+    client_reply,
+    from_config_record,
+    record_of,
+)
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:

@@ -11,6 +11,7 @@ Messages (all ``query``):
 Features are computed by the client from its own audio, cached in its folder while the
 k-means runs, and never sent.
 """
+
 import logging
 import time
 from dataclasses import dataclass, field
@@ -121,7 +122,9 @@ def federated_kmeans_server_app(settings: FederatedKMeansSettings, result: Feder
     def main(grid: Grid, context: Context) -> None:
         start = time.monotonic()
         nodes = wait_for_nodes(grid, settings.num_clients, settings.timeout)[: settings.num_clients]
-        replies = ask_all(grid, nodes, "query.kmeans_stats", RecordDict({CONFIG: config_record(settings)}), settings.timeout)
+        replies = ask_all(
+            grid, nodes, "query.kmeans_stats", RecordDict({CONFIG: config_record(settings)}), settings.timeout
+        )
         codebook = pooled_codebook(
             [r.content[STATS][SUMS].numpy() for r in replies],
             [r.content[STATS][COUNTS].numpy() for r in replies],

@@ -7,6 +7,7 @@ them); a client's task and dataset index are kept per client folder. Each round 
 fresh fairseq ``Trainer`` around them, so the optimizer state never leaks between clients,
 and sets its update count so the recipe's learning-rate schedule runs across rounds.
 """
+
 import contextlib
 import copy
 import logging
@@ -31,9 +32,16 @@ from fedhubert_plugin.recipes import compose_recipe
 logger = logging.getLogger(__name__)
 
 # fairseq's hubert criterion logs these (masked / unmasked prediction accuracy)
-METRIC_NAMES = {"loss": "loss", "ppl": "ppl", "correct_m_0": "acc_masked", "correct_u_0": "acc_unmasked",
-                # criterion hubert_distillation: its terms (bits per masked frame)
-                "loss_hubert": "hubert_loss", "loss_kd": "kd_loss", "loss_hidden": "hidden_loss"}
+METRIC_NAMES = {
+    "loss": "loss",
+    "ppl": "ppl",
+    "correct_m_0": "acc_masked",
+    "correct_u_0": "acc_unmasked",
+    # criterion hubert_distillation: its terms (bits per masked frame)
+    "loss_hubert": "hubert_loss",
+    "loss_kd": "kd_loss",
+    "loss_hidden": "hidden_loss",
+}
 
 
 @contextlib.contextmanager
@@ -92,7 +100,9 @@ def peak_memory_metrics() -> Dict[str, float]:
 class LocalTrainer:
     """fairseq Trainer for any client folder, from one recipe and its overrides."""
 
-    def __init__(self, recipe: str, overrides: Sequence[str] = (), label_rate: Optional[float] = None, lr: Optional[float] = None):
+    def __init__(
+        self, recipe: str, overrides: Sequence[str] = (), label_rate: Optional[float] = None, lr: Optional[float] = None
+    ):
         extra = [f"task.label_rate={label_rate}"] if label_rate else []
         extra += [f"optimization.lr=[{lr}]"] if lr else []
         self.cfg = compose_recipe(recipe, list(overrides) + extra)
@@ -120,7 +130,9 @@ class LocalTrainer:
             self.tasks[folder] = (cfg, task)
         return self.tasks[folder]
 
-    def trainer_with(self, folder: Path, arrays: Dict[str, np.ndarray], num_updates: int) -> Tuple[Trainer, DictConfig, object]:
+    def trainer_with(
+        self, folder: Path, arrays: Dict[str, np.ndarray], num_updates: int
+    ) -> Tuple[Trainer, DictConfig, object]:
         cfg, task = self.client_task(folder)
         self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
         trainer = Trainer(cfg, task, self.model, self.criterion)
@@ -149,7 +161,9 @@ class LocalTrainer:
                 epoch_itr = trainer.get_train_iterator(
                     epoch=round_seed * 1000 + epoch, load_dataset=False, disable_iterator_cache=True
                 )
-                batches = iterators.GroupedIterator(epoch_itr.next_epoch_itr(shuffle=True), cfg.optimization.update_freq[0])
+                batches = iterators.GroupedIterator(
+                    epoch_itr.next_epoch_itr(shuffle=True), cfg.optimization.update_freq[0]
+                )
                 for samples in batches:
                     if trainer.train_step(samples) is None:
                         continue  # fp16 overflow: fairseq skipped the update
@@ -190,11 +204,19 @@ def local_trainer(config: ClientConfig) -> LocalTrainer:
     key = (config.recipe, tuple(config.overrides), config.label_rate, config.eta_l)
     if key not in _TRAINERS:
         _TRAINERS.clear()
-        _TRAINERS[key] = LocalTrainer(config.recipe, config.overrides, label_rate=config.label_rate, lr=config.eta_l or None)
+        _TRAINERS[key] = LocalTrainer(
+            config.recipe, config.overrides, label_rate=config.label_rate, lr=config.eta_l or None
+        )
     return _TRAINERS[key]
 
 
 def train_locally(config: ClientConfig, folder: Path, arrays: Dict[str, np.ndarray]) -> LocalResult:
     """One round of local training as the server's message ``config`` asks (updates or epochs, round)."""
-    return local_trainer(config).fit(folder, arrays, num_updates=config.num_updates, local_updates=config.local_updates,
-                                     local_epochs=config.local_epochs, round_seed=config.server_round)
+    return local_trainer(config).fit(
+        folder,
+        arrays,
+        num_updates=config.num_updates,
+        local_updates=config.local_updates,
+        local_epochs=config.local_epochs,
+        round_seed=config.server_round,
+    )

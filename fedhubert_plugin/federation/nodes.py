@@ -5,6 +5,7 @@ In deployment each SuperNode is one site, started with
 In simulation the node config holds Flower's ``partition-id``, and the server names the
 prepared data folder, so virtual client ``i`` reads ``DATA/clients/client_{i:03d}``.
 """
+
 import logging
 import os
 import tempfile
@@ -26,7 +27,8 @@ def client_name(index: int) -> str:
 
 
 def client_folder(context: Context, data_root: str) -> Path:
-    """This node's client folder: ``data-dir`` from the node config, else the simulated partition's under ``data_root``."""
+    """This node's client folder: ``data-dir`` from the node config, else the simulated partition's
+    under ``data_root``."""
     if "data-dir" in context.node_config:
         folder = Path(str(context.node_config["data-dir"]))
     else:
@@ -37,12 +39,15 @@ def client_folder(context: Context, data_root: str) -> Path:
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> List[int]:
-    """The ids of the connected nodes once ``needed`` are; raise after ``timeout`` seconds (Flower would wait forever)."""
+    """The ids of the connected nodes once ``needed`` are; raise after ``timeout`` seconds
+    (Flower would wait forever)."""
     deadline = time.monotonic() + timeout
     while len(nodes := sorted(grid.get_node_ids())) < needed:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(nodes)} of the {needed} nodes needed are connected after {timeout:g} s "
-                               f"(min-available-nodes, round-timeout): start the missing SuperNodes, or lower min-available-nodes")
+            raise RuntimeError(
+                f"only {len(nodes)} of the {needed} nodes needed are connected after {timeout:g} s "
+                f"(min-available-nodes, round-timeout): start the missing SuperNodes, or lower min-available-nodes"
+            )
         time.sleep(0.5)
     return nodes
 
@@ -64,4 +69,6 @@ def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: fl
 
 def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend_config: Dict[str, Any]) -> None:
     """Run the apps with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config)
+    run_simulation(
+        server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config
+    )

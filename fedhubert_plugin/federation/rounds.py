@@ -6,6 +6,7 @@ to validate the new weights; write ``checkpoint_round{r}.pt``, ``checkpoint_last
 when the validation loss is the best so far, ``checkpoint_best.pt`` and s3prl's
 ``best_global_model.pt``; then one line of ``metrics.jsonl`` and the resume state (``runlog``).
 """
+
 import logging
 import shutil
 import time
@@ -15,16 +16,30 @@ from typing import Dict, List, Tuple
 import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
-from fedhubert_plugin.checkpoints import check_architecture, copy_fitting_tensors, load_checkpoint, save_fairseq_checkpoint, save_s3prl_checkpoint
+from fedhubert_plugin.checkpoints import (
+    check_architecture,
+    copy_fitting_tensors,
+    load_checkpoint,
+    save_fairseq_checkpoint,
+    save_s3prl_checkpoint,
+)
 from fedhubert_plugin.federation.nodes import wait_for_nodes
 from fedhubert_plugin.federation.runlog import Progress, RunLog
 from fedhubert_plugin.federation.secure import secure_average_update
 from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.federation.strategies import evaluation_strategy, privacy_spent
-from fedhubert_plugin.federation.wire import METRICS, UPDATES, ClientConfig, client_of, config_record, message_bytes, record_of
+from fedhubert_plugin.federation.wire import (
+    METRICS,
+    UPDATES,
+    ClientConfig,
+    client_of,
+    config_record,
+    message_bytes,
+    record_of,
+)
 from fedhubert_plugin.files import atomic_write
 from fedhubert_plugin.recipes import recipe_initial_model
 
@@ -48,7 +63,9 @@ class TrainedRound:
 
 def initial_model(settings: FederationSettings) -> Tuple[DictConfig, Weights]:
     """The recipe's config and seeded initial weights, built on the server without client data."""
-    cfg, weights = recipe_initial_model(settings.recipe, settings.overrides, settings.label_rate, settings.n_clusters, settings.data_root)
+    cfg, weights = recipe_initial_model(
+        settings.recipe, settings.overrides, settings.label_rate, settings.n_clusters, settings.data_root
+    )
     if settings.init_from:
         weights = copy_fitting_tensors(weights, settings.init_from)
     return cfg, weights
@@ -56,11 +73,20 @@ def initial_model(settings: FederationSettings) -> Tuple[DictConfig, Weights]:
 
 def client_rows(replies: List[Message], prefix: str) -> Dict[str, Dict[str, float]]:
     """Each replying client's metrics, keys prefixed with ``prefix``."""
-    return {client_of(r): {f"{prefix}{k}": v for k, v in r.content[METRICS].items()} for r in replies if not r.has_error()}
+    return {
+        client_of(r): {f"{prefix}{k}": v for k, v in r.content[METRICS].items()} for r in replies if not r.has_error()
+    }
 
 
-def train_round(grid: Grid, rnd: int, strategy: Strategy, weights: Weights, config: ClientConfig,
-                settings: FederationSettings, timing: Dict[str, float]) -> TrainedRound:
+def train_round(
+    grid: Grid,
+    rnd: int,
+    strategy: Strategy,
+    weights: Weights,
+    config: ClientConfig,
+    settings: FederationSettings,
+    timing: Dict[str, float],
+) -> TrainedRound:
     """Send the weights to train, and aggregate the replies with ``strategy`` (which screens them)."""
     tic = time.perf_counter()
     outgoing = record_of(weights, settings.transport_dtype)
@@ -74,12 +100,20 @@ def train_round(grid: Grid, rnd: int, strategy: Strategy, weights: Weights, conf
     timing["aggregate"] = time.perf_counter() - tic
     new_weights = {k: v.numpy().astype(weights[k].dtype, copy=False) for k, v in aggregated.items()}
     good = [r for r in replies if not r.has_error() and r.has_content()]
-    return TrainedRound(new_weights, dict(metrics or {}), client_rows(good, "train_"), getattr(strategy, "rejected", []),
-                        getattr(strategy, "clipped", []), message_bytes(messages), bytes_received)
+    return TrainedRound(
+        new_weights,
+        dict(metrics or {}),
+        client_rows(good, "train_"),
+        getattr(strategy, "rejected", []),
+        getattr(strategy, "clipped", []),
+        message_bytes(messages),
+        bytes_received,
+    )
 
 
-def secure_train_round(grid: Grid, rnd: int, weights: Weights, config: ClientConfig, settings: FederationSettings,
-                       timing: Dict[str, float]) -> TrainedRound:
+def secure_train_round(
+    grid: Grid, rnd: int, weights: Weights, config: ClientConfig, settings: FederationSettings, timing: Dict[str, float]
+) -> TrainedRound:
     """A SecAgg+ round (``secure``): the global weights plus the clients' average update."""
     tic = time.perf_counter()
     update, reports = secure_average_update(grid, rnd, weights, dict(config_record(config)), settings)
@@ -89,19 +123,42 @@ def secure_train_round(grid: Grid, rnd: int, weights: Weights, config: ClientCon
     return TrainedRound({k: weights[k] + update[k] for k in weights}, metrics, clients)
 
 
-def evaluate_round(grid: Grid, rnd: int, evaluation: FedAvg, weights: Weights, config: ClientConfig,
-                   settings: FederationSettings, timing: Dict[str, float]) -> Tuple[Dict[str, float], Dict[str, Dict], int]:
-    """Every client validates ``weights``: the averaged metrics, each client's, and the bytes sent."""
+@dataclass
+class Validation:
+    """Every client's validation of the new global weights."""
+
+    metrics: Dict[str, float]  # averaged by valid utterances
+    clients: Dict[str, Dict[str, float]]  # per client, keys prefixed valid_
+    bytes_sent: int
+
+    @property
+    def loss(self) -> float:
+        return float(self.metrics.get("loss", float("inf")))
+
+
+def evaluate_round(
+    grid: Grid,
+    rnd: int,
+    weights: Weights,
+    config: ClientConfig,
+    settings: FederationSettings,
+    timing: Dict[str, float],
+) -> Validation:
+    """Every client validates ``weights`` (metrics averaged with FedAvg, whatever the training strategy)."""
     tic = time.perf_counter()
+    evaluation = evaluation_strategy(settings)
     wait_for_nodes(grid, settings.min_available_nodes, settings.round_timeout)
-    messages = list(evaluation.configure_evaluate(rnd, record_of(weights, settings.transport_dtype), config_record(config), grid))
+    outgoing = record_of(weights, settings.transport_dtype)
+    messages = list(evaluation.configure_evaluate(rnd, outgoing, config_record(config), grid))
     replies = [r for r in grid.send_and_receive(messages, timeout=settings.round_timeout) if not r.has_error()]
     timing["clients_evaluate"] = time.perf_counter() - tic
-    return dict(evaluation.aggregate_evaluate(rnd, replies) or {}), client_rows(replies, "valid_"), message_bytes(messages)
+    metrics = dict(evaluation.aggregate_evaluate(rnd, replies) or {})
+    return Validation(metrics, client_rows(replies, "valid_"), message_bytes(messages))
 
 
-def save_checkpoints(settings: FederationSettings, cfg: DictConfig, weights: Weights, rnd: int, valid_loss: float,
-                     progress: Progress) -> None:
+def save_checkpoints(
+    settings: FederationSettings, cfg: DictConfig, weights: Weights, rnd: int, valid_loss: float, progress: Progress
+) -> None:
     """The round's checkpoint, ``checkpoint_last.pt``, and the best ones when ``valid_loss`` is the best so far."""
     server_dir = settings.server_dir
     round_path = server_dir / f"checkpoint_round{rnd}.pt"
@@ -114,8 +171,48 @@ def save_checkpoints(settings: FederationSettings, cfg: DictConfig, weights: Wei
         save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
 
 
-def run_round(grid: Grid, rnd: int, settings: FederationSettings, strategy: Strategy, cfg: DictConfig, weights: Weights,
-              progress: Progress, log: RunLog) -> Weights:
+def round_line(
+    rnd: int,
+    settings: FederationSettings,
+    strategy: Strategy,
+    trained: TrainedRound,
+    validation: Validation,
+    progress: Progress,
+    seconds: float,
+    timing: Dict[str, float],
+) -> Dict:
+    """The round's line of ``metrics.jsonl``."""
+    clients = {name: dict(row) for name, row in trained.clients.items()}
+    for name, row in validation.clients.items():
+        clients.setdefault(name, {}).update(row)
+    return {
+        "round": rnd,
+        "train": trained.metrics,
+        "valid": validation.metrics,
+        "participants": sorted(trained.clients),
+        "rejected": trained.rejected,
+        "clipped": trained.clipped,
+        "privacy": privacy_spent(strategy),
+        "secure_aggregation": settings.secure_aggregation,
+        "bytes_sent": trained.bytes_sent + validation.bytes_sent,
+        "bytes_received": trained.bytes_received,
+        "round_seconds": seconds,
+        "server_seconds": timing,
+        "clients": clients,
+        "best_round": progress.best_round,
+    }
+
+
+def run_round(
+    grid: Grid,
+    rnd: int,
+    settings: FederationSettings,
+    strategy: Strategy,
+    cfg: DictConfig,
+    weights: Weights,
+    progress: Progress,
+    log: RunLog,
+) -> Weights:
     """One round (see the module docstring); returns the new global weights."""
     start, timing = time.monotonic(), {}
     config = ClientConfig.of(settings, progress.updates_done)
@@ -126,26 +223,13 @@ def run_round(grid: Grid, rnd: int, settings: FederationSettings, strategy: Stra
         trained = train_round(grid, rnd, strategy, weights, config, settings, timing)
     # clients report the updates they made (with local epochs it depends on their data)
     progress.updates_done += int(round(float(trained.metrics.get(UPDATES, settings.updates_per_round))))
-    valid, valid_rows, eval_bytes = evaluate_round(grid, rnd, evaluation_strategy(settings), trained.weights, config, settings, timing)
-    valid_loss = float(valid.get("loss", float("inf")))
+    validation = evaluate_round(grid, rnd, trained.weights, config, settings, timing)
     tic = time.perf_counter()
-    save_checkpoints(settings, cfg, trained.weights, rnd, valid_loss, progress)
+    save_checkpoints(settings, cfg, trained.weights, rnd, validation.loss, progress)
     timing["checkpoint"] = time.perf_counter() - tic
-    clients = {name: dict(row) for name, row in trained.clients.items()}
-    for name, row in valid_rows.items():
-        clients.setdefault(name, {}).update(row)
-    privacy = privacy_spent(strategy)
-    line = {"round": rnd, "train": trained.metrics, "valid": valid, "participants": sorted(trained.clients),
-            "rejected": trained.rejected, "clipped": trained.clipped, "privacy": privacy,
-            "secure_aggregation": settings.secure_aggregation, "bytes_sent": trained.bytes_sent + eval_bytes,
-            "bytes_received": trained.bytes_received, "round_seconds": time.monotonic() - start, "server_seconds": timing,
-            "clients": clients, "best_round": progress.best_round}
-    log.append(line)
+    log.append(round_line(rnd, settings, strategy, trained, validation, progress, time.monotonic() - start, timing))
     progress.round_done = rnd
     log.save_state(progress, strategy)
-    logger.info("round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)%s",
-                rnd, trained.metrics.get("loss", float("nan")), valid_loss, valid.get("acc_masked", float("nan")),
-                len(trained.clients), line["round_seconds"], f", privacy spent epsilon {privacy['epsilon']:.3f}" if privacy else "")
     return trained.weights
 
 
@@ -160,7 +244,12 @@ def resume(settings: FederationSettings, strategy: Strategy, log: RunLog, weight
     last = settings.server_dir / f"checkpoint_round{progress.round_done}.pt"
     resumed = load_checkpoint(last)["model"]
     check_architecture(weights, resumed, last, f"{settings.recipe} {' '.join(settings.overrides)}".strip())
-    logger.info("resuming after round %d (best valid loss %.4f at round %d)", progress.round_done, progress.best_loss, progress.best_round)
+    logger.info(
+        "resuming after round %d (best valid loss %.4f at round %d)",
+        progress.round_done,
+        progress.best_loss,
+        progress.best_round,
+    )
     return progress, {k: v.numpy() for k, v in resumed.items()}
 
 

@@ -4,6 +4,7 @@
 report, ``--resume`` and the tests use it). ``server_state.pt`` holds what ``--resume`` needs
 beyond the round's checkpoint: the progress, FedOpt's moments, the privacy spent, the RNG.
 """
+
 import json
 import logging
 import math
@@ -73,10 +74,20 @@ class RunLog:
         return self.server_dir / STATE_FILE
 
     def append(self, line: Dict) -> None:
-        """Add a round's line to ``metrics.jsonl`` and its scalars to TensorBoard."""
+        """Add a round's line to ``metrics.jsonl``, its scalars to TensorBoard, and its summary to the log."""
         with open(self.server_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(line) + "\n")
         privacy = {"epsilon": line["privacy"]["epsilon"]} if line["privacy"] else {}
+        logger.info(
+            "round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)%s",
+            line["round"],
+            line["train"].get("loss", math.nan),
+            line["valid"].get("loss", math.inf),
+            line["valid"].get("acc_masked", math.nan),
+            len(line["participants"]),
+            line["round_seconds"],
+            f", privacy spent epsilon {privacy['epsilon']:.3f}" if privacy else "",
+        )
         traffic = {"bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}
         for tag, scalars in (("train", {**line["train"], **privacy, **traffic}), ("valid", line["valid"])):
             for key, value in scalars.items():
@@ -86,10 +97,22 @@ class RunLog:
     def save_state(self, progress: Progress, strategy) -> None:
         """What ``--resume`` needs after ``progress.round_done``."""
         optimizer = layers(strategy)[-1]
-        moments = {name: {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in (getattr(optimizer, name, None) or {}).items()}
-                   for name in MOMENTS}
-        state = {"round": progress.round_done, "updates": progress.updates_done, "best_loss": progress.best_loss,
-                 "best_round": progress.best_round, "random": random.getstate(), "accountant": accountant_state(strategy), **moments}
+        moments = {
+            name: {
+                k: torch.from_numpy(np.asarray(v, dtype=np.float32))
+                for k, v in (getattr(optimizer, name, None) or {}).items()
+            }
+            for name in MOMENTS
+        }
+        state = {
+            "round": progress.round_done,
+            "updates": progress.updates_done,
+            "best_loss": progress.best_loss,
+            "best_round": progress.best_round,
+            "random": random.getstate(),
+            "accountant": accountant_state(strategy),
+            **moments,
+        }
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def restore_state(self, strategy) -> Progress:
@@ -102,7 +125,9 @@ class RunLog:
             if state[name]:
                 setattr(optimizer, name, {k: v.numpy() for k, v in state[name].items()})
         restore_accountant(strategy, state.get("accountant", ""))
-        progress = Progress(int(state["round"]), int(state["updates"]), float(state["best_loss"]), int(state["best_round"]))
+        progress = Progress(
+            int(state["round"]), int(state["updates"]), float(state["best_loss"]), int(state["best_round"])
+        )
         for stale in self.server_dir.glob(".*.tmp"):  # a write cut short by a kill; its target is whole or absent
             logger.warning("removing %s, left by a server killed while writing", stale)
             stale.unlink()

@@ -12,6 +12,7 @@ update (client weights minus the global weights) is larger than the global model
 update above it is scaled down to it (clipped) and kept. Every decision is logged with the
 client's name (or its node id when it never replied).
 """
+
 import logging
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -42,7 +43,9 @@ def update_norm(arrays: ArrayRecord, reference: Dict[str, np.ndarray]) -> float:
 
 def clipped(arrays: ArrayRecord, reference: Dict[str, np.ndarray], scale: float) -> ArrayRecord:
     """``reference + scale * (arrays - reference)``, in the arrays' dtypes."""
-    return ArrayRecord({k: Array((reference[k] + scale * (a.numpy() - reference[k])).astype(a.dtype)) for k, a in arrays.items()})
+    return ArrayRecord(
+        {k: Array((reference[k] + scale * (a.numpy() - reference[k])).astype(a.dtype)) for k, a in arrays.items()}
+    )
 
 
 def sender(reply: Message, messages: List[Message]) -> int:
@@ -80,7 +83,9 @@ def screen(
         if reply.has_error():
             node = sender(reply, messages or [])
             reason = error_summary(str(reply.error.reason))
-            rejected.append({"client": names.get(node, f"node {node}"), "reason": f"client error: {reply.error.code}: {reason}"})
+            rejected.append(
+                {"client": names.get(node, f"node {node}"), "reason": f"client error: {reply.error.code}: {reason}"}
+            )
             continue
         name = client_of(reply)
         names[sender(reply, messages or [])] = name
@@ -92,7 +97,9 @@ def screen(
         if not np.isfinite(norm):
             rejected.append({"client": name, "reason": "update holds NaN or Inf"})
         elif norm > ABSURD_UPDATE_RATIO * model_norm:
-            rejected.append({"client": name, "reason": f"update norm {norm:.4g} exceeds the global model's norm {model_norm:.4g}"})
+            rejected.append(
+                {"client": name, "reason": f"update norm {norm:.4g} exceeds the global model's norm {model_norm:.4g}"}
+            )
         else:
             if max_update_norm and norm > max_update_norm:
                 reply.content[ARRAYS] = clipped(arrays, reference, max_update_norm / norm)
@@ -107,11 +114,16 @@ def screen(
     return good, rejected, clipped_updates
 
 
-def missing_replies(messages: List[Message], replies: List[Message], names: Dict[int, str], timeout: float) -> List[Dict]:
+def missing_replies(
+    messages: List[Message], replies: List[Message], names: Dict[int, str], timeout: float
+) -> List[Dict]:
     """A rejection per node that was sent a message and did not answer within ``timeout`` seconds."""
     answered = {reply.metadata.reply_to_message_id for reply in replies}
     missing = [m.metadata.dst_node_id for m in messages if m.metadata.message_id not in answered]
-    rejected = [{"client": names.get(node, f"node {node}"), "reason": f"no reply within the round timeout ({timeout:g} s)"} for node in missing]
+    rejected = [
+        {"client": names.get(node, f"node {node}"), "reason": f"no reply within the round timeout ({timeout:g} s)"}
+        for node in missing
+    ]
     for r in rejected:
         logger.warning("round update missing: %s", r)
     return rejected
@@ -143,30 +155,39 @@ class ScreenedStrategy(Strategy):
         self.rejected: List[Dict] = []
         self.clipped: List[Dict] = []
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.reference = arrays_of(arrays)
         self.messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         return self.messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
         replies = list(replies)
         for reply in replies:  # aggregate in float32 whatever the transport
             if not reply.has_error():
                 reply.content[ARRAYS] = record_of(arrays_of(reply.content[ARRAYS]))
-        good, self.rejected, self.clipped = screen(replies, self.reference, self.max_update_norm, self.names, self.messages)
+        good, self.rejected, self.clipped = screen(
+            replies, self.reference, self.max_update_norm, self.names, self.messages
+        )
         self.rejected += missing_replies(self.messages, replies, self.names, self.round_timeout)
         aggregated, metrics = (None, None)
         if len(good) >= self.min_train_nodes:
             aggregated, metrics = self.strategy.aggregate_train(server_round, good)
         if aggregated is None:
-            kept = f"the global model of round {server_round - 1} (checkpoint_round{server_round - 1}.pt)" if server_round > 1 \
+            kept = (
+                f"the global model of round {server_round - 1} (checkpoint_round{server_round - 1}.pt)"
+                if server_round > 1
                 else "no global model yet"
+            )
             if len(good) >= self.min_train_nodes:  # Flower's DP accountant needs every sampled client
                 kept += "; DP accounting needs an update from every sampled client"
             raise RuntimeError(
-                f"round {server_round}: {len(good)} usable client updates of {len(self.messages)} (min-train-nodes "
-                f"{self.min_train_nodes}); rejected: {self.rejected}. Nothing was aggregated: {kept}; fix the clients and "
-                f"{RESUME_ADVICE}."
+                f"round {server_round}: {len(good)} usable client updates of {len(self.messages)} "
+                f"(min-train-nodes {self.min_train_nodes}); rejected: {self.rejected}. "
+                f"Nothing was aggregated: {kept}; fix the clients and {RESUME_ADVICE}."
             )
         optimizer = layers(self.strategy)[-1]
         for name in ("m_t", "v_t"):
@@ -175,7 +196,9 @@ class ScreenedStrategy(Strategy):
         dtypes = {k: v.dtype for k, v in self.reference.items()}
         return ArrayRecord({k: Array(v.numpy().astype(dtypes[k])) for k, v in aggregated.items()}), metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> Optional[MetricRecord]:

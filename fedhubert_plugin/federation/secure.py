@@ -16,6 +16,7 @@ What that costs, by construction:
 - The server cannot screen single updates (NaN, norms) nor use robust or adaptive
   strategies: the new global model is the old one plus the average update (FedAvg).
 """
+
 import logging
 from typing import Dict, List, Tuple
 
@@ -65,13 +66,18 @@ def secure_train(msg: Message, context: Context) -> Message:
     arrays = dict(zip(names, (a.numpy() for a in msg.content.array_records[FITINS_PARAMETERS].values())))
     result = train_locally(config, folder, arrays)
     update = [result.arrays[name] - arrays[name] for name in names]
-    reply = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(update), num_examples=1,  # uniform average
-                   metrics={**result.metrics, NUM_EXAMPLES: result.num_examples, "client": folder.name})
+    reply = FitRes(
+        Status(Code.OK, "ok"),
+        ndarrays_to_parameters(update),
+        num_examples=1,  # uniform average
+        metrics={**result.metrics, NUM_EXAMPLES: result.num_examples, "client": folder.name},
+    )
     return Message(fitres_to_recorddict(reply, keep_input=False), reply_to=msg)
 
 
-def secure_average_update(grid: Grid, rnd: int, weights: Dict[str, np.ndarray], config: Dict,
-                          settings: FederationSettings) -> Tuple[Dict[str, np.ndarray], List[Dict]]:
+def secure_average_update(
+    grid: Grid, rnd: int, weights: Dict[str, np.ndarray], config: Dict, settings: FederationSettings
+) -> Tuple[Dict[str, np.ndarray], List[Dict]]:
     """Server: one SecAgg+ training round; the clients' average update and their metrics.
 
     ``config`` is the round's train config; raises when the protocol halts (too few clients
@@ -84,24 +90,37 @@ def secure_average_update(grid: Grid, rnd: int, weights: Dict[str, np.ndarray], 
         return {}
 
     strategy = LegacyFedAvg(
-        fraction_fit=settings.fraction_train, fraction_evaluate=0.0, min_fit_clients=settings.min_train_nodes,
-        min_available_clients=settings.min_available_nodes, fit_metrics_aggregation_fn=keep_metrics,
+        fraction_fit=settings.fraction_train,
+        fraction_evaluate=0.0,
+        min_fit_clients=settings.min_train_nodes,
+        min_available_clients=settings.min_available_nodes,
+        fit_metrics_aggregation_fn=keep_metrics,
         on_fit_config_fn=lambda _: {**config, "server-round": rnd, "param-names": list(weights)},
     )
     manager = SimpleClientManager()
     for node in grid.get_node_ids():
         manager.register(GridClientProxy(node, grid, grid.run.run_id))
-    context = LegacyContext(Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                            strategy=strategy, client_manager=manager)
+    context = LegacyContext(
+        Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        strategy=strategy,
+        client_manager=manager,
+    )
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: rnd})
     sent = ArrayRecord(numpy_ndarrays=list(weights.values()))
     context.state.array_records[MAIN_PARAMS_RECORD] = sent
-    workflow = SecAggPlusWorkflow(num_shares=settings.secagg_shares, reconstruction_threshold=settings.secagg_threshold,
-                                  clipping_range=settings.secagg_clipping_range, max_weight=1.0, timeout=settings.round_timeout)
+    workflow = SecAggPlusWorkflow(
+        num_shares=settings.secagg_shares,
+        reconstruction_threshold=settings.secagg_threshold,
+        clipping_range=settings.secagg_clipping_range,
+        max_weight=1.0,
+        timeout=settings.round_timeout,
+    )
     workflow(grid, context)
     result = context.state.array_records[MAIN_PARAMS_RECORD]
     if result is sent:
-        raise RuntimeError(f"round {rnd}: SecAgg+ halted (too few clients answered a stage of the protocol; see Flower's log). "
-                           f"Nothing was aggregated; start the missing clients and {RESUME_ADVICE}.")
+        raise RuntimeError(
+            f"round {rnd}: SecAgg+ halted (too few clients answered a stage of the protocol; see Flower's log). "
+            f"Nothing was aggregated; start the missing clients and {RESUME_ADVICE}."
+        )
     update = {name: a.numpy().astype(weights[name].dtype) for name, a in zip(weights, result.values())}
     return update, reports

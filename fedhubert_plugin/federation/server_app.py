@@ -4,6 +4,7 @@
 ``server_app_for`` and ``simulate_pretraining`` serve ``fedhubert pretrain`` / ``distill``
 and the demo, which run Flower's simulation runtime with settings they already hold.
 """
+
 import random
 
 import numpy as np
@@ -48,4 +49,9 @@ def server_app_for(settings: FederationSettings) -> ServerApp:
 def simulate_pretraining(settings: FederationSettings, num_clients: int) -> None:
     """Run the federation with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
     settings.validate()  # before Ray starts
-    simulate(server_app_for(settings), client_app, num_clients, ray_backend_config(settings.cpus_per_client, settings.gpus_per_client))
+    simulate(
+        server_app_for(settings),
+        client_app,
+        num_clients,
+        ray_backend_config(settings.cpus_per_client, settings.gpus_per_client),
+    )

@@ -9,19 +9,29 @@ are derived from these fields, and ``validate`` checks them all before any round
 
 This module imports no Flower: ``fedhubert --help`` builds its options from it.
 """
+
 import argparse
 import json
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 STRATEGIES = ("fedadam", "fedavg", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
 TRANSPORT_DTYPES = ("float32", "float16")
 
 
-def setting(default: Any, help: str, *, cli: bool = True, run_config: bool = True, required_on_cli: bool = False,
-            path: bool = False, choices: Sequence[str] = (), aliases: Sequence[str] = ()) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    cli: bool = True,
+    run_config: bool = True,
+    required_on_cli: bool = False,
+    path: bool = False,
+    choices: Sequence[str] = (),
+    aliases: Sequence[str] = (),
+) -> Any:
     """A settings field.
 
     ``cli`` / ``run_config``: whether the setting appears there (a few belong to one surface
@@ -29,11 +39,21 @@ def setting(default: Any, help: str, *, cli: bool = True, run_config: bool = Tru
     ``path``: resolved against the working directory when read from a run config;
     ``aliases``: older spellings the CLI still accepts.
     """
-    metadata = dict(help=help, cli=cli, run_config=run_config, required_on_cli=required_on_cli, path=path,
-                    choices=tuple(choices), aliases=tuple(aliases))
+    metadata = dict(
+        help=help,
+        cli=cli,
+        run_config=run_config,
+        required_on_cli=required_on_cli,
+        path=path,
+        choices=tuple(choices),
+        aliases=tuple(aliases),
+    )
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+Check = Tuple[bool, str, str, str]  # passes, the setting, the problem, the fix
 
 
 class SettingsError(ValueError):
@@ -58,20 +78,39 @@ def run_config_key(name: str) -> str:
 class FederationSettings:
     """A federated pretraining or distillation run: model, data, rounds, aggregation, robustness, privacy."""
 
-    save_dir: str = setting("runs/flwr/save", "the server's checkpoints, metrics.jsonl and TensorBoard go to SAVE_DIR/server/",
-                            required_on_cli=True, path=True)
-    recipe: str = setting("tiny", "fairseq hydra recipe: a yaml path, or a name (tiny, base, base_iter2; distillation: "
-                          "student, tiny_student)")
-    overrides: List[str] = setting([], "fairseq/hydra overrides of the recipe, e.g. model.encoder_layers=4 (CLI: trailing "
-                                   "KEY=VALUE arguments; run config: one string, space-separated)")
-    data_root: str = setting("", "the folder made by `fedhubert prepare` (simulation); empty in deployment, where each "
-                             "SuperNode names its client folder with --node-config 'data-dir=...'",
-                             required_on_cli=True, path=True, aliases=("--data",))
-    label_rate: float = setting(100.0, "label rate of the k-means targets in Hz (CLI: read from DATA_ROOT/prepare.json)", cli=False)
+    save_dir: str = setting(
+        "runs/flwr/save",
+        "the server's checkpoints, metrics.jsonl and TensorBoard go to SAVE_DIR/server/",
+        required_on_cli=True,
+        path=True,
+    )
+    recipe: str = setting(
+        "tiny",
+        "fairseq hydra recipe: a yaml path, or a name (tiny, base, base_iter2; distillation: student, tiny_student)",
+    )
+    overrides: List[str] = setting(
+        [],
+        "fairseq/hydra overrides of the recipe, e.g. model.encoder_layers=4 (CLI: trailing "
+        "KEY=VALUE arguments; run config: one string, space-separated)",
+    )
+    data_root: str = setting(
+        "",
+        "the folder made by `fedhubert prepare` (simulation); empty in deployment, where each "
+        "SuperNode names its client folder with --node-config 'data-dir=...'",
+        required_on_cli=True,
+        path=True,
+        aliases=("--data",),
+    )
+    label_rate: float = setting(
+        100.0, "label rate of the k-means targets in Hz (CLI: read from DATA_ROOT/prepare.json)", cli=False
+    )
     n_clusters: int = setting(100, "k-means clusters of the targets (CLI: read from DATA_ROOT/prepare.json)", cli=False)
     num_server_rounds: int = setting(3, "federated rounds", required_on_cli=True, aliases=("--rounds",))
-    strategy: str = setting("fedadam", "Flower strategy; fedmedian, fedtrimmedavg, krum and multikrum resist a few bad clients",
-                            choices=STRATEGIES)
+    strategy: str = setting(
+        "fedadam",
+        "Flower strategy; fedmedian, fedtrimmedavg, krum and multikrum resist a few bad clients",
+        choices=STRATEGIES,
+    )
     eta: float = setting(1e-3, "server learning rate (fedadam, fedyogi, fedadagrad)")
     eta_l: float = setting(0.0, "client peak learning rate sent to clients; 0: the recipe's optimization.lr")
     beta_1: float = setting(0.9, "first-moment decay of fedadam and fedyogi")
@@ -84,28 +123,54 @@ class FederationSettings:
     min_available_nodes: int = setting(2, "connected nodes a round waits for (CLI: every prepared client)", cli=False)
     seed: int = setting(0, "seed of the server's sampling and DP noise (the recipe's common.seed seeds the model)")
     resume: bool = setting(False, "continue after the last completed round in SAVE_DIR/server")
-    round_timeout: float = setting(6 * 3600.0, "seconds to wait for clients per round; late ones are left out of the round "
-                                   "(a HuBERT Base round of 1000 updates takes about 0.5 h on one GPU, hours on CPU)")
-    transport_dtype: str = setting("float32", "precision of the weights on the wire, both ways (float16 halves the traffic; "
-                                   "aggregation stays float32)", choices=TRANSPORT_DTYPES)
-    init_from: str = setting("", "start from the fitting tensors of this checkpoint (HuBERT iteration 2 continued from "
-                             "iteration 1, or a student from its teacher); default: from scratch", path=True)
-    max_update_norm: float = setting(0.0, "clip each client update (client minus global weights, L2) to this norm; 0: off")
+    round_timeout: float = setting(
+        6 * 3600.0,
+        "seconds to wait for clients per round; late ones are left out of the round "
+        "(a HuBERT Base round of 1000 updates takes about 0.5 h on one GPU, hours on CPU)",
+    )
+    transport_dtype: str = setting(
+        "float32",
+        "precision of the weights on the wire, both ways (float16 halves the traffic; aggregation stays float32)",
+        choices=TRANSPORT_DTYPES,
+    )
+    init_from: str = setting(
+        "",
+        "start from the fitting tensors of this checkpoint (HuBERT iteration 2 continued from "
+        "iteration 1, or a student from its teacher); default: from scratch",
+        path=True,
+    )
+    max_update_norm: float = setting(
+        0.0, "clip each client update (client minus global weights, L2) to this norm; 0: off"
+    )
     trimmed_beta: float = setting(0.2, "fedtrimmedavg: share cut at each end per coordinate")
     malicious_nodes: int = setting(1, "krum and multikrum: bad clients to tolerate")
-    dp_clipping_norm: float = setting(0.0, "differential privacy: clients clip their updates to this L2 norm "
-                                      "(Flower's fixedclipping_mod); 0: off")
-    dp_noise_multiplier: float = setting(0.0, "differential privacy: server noise std = multiplier * clipping norm / sampled clients")
-    dp_target_delta: float = setting(1e-5, "differential privacy: delta at which the privacy spent (epsilon) is reported")
-    secure_aggregation: bool = setting(False, "Flower's SecAgg+: the server learns only the average of the masked client "
-                                       "updates (needs strategy fedavg)")
+    dp_clipping_norm: float = setting(
+        0.0, "differential privacy: clients clip their updates to this L2 norm (Flower's fixedclipping_mod); 0: off"
+    )
+    dp_noise_multiplier: float = setting(
+        0.0, "differential privacy: server noise std = multiplier * clipping norm / sampled clients"
+    )
+    dp_target_delta: float = setting(
+        1e-5, "differential privacy: delta at which the privacy spent (epsilon) is reported"
+    )
+    secure_aggregation: bool = setting(
+        False,
+        "Flower's SecAgg+: the server learns only the average of the masked client updates (needs strategy fedavg)",
+    )
     secagg_shares: float = setting(1.0, "SecAgg+: each client's key shares, as a share of the sampled clients")
-    secagg_threshold: float = setting(0.67, "SecAgg+: share of the shares needed to reconstruct a dropped client's mask")
+    secagg_threshold: float = setting(
+        0.67, "SecAgg+: share of the shares needed to reconstruct a dropped client's mask"
+    )
     secagg_clipping_range: float = setting(1.0, "SecAgg+: update values are clipped to +-this before quantisation")
-    cpus_per_client: float = setting(1.0, "Ray CPUs per virtual client (`flwr run`: the federation's client-resources)",
-                                     run_config=False)
-    gpus_per_client: float = setting(0.0, "Ray GPUs per virtual client, e.g. 0.25 for four clients on one GPU "
-                                     "(`flwr run`: the federation's client-resources)", run_config=False)
+    cpus_per_client: float = setting(
+        1.0, "Ray CPUs per virtual client (`flwr run`: the federation's client-resources)", run_config=False
+    )
+    gpus_per_client: float = setting(
+        0.0,
+        "Ray GPUs per virtual client, e.g. 0.25 for four clients on one GPU "
+        "(`flwr run`: the federation's client-resources)",
+        run_config=False,
+    )
 
     @property
     def server_dir(self) -> Path:
@@ -119,36 +184,82 @@ class FederationSettings:
 
     def validate(self) -> "FederationSettings":
         """Raise ``SettingsError`` naming the setting and the fix when the run could not work; return self."""
-        def need(ok: bool, name: str, problem: str, fix: str) -> None:
+        for ok, name, problem, fix in self.round_checks() + self.protection_checks():
             if not ok:
                 raise SettingsError(f"setting {spelled(name)}: {problem}; {fix}")
-
-        need(self.strategy in STRATEGIES, "strategy", f"unknown strategy {self.strategy!r}", f"choose one of {', '.join(STRATEGIES)}")
-        need(self.transport_dtype in TRANSPORT_DTYPES, "transport_dtype", f"{self.transport_dtype!r}",
-             f"choose one of {', '.join(TRANSPORT_DTYPES)}")
-        need(self.num_server_rounds >= 1, "num_server_rounds", f"{self.num_server_rounds}", "run at least one round")
-        need(self.local_updates >= 0 and self.local_epochs >= 0 and self.updates_per_round + self.local_epochs > 0,
-             "local_updates", f"local-updates {self.local_updates} and local-epochs {self.local_epochs}",
-             "give local-updates > 0, or local-epochs > 0")
-        need(0.0 < self.fraction_train <= 1.0, "fraction_train", f"{self.fraction_train}", "use a share in (0, 1]")
-        need(self.min_train_nodes >= 1, "min_train_nodes", f"{self.min_train_nodes}", "a round needs at least one update")
-        need(self.min_available_nodes >= self.min_train_nodes, "min_available_nodes",
-             f"{self.min_available_nodes} < min-train-nodes {self.min_train_nodes}", "wait for at least as many nodes as train")
-        need(self.round_timeout > 0, "round_timeout", f"{self.round_timeout}", "give the seconds a round may take")
-        need(0.0 <= self.trimmed_beta < 0.5, "trimmed_beta", f"{self.trimmed_beta}", "cut a share in [0, 0.5) at each end")
-        need(not self.init_from or Path(self.init_from).is_file(), "init_from", f"{self.init_from} not found",
-             "give an existing checkpoint (e.g. SAVE_DIR/server/checkpoint_best.pt)")
-        if self.secure_aggregation:
-            need(self.strategy == "fedavg" and not self.dp_clipping_norm and not self.max_update_norm
-                 and self.transport_dtype == "float32", "secure_aggregation",
-                 "SecAgg+ averages masked updates that the server cannot see one by one",
-                 "use it with strategy fedavg, without dp-clipping-norm and max-update-norm, and float32 transport")
-        if self.dp_clipping_norm:
-            need(not self.local_epochs, "dp_clipping_norm", "differential privacy weighs every client the same",
-                 "use local-updates, not local-epochs (clients would make different numbers of updates)")
-            need(self.transport_dtype == "float32", "dp_clipping_norm", "updates are clipped on the clients",
-                 "use transport-dtype float32")
         return self
+
+    def round_checks(self) -> List[Check]:
+        """What every round needs: a known strategy and transport, rounds, updates, nodes, time."""
+        strategies, dtypes = ", ".join(STRATEGIES), ", ".join(TRANSPORT_DTYPES)
+        local = f"local-updates {self.local_updates} and local-epochs {self.local_epochs}"
+        nodes = f"{self.min_available_nodes} < min-train-nodes {self.min_train_nodes}"
+        return [
+            (
+                self.strategy in STRATEGIES,
+                "strategy",
+                f"unknown strategy {self.strategy!r}",
+                f"choose one of {strategies}",
+            ),
+            (
+                self.transport_dtype in TRANSPORT_DTYPES,
+                "transport_dtype",
+                repr(self.transport_dtype),
+                f"choose one of {dtypes}",
+            ),
+            (self.num_server_rounds >= 1, "num_server_rounds", str(self.num_server_rounds), "run at least one round"),
+            (
+                self.local_updates >= 0 and self.local_epochs >= 0 and self.updates_per_round + self.local_epochs > 0,
+                "local_updates",
+                local,
+                "give local-updates > 0, or local-epochs > 0",
+            ),
+            (0.0 < self.fraction_train <= 1.0, "fraction_train", str(self.fraction_train), "use a share in (0, 1]"),
+            (self.min_train_nodes >= 1, "min_train_nodes", str(self.min_train_nodes), "a round needs an update"),
+            (
+                self.min_available_nodes >= self.min_train_nodes,
+                "min_available_nodes",
+                nodes,
+                "wait for as many as train",
+            ),
+            (self.round_timeout > 0, "round_timeout", str(self.round_timeout), "give the seconds a round may take"),
+            (
+                0.0 <= self.trimmed_beta < 0.5,
+                "trimmed_beta",
+                str(self.trimmed_beta),
+                "cut a share in [0, 0.5) at each end",
+            ),
+            (
+                not self.init_from or Path(self.init_from).is_file(),
+                "init_from",
+                f"{self.init_from} not found",
+                "give an existing checkpoint (e.g. SAVE_DIR/server/checkpoint_best.pt)",
+            ),
+        ]
+
+    def protection_checks(self) -> List[Check]:
+        """What secure aggregation and differential privacy rule out."""
+        plain_fedavg = self.strategy == "fedavg" and not self.dp_clipping_norm and not self.max_update_norm
+        return [
+            (
+                not self.secure_aggregation or (plain_fedavg and self.transport_dtype == "float32"),
+                "secure_aggregation",
+                "SecAgg+ averages masked updates that the server cannot see one by one",
+                "use it with strategy fedavg, without dp-clipping-norm and max-update-norm, and float32 transport",
+            ),
+            (
+                not self.dp_clipping_norm or not self.local_epochs,
+                "dp_clipping_norm",
+                "differential privacy weighs every client the same",
+                "use local-updates, not local-epochs (clients would make different numbers of updates)",
+            ),
+            (
+                not self.dp_clipping_norm or self.transport_dtype == "float32",
+                "dp_clipping_norm",
+                "updates are clipped on the clients",
+                "use transport-dtype float32",
+            ),
+        ]
 
     def save(self, path: Path) -> None:
         """The settings as JSON (``SAVE_DIR/server/settings.json``)."""
@@ -169,8 +280,11 @@ def default_of(f) -> Any:
 
 def run_config_defaults() -> Dict[str, Any]:
     """``[tool.flwr.app.config]`` as the declaration defines it (lists as one space-separated string)."""
-    return {run_config_key(f.name): (" ".join(default_of(f)) if field_type(f) is list else default_of(f))
-            for f in fields(FederationSettings) if f.metadata["run_config"]}
+    return {
+        run_config_key(f.name): (" ".join(default_of(f)) if field_type(f) is list else default_of(f))
+        for f in fields(FederationSettings)
+        if f.metadata["run_config"]
+    }
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> FederationSettings:
@@ -210,8 +324,14 @@ def add_options(parser: argparse.ArgumentParser, **defaults: Any) -> None:
         elif meta["required_on_cli"] and f.name not in defaults:
             parser.add_argument(*flags, dest=f.name, type=kind, required=True, help=meta["help"])
         else:
-            parser.add_argument(*flags, dest=f.name, type=kind, default=default, choices=meta["choices"] or None,
-                                help=f"{meta['help']} (default {default})")
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                type=kind,
+                default=default,
+                choices=meta["choices"] or None,
+                help=f"{meta['help']} (default {default})",
+            )
 
 
 def cli_values(args: argparse.Namespace) -> Dict[str, Any]:
@@ -232,8 +352,17 @@ def from_prepared_data(data_root: str, **values: Any) -> FederationSettings:
     """
     prepared = Path(data_root) / "prepare.json"
     if not prepared.is_file():
-        raise FileNotFoundError(f"{prepared} not found: run `fedhubert prepare --out {data_root}` first (or let it finish)")
+        raise FileNotFoundError(
+            f"{prepared} not found: run `fedhubert prepare --out {data_root}` first (or let it finish)"
+        )
     meta = json.loads(prepared.read_text())
-    values["min_train_nodes"] = min(values.get("min_train_nodes", FederationSettings.min_train_nodes), meta["num_clients"])
-    return FederationSettings(data_root=str(Path(data_root).resolve()), label_rate=meta["label_rate"],
-                              n_clusters=meta["n_clusters"], min_available_nodes=meta["num_clients"], **values)
+    values["min_train_nodes"] = min(
+        values.get("min_train_nodes", FederationSettings.min_train_nodes), meta["num_clients"]
+    )
+    return FederationSettings(
+        data_root=str(Path(data_root).resolve()),
+        label_rate=meta["label_rate"],
+        n_clusters=meta["n_clusters"],
+        min_available_nodes=meta["num_clients"],
+        **values,
+    )

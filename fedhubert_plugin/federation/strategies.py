@@ -12,6 +12,7 @@
 - Outermost, ``ScreenedStrategy`` screens every reply first (not under SecAgg+, where the
   server never sees a single update).
 """
+
 import json
 import logging
 from typing import Optional
@@ -82,8 +83,11 @@ def base_strategy(settings: FederationSettings) -> Strategy:
     if name == "krum":
         return Krum(**common, num_malicious_nodes=settings.malicious_nodes)
     if name == "multikrum":
-        return MultiKrum(**common, num_malicious_nodes=settings.malicious_nodes,
-                         num_nodes_to_select=max(1, sampled_clients(settings) - settings.malicious_nodes))
+        return MultiKrum(
+            **common,
+            num_malicious_nodes=settings.malicious_nodes,
+            num_nodes_to_select=max(1, sampled_clients(settings) - settings.malicious_nodes),
+        )
     raise ValueError(f"unknown strategy {name!r}")  # FederationSettings.validate names the choices
 
 
@@ -96,11 +100,16 @@ def privacy_accountant(settings: FederationSettings):
         logger.warning("DP clipping without noise (--dp-noise-multiplier 0): updates are bounded, nothing is private")
         return None
     if settings.strategy != "fedavg":
-        logger.warning("Flower accounts the privacy of FedAvg only: with --strategy %s no epsilon is reported", settings.strategy)
+        logger.warning(
+            "Flower accounts the privacy of FedAvg only: with --strategy %s no epsilon is reported", settings.strategy
+        )
         return None
-    config = PrivacyConfig(target_delta=settings.dp_target_delta, population_size=settings.min_available_nodes,
-                           neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                           sampling_method=SamplingMethod.NO_AMPLIFICATION)
+    config = PrivacyConfig(
+        target_delta=settings.dp_target_delta,
+        population_size=settings.min_available_nodes,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+        sampling_method=SamplingMethod.NO_AMPLIFICATION,
+    )
     return RdpAccountant(config)
 
 
@@ -111,7 +120,10 @@ def build_strategy(settings: FederationSettings) -> Strategy:
         return strategy
     if settings.dp_clipping_norm:
         strategy = DifferentialPrivacyClientSideFixedClipping(
-            strategy, settings.dp_noise_multiplier, settings.dp_clipping_norm, sampled_clients(settings),
+            strategy,
+            settings.dp_noise_multiplier,
+            settings.dp_clipping_norm,
+            sampled_clients(settings),
             accountant=privacy_accountant(settings),
         )
     return ScreenedStrategy(strategy, settings.max_update_norm, settings.min_train_nodes, settings.round_timeout)
@@ -119,7 +131,9 @@ def build_strategy(settings: FederationSettings) -> Strategy:
 
 def accountant_of(strategy: Strategy):
     """The DP wrapper's privacy accountant, or None."""
-    return next((layer.accountant for layer in layers(strategy) if getattr(layer, "accountant", None) is not None), None)
+    return next(
+        (layer.accountant for layer in layers(strategy) if getattr(layer, "accountant", None) is not None), None
+    )
 
 
 def privacy_spent(strategy: Strategy) -> Optional[dict]:

@@ -5,6 +5,7 @@ wire) and ``config`` (a ``ClientConfig``); a reply holds ``arrays`` (train only)
 (scalars) and ``client`` (the client's name: its folder's, never a path). Config keys are the
 settings' names (``local-updates``, ``eta-l``...), as on the command line and in the run config.
 """
+
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -57,18 +58,30 @@ class ClientConfig:
     @classmethod
     def of(cls, settings, updates_done: int = 0) -> "ClientConfig":
         """The config of a round of the run ``settings`` (``FederationSettings``) after ``updates_done`` updates."""
-        return cls(recipe=settings.recipe, overrides=list(settings.overrides), label_rate=float(settings.label_rate),
-                   eta_l=float(settings.eta_l), data_root=settings.data_root, transport_dtype=settings.transport_dtype,
-                   num_updates=updates_done, local_updates=settings.updates_per_round, local_epochs=settings.local_epochs)
+        return cls(
+            recipe=settings.recipe,
+            overrides=list(settings.overrides),
+            label_rate=float(settings.label_rate),
+            eta_l=float(settings.eta_l),
+            data_root=settings.data_root,
+            transport_dtype=settings.transport_dtype,
+            num_updates=updates_done,
+            local_updates=settings.updates_per_round,
+            local_epochs=settings.local_epochs,
+        )
 
 
 def arrays_of(record: ArrayRecord) -> Dict[str, np.ndarray]:
     """Arrays of a record; half-precision transport is widened back to float32."""
-    return {k: (a.astype(np.float32) if a.dtype == np.float16 else a) for k, a in ((k, v.numpy()) for k, v in record.items())}
+    return {
+        k: (a.astype(np.float32) if a.dtype == np.float16 else a)
+        for k, a in ((k, v.numpy()) for k, v in record.items())
+    }
 
 
 def record_of(arrays: Mapping[str, np.ndarray], transport_dtype: str = "float32") -> ArrayRecord:
     """A record of ``arrays``; float32 ones are sent as ``transport_dtype`` (float16 halves the traffic)."""
+
     def wire(a: np.ndarray) -> np.ndarray:
         return a.astype(transport_dtype) if a.dtype == np.float32 else a
 

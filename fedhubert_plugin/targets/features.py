@@ -10,6 +10,7 @@
 For MFCC, the frame count of an utterance of ``n`` samples is ``1 + (n - 400) // hop``: the count
 fairseq's HuBERT dataset expects for that label rate (within its 0.1 s tolerance).
 """
+
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,14 +120,18 @@ def feature_extractor(features: str, checkpoint: str = "", layer: int = 0) -> Fe
     """The extractor named by ``fedhubert prepare --features`` (a checkpoint's is loaded once per process)."""
     if features == "checkpoint":
         if not checkpoint or not layer:
-            raise ValueError("--features checkpoint needs --checkpoint CKPT (the iteration-1 global model) and --layer L")
+            raise ValueError(
+                "--features checkpoint needs --checkpoint CKPT (the iteration-1 global model) and --layer L"
+            )
         return CheckpointFeatures(checkpoint, layer)
     if features not in PRESETS:
         raise ValueError(f"unknown --features {features!r}; choose one of {', '.join(FEATURES)}")
     return PRESETS[features]
 
 
-def manifest_features(manifest: Path, preset: FeatureExtractor, desc: str = "features") -> Tuple[np.ndarray, np.ndarray]:
+def manifest_features(
+    manifest: Path, preset: FeatureExtractor, desc: str = "features"
+) -> Tuple[np.ndarray, np.ndarray]:
     """Features of every utterance of a manifest, concatenated, and frames per utterance."""
     root, rows = read_manifest(manifest)
     lengths = np.array([preset.num_frames(samples) for _, samples in rows], dtype=np.int64)
@@ -135,7 +140,9 @@ def manifest_features(manifest: Path, preset: FeatureExtractor, desc: str = "fea
     for (rel, samples), length in zip(tqdm(rows, desc=desc, unit="utt", leave=False), lengths):
         wav, _ = sf.read(root / rel, dtype="float32")
         if len(wav) != samples:
-            raise ValueError(f"{root / rel} has {len(wav)} samples but {manifest} says {samples}; re-run `fedhubert prepare`")
+            raise ValueError(
+                f"{root / rel} has {len(wav)} samples but {manifest} says {samples}; re-run `fedhubert prepare`"
+            )
         utt_feats = preset(wav)
         if len(utt_feats) != length:
             raise RuntimeError(f"{root / rel}: {len(utt_feats)} {preset.name} frames, expected {length}")

@@ -5,11 +5,11 @@ and their count; clusters with fewer than ``min_count`` frames are withheld (a s
 frame *is* that frame). The server starts from the count-weighted k-means of the clients'
 local centroids (sums / counts) and refines with Lloyd steps on summed statistics.
 """
+
 from typing import Sequence, Tuple
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
-
 
 FRAMES_PER_CLUSTER = 20  # local k-means: at least this many frames per cluster (adaptive K)
 CHUNK = 65_536
@@ -30,9 +30,7 @@ def nearest(feats: np.ndarray, codebook: np.ndarray) -> Tuple[np.ndarray, np.nda
     return labels, dists
 
 
-def cluster_statistics(
-    feats: np.ndarray, codebook: np.ndarray, min_count: int
-) -> Tuple[np.ndarray, np.ndarray, float]:
+def cluster_statistics(feats: np.ndarray, codebook: np.ndarray, min_count: int) -> Tuple[np.ndarray, np.ndarray, float]:
     """Per-cluster frame sums (float64) and counts, withholding clusters under ``min_count``; and the inertia."""
     labels, dists = nearest(feats, codebook)
     k = len(codebook)
@@ -44,7 +42,9 @@ def cluster_statistics(
     return sums, counts, float(dists.sum())
 
 
-def local_codebook(feats: np.ndarray, n_clusters: int, seed: int, n_init: int = 3, batch_size: int = 10_000) -> np.ndarray:
+def local_codebook(
+    feats: np.ndarray, n_clusters: int, seed: int, n_init: int = 3, batch_size: int = 10_000
+) -> np.ndarray:
     """MiniBatchKMeans on one client's frames (the HuBERT recipe's settings but ``n_init``, 20 there)."""
     km = MiniBatchKMeans(
         n_clusters=n_clusters,

@@ -3,6 +3,7 @@
 Features are computed from the client's own audio on first use, cached in its folder while
 k-means runs (``features/``), and deleted once the labels are written.
 """
+
 import shutil
 from pathlib import Path
 from typing import Dict, List, Tuple

@@ -7,6 +7,7 @@ labels were made at ``task.label_rate`` (from ``labels.json``, written by
 ``fedhubert prepare``); it stops with an error that names the offending file and the fix
 (fairseq's own checks are bare asserts, and a wrong label rate only logs warnings).
 """
+
 import json
 import logging
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ class FedHubertPretrainingTask(HubertPretrainingTask):
                 if abs(audio_seconds - label_seconds) > LABEL_TOLERANCE_SECONDS:
                     raise ShardError(
                         f"label file {label_path} line {number} has {len(line.split())} labels "
-                        f"({label_seconds:.2f} s at {self.cfg.label_rate} Hz) for {path} of {audio_seconds:.2f} s in {manifest}: "
+                        f"({label_seconds:.2f} s at {self.cfg.label_rate} Hz) for {path} of {audio_seconds:.2f} s "
+                        f"in {manifest}: "
                         f"labels made for other audio or at another rate; {FIX_HINT}"
                     )
 

@@ -7,6 +7,7 @@ file is read with ``weights_only=True`` and fedhubert's allow-list, converted in
 and handed to s3prl's own HuBERT expert, so the model, the hooks (the input of every
 encoder layer plus the encoder output) and the forward pass are exactly s3prl's.
 """
+
 import io
 from pathlib import Path
 from typing import Union

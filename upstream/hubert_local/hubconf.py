@@ -1,4 +1,5 @@
 """torch.hub entry of the ``hubert_local`` upstream (s3prl's hubconf convention)."""
+
 from pathlib import Path
 from typing import Union
 
