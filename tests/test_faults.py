@@ -145,3 +145,38 @@ def test_waiting_for_missing_nodes_stops_after_the_timeout_with_the_count():
     ):
         wait_for_nodes(TwoNodes(), 3, timeout=0.5)
     assert wait_for_nodes(TwoNodes(), 2, timeout=0.5) == [1, 2]  # enough: returns at once
+
+
+def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in_a_run):
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedhubert_plugin.federation.screening import ScreenedStrategy
+
+    class ThreeNodes:  # stands in for Flower's Grid
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+    reference = {"w": np.ones(3, np.float32)}
+    strategy = ScreenedStrategy(
+        FedAvg(min_available_nodes=3, min_train_nodes=1), 0.0, min_train_nodes=2, round_timeout=9
+    )
+    outgoing = ArrayRecord({"w": Array(reference["w"].astype(np.float16))})  # float16 transport
+    messages = list(strategy.configure_train(1, outgoing, ConfigRecord({}), ThreeNodes()))
+    assert len(messages) == 3 and strategy.reference["w"].dtype == np.float32
+
+    def answer(message, name, w):
+        return Message(reply(name, {"w": w}).content, reply_to=message)
+
+    good = [answer(messages[i - 1], f"client_00{i}", [1 + i / 10, 1, 1]) for i in (1, 2)]
+    nan = answer(messages[2], "client_003", [np.nan, 1, 1])
+    aggregated, _ = strategy.aggregate_train(1, good + [nan])
+    assert aggregated["w"].numpy().dtype == np.float32
+    np.testing.assert_allclose(aggregated["w"].numpy(), [1.15, 1, 1], rtol=1e-6)
+    assert strategy.accepted == good and [r["client"] for r in strategy.rejected] == ["client_003"]
+    messages = list(strategy.configure_train(2, outgoing, ConfigRecord({}), ThreeNodes()))
+    replies = [answer(messages[0], "client_001", [1.1, 1, 1]), answer(messages[1], "client_003", [np.nan, 1, 1])]
+    with pytest.raises(
+        RuntimeError, match=r"round 2: 1 usable client updates of 3 .*--resume \(flwr run: --run-config"
+    ):
+        strategy.aggregate_train(2, replies)
+    assert strategy.rejected[0] == {"client": "client_003", "reason": "update holds NaN or Inf"}

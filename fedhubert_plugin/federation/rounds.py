@@ -28,6 +28,7 @@ from fedhubert_plugin.checkpoints import (
 )
 from fedhubert_plugin.federation.nodes import wait_for_nodes
 from fedhubert_plugin.federation.runlog import Progress, RunLog
+from fedhubert_plugin.federation.screening import ScreenedStrategy
 from fedhubert_plugin.federation.secure import secure_average_update
 from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.federation.strategies import evaluation_strategy, privacy_spent
@@ -99,15 +100,13 @@ def train_round(
     aggregated, metrics = strategy.aggregate_train(rnd, replies)
     timing["aggregate"] = time.perf_counter() - tic
     new_weights = {k: v.numpy().astype(weights[k].dtype, copy=False) for k, v in aggregated.items()}
-    good = [r for r in replies if not r.has_error() and r.has_content()]
+    if isinstance(strategy, ScreenedStrategy):  # the clients whose updates were aggregated, and why others were not
+        accepted, rejected, clipped = strategy.accepted, strategy.rejected, strategy.clipped
+    else:
+        accepted, rejected, clipped = [r for r in replies if not r.has_error()], [], []
+    clients = client_rows(accepted, "train_")
     return TrainedRound(
-        new_weights,
-        dict(metrics or {}),
-        client_rows(good, "train_"),
-        getattr(strategy, "rejected", []),
-        getattr(strategy, "clipped", []),
-        message_bytes(messages),
-        bytes_received,
+        new_weights, dict(metrics or {}), clients, rejected, clipped, message_bytes(messages), bytes_received
     )
 
 

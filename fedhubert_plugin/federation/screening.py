@@ -141,7 +141,8 @@ def layers(strategy: Strategy) -> List[Strategy]:
 class ScreenedStrategy(Strategy):
     """``strategy`` with every reply screened before it aggregates; the result in float32.
 
-    After each ``aggregate_train``, ``rejected`` and ``clipped`` list that round's decisions.
+    After each ``aggregate_train``, ``accepted`` holds the replies it aggregated, ``rejected`` and
+    ``clipped`` that round's other decisions.
     Flower's FedOpt strategies return float64 and keep float64 moments: both are cast back
     (float64 would double the server's memory and the traffic).
     """
@@ -152,6 +153,7 @@ class ScreenedStrategy(Strategy):
         self.names: Dict[int, str] = {}  # node id -> client name, to name a client whose reply is an error
         self.reference: Dict[str, np.ndarray] = {}
         self.messages: List[Message] = []
+        self.accepted: List[Message] = []
         self.rejected: List[Dict] = []
         self.clipped: List[Dict] = []
 
@@ -169,23 +171,23 @@ class ScreenedStrategy(Strategy):
         for reply in replies:  # aggregate in float32 whatever the transport
             if not reply.has_error():
                 reply.content[ARRAYS] = record_of(arrays_of(reply.content[ARRAYS]))
-        good, self.rejected, self.clipped = screen(
+        self.accepted, self.rejected, self.clipped = screen(
             replies, self.reference, self.max_update_norm, self.names, self.messages
         )
         self.rejected += missing_replies(self.messages, replies, self.names, self.round_timeout)
         aggregated, metrics = (None, None)
-        if len(good) >= self.min_train_nodes:
-            aggregated, metrics = self.strategy.aggregate_train(server_round, good)
+        if len(self.accepted) >= self.min_train_nodes:
+            aggregated, metrics = self.strategy.aggregate_train(server_round, self.accepted)
         if aggregated is None:
             kept = (
                 f"the global model of round {server_round - 1} (checkpoint_round{server_round - 1}.pt)"
                 if server_round > 1
                 else "no global model yet"
             )
-            if len(good) >= self.min_train_nodes:  # Flower's DP accountant needs every sampled client
+            if len(self.accepted) >= self.min_train_nodes:  # Flower's DP accountant needs every sampled client
                 kept += "; DP accounting needs an update from every sampled client"
             raise RuntimeError(
-                f"round {server_round}: {len(good)} usable client updates of {len(self.messages)} "
+                f"round {server_round}: {len(self.accepted)} usable client updates of {len(self.messages)} "
                 f"(min-train-nodes {self.min_train_nodes}); rejected: {self.rejected}. "
                 f"Nothing was aggregated: {kept}; fix the clients and {RESUME_ADVICE}."
             )
