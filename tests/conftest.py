@@ -21,6 +21,7 @@ from tests.helpers import (
     PLUGIN_DIR,
     RECIPES,
     fairseq_env,
+    prepare_argv,
     pretrain_settings,
     write_energy_dictionary,
     write_split,
@@ -119,23 +120,7 @@ def prepared(messy_librispeech, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "data"
     from fedhubert_plugin.cli import main
 
-    args = [
-        "prepare",
-        "--librispeech-root",
-        str(root),
-        "--subsets",
-        TRAIN_SUBSET,
-        DEV_SUBSET,
-        "--num-clients",
-        "4",
-        "--out",
-        str(out),
-        "--min-seconds",
-        "1.0",
-        "--n-clusters",
-        str(N_CLUSTERS),
-    ]
-    assert main(args) == 0
+    assert main(prepare_argv(root, out, "--n-clusters", str(N_CLUSTERS))) == 0
     return out
 
 

@@ -12,6 +12,7 @@ import soundfile as sf
 from fedhubert_plugin.federation.runlog import read_metrics
 from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.targets.labels import write_dictionary
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "fedhubert_plugin"
@@ -52,6 +53,12 @@ def write_split(shard: Path, name: str, flacs: list, root: Path) -> None:
 def write_energy_dictionary(shard: Path) -> None:
     """``dict.km.txt`` of the energy labels."""
     write_dictionary(shard / "labels" / "dict.km.txt", ENERGY_BINS)
+
+
+def prepare_argv(root: Path, out: Path, *options: str, clients: int = 4, subsets=(TRAIN_SUBSET, DEV_SUBSET)) -> list:
+    """``fedhubert prepare`` arguments for the toy LibriSpeech at ``root`` (utterances of 1 s and more kept)."""
+    common = ["--librispeech-root", str(root), "--subsets", *subsets, "--num-clients", str(clients), "--out", str(out)]
+    return ["prepare", *common, "--min-seconds", "1.0", *options]
 
 
 def setup_fed_task(shard: Path, **overrides):

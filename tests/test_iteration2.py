@@ -14,8 +14,8 @@ from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server_app import simulate_pretraining
 from fedhubert_plugin.targets.features import CheckpointFeatures, manifest_features
 from fedhubert_plugin.targets.kmeans import nearest
-from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
-from tests.helpers import TINY, metric_lines, pretrain_settings
+from fedhubert_plugin.toy_data import TRAIN_SUBSET
+from tests.helpers import TINY, metric_lines, prepare_argv, pretrain_settings
 from upstream.hubert_local.hubconf import hubert_local
 
 IT2_CLUSTERS = 50
@@ -37,19 +37,9 @@ def test_checkpoint_features_are_the_models_layer_at_its_frame_rate(tmp_path):
 
 
 def test_checkpoint_features_need_a_checkpoint_and_a_layer(toy_corpus, tmp_path):
-    args = [
-        "prepare",
-        "--librispeech-root",
-        str(toy_corpus / "LibriSpeech"),
-        "--subsets",
-        TRAIN_SUBSET,
-        "--num-clients",
-        "2",
-        "--out",
-        str(tmp_path / "d"),
-        "--features",
-        "checkpoint",
-    ]
+    args = prepare_argv(
+        toy_corpus / "LibriSpeech", tmp_path / "d", "--features", "checkpoint", clients=2, subsets=[TRAIN_SUBSET]
+    )
     assert main(args) == 1
     assert not (tmp_path / "d" / "prepare.json").exists()
 
@@ -59,19 +49,7 @@ def iteration2(federated_run, messy_librispeech, tmp_path_factory):
     root, _ = messy_librispeech
     out = tmp_path_factory.mktemp("iteration2") / "data"
     checkpoint = federated_run / "server" / "checkpoint_best.pt"
-    args = [
-        "prepare",
-        "--librispeech-root",
-        str(root),
-        "--subsets",
-        TRAIN_SUBSET,
-        DEV_SUBSET,
-        "--num-clients",
-        "4",
-        "--out",
-        str(out),
-        "--min-seconds",
-        "1.0",
+    options = [
         "--n-clusters",
         str(IT2_CLUSTERS),
         "--features",
@@ -81,7 +59,7 @@ def iteration2(federated_run, messy_librispeech, tmp_path_factory):
         "--layer",
         "2",
     ]
-    assert main(args) == 0
+    assert main(prepare_argv(root, out, *options)) == 0
     return out, checkpoint
 
 

@@ -13,7 +13,7 @@ from fedhubert_plugin.prepare import PrepareConfig, prepare
 from fedhubert_plugin.targets.features import PRESETS, manifest_features
 from fedhubert_plugin.targets.kmeans import local_codebook, nearest
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
-from tests.helpers import N_CLUSTERS, setup_fed_task
+from tests.helpers import N_CLUSTERS, prepare_argv, setup_fed_task
 
 
 def manifest_entries(out: Path):
@@ -113,28 +113,8 @@ def test_federated_kmeans_inertia_within_5_percent_of_centralized(prepared):
 def test_local_kmeans_with_the_seed_preset(messy_librispeech, tmp_path, capsys):
     root, _ = messy_librispeech
     out = tmp_path / "local"
-    args = [
-        "prepare",
-        "--librispeech-root",
-        str(root),
-        "--subsets",
-        TRAIN_SUBSET,
-        "--num-clients",
-        "3",
-        "--out",
-        str(out),
-        "--min-seconds",
-        "1.0",
-        "--features",
-        "seed",
-        "--kmeans",
-        "local",
-        "--n-clusters",
-        "500",
-        "--partition",
-        "iid",
-    ]
-    assert main(args) == 0
+    options = ["--features", "seed", "--kmeans", "local", "--n-clusters", "500", "--partition", "iid"]
+    assert main(prepare_argv(root, out, *options, clients=3, subsets=[TRAIN_SUBSET])) == 0
     table = capsys.readouterr().out
     assert "client_002" in table and "label rate 50 Hz" in table
     assert json.loads((out / "prepare.json").read_text())["label_rate"] == 50

@@ -17,6 +17,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+from fedhubert_plugin.files import atomic_write_json
+
 STRATEGIES = ("fedadam", "fedavg", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
 TRANSPORT_DTYPES = ("float32", "float16")
 
@@ -263,8 +265,6 @@ class FederationSettings:
 
     def save(self, path: Path) -> None:
         """The settings as JSON (``SAVE_DIR/server/settings.json``)."""
-        from fedhubert_plugin.files import atomic_write_json
-
         atomic_write_json(path, asdict(self))
 
 
