@@ -29,7 +29,14 @@ def add_toy_data_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --force)")
     p.add_argument("--speakers", type=int, default=8, help="speakers in the train subset (default 8)")
     p.add_argument("--dev-speakers", type=int, default=2, help="speakers in the dev subset (default 2)")
-    p.add_argument("--utterances", type=int, default=6, help="utterances per speaker (default 6)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--utterances", type=int, default=6, help="utterances per speaker (default 6)")
+    size.add_argument(
+        "--minutes",
+        type=float,
+        help="about this many minutes of train audio instead of --utterances "
+        "(e.g. --speakers 40 --minutes 60: a corpus to learn from)",
+    )
     p.add_argument("--keyword-speakers", type=int, default=6, help="speakers of the keyword train set (default 6)")
     p.add_argument(
         "--keyword-repeats", type=int, default=2, help="times each keyword speaker says each word (default 2)"
@@ -48,6 +55,7 @@ def run_toy_data(args: argparse.Namespace) -> None:
         speakers=args.speakers,
         dev_speakers=args.dev_speakers,
         utterances_per_speaker=args.utterances,
+        minutes=args.minutes,
         keyword_speakers=args.keyword_speakers,
         keyword_repeats=args.keyword_repeats,
         seed=args.seed,
@@ -57,6 +65,9 @@ def run_toy_data(args: argparse.Namespace) -> None:
     print(
         f"LibriSpeech root:     {summary.librispeech_root} "
         f"({summary.train_utterances} train, {summary.dev_utterances} dev utterances)"
+    )
+    print(
+        f"Phone alignments:     {summary.alignments_root}/{{100hz,50hz}} ({summary.train_minutes} min of train audio)"
     )
     print(f"Speech Commands root: {summary.speech_commands_root} ({summary.keyword_train_files} files)")
     print(f"Speech Commands test: {summary.speech_commands_test_root} ({summary.keyword_test_files} files)")

@@ -5,6 +5,10 @@
 - ``out/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`` plus
   ``<speaker>-<chapter>.trans.txt``: 16 kHz mono FLAC, one espeak-ng voice per speaker
   (accent, variant, pitch and speed drawn from the seed), a train and a dev subset;
+- ``out/alignments/{100hz,50hz}/<subset>.tsv``: every LibriSpeech-layout utterance's phone
+  per frame, taken from the synthesizer itself (``synthesis``), in the format fairseq's
+  ``examples/hubert/measure_teacher_quality.py`` reads (``<utterance id><TAB>ph,ph,...``),
+  with as many frames as the k-means labels at that rate;
 - ``out/speech_commands/{train,test}``: the Speech Commands layout that s3prl's
   ``speech_commands`` downstream reads (``<word>/<speaker>_nohash_<n>.wav``,
   ``_background_noise_/``, and test folders ``_unknown_`` and ``_silence_``).
@@ -15,20 +19,25 @@ The same seed gives the same files, byte for byte.
 import hashlib
 import json
 import logging
+import math
+import multiprocessing
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from fedhubert_plugin.synthesis import frame_phones, synthesizer
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
+ALIGNMENT_HOPS = {"100hz": 160, "50hz": 320}  # label rate -> hop in samples: MFCC targets, and the model's frames
+SECONDS_PER_WORD = 0.30  # measured: 760 sentences of 8-15 words, 40 toy voices, 43.2 min (for --minutes)
 TRAIN_SUBSET = "train-clean-5"
 DEV_SUBSET = "dev-clean-2"
 ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029", "en-us-nyc", "en-gb-x-gbcwmd"]
@@ -61,8 +70,9 @@ class Voice:
     pitch: int
     speed: int
 
-    def espeak_args(self) -> List[str]:
-        return ["-v", f"{self.accent}+{self.variant}", "-p", str(self.pitch), "-s", str(self.speed)]
+    @property
+    def name(self) -> str:
+        return f"{self.accent}+{self.variant}"
 
 
 @dataclass
@@ -76,6 +86,8 @@ class ToyDataSummary:
     dev_utterances: int
     keyword_train_files: int
     keyword_test_files: int
+    train_minutes: float
+    alignments_root: str
     seed: int
 
 
@@ -88,15 +100,40 @@ def draw_voices(rng: np.random.Generator, count: int) -> List[Voice]:
     return [Voice(*combos[i], pitch=int(rng.integers(25, 76)), speed=int(rng.integers(130, 191))) for i in picked]
 
 
-def synthesize(voice: Voice, text: str, out_path: Path, sox_effects: Iterable[str] = ()) -> None:
-    """Speak ``text`` with ``voice`` into a 16 kHz mono 16-bit file (format from the suffix)."""
-    espeak = subprocess.run(["espeak-ng", *voice.espeak_args(), "--stdout", text], capture_output=True, check=True)
+def synthesize(voice: Voice, text: str, out_path: Path, sox_effects: Iterable[str] = ()) -> Dict[str, List[str]]:
+    """Speak ``text`` with ``voice`` into a 16 kHz mono 16-bit file (format from the suffix); sox resamples.
+
+    Returns the phone of every frame at each rate of ``ALIGNMENT_HOPS`` (of the written file;
+    meaningful without ``sox_effects``, which move the audio).
+    """
+    speech = synthesizer().speak(voice.name, voice.pitch, voice.speed, text)
+    raw = ["-t", "raw", "-r", str(speech.sample_rate), "-e", "signed-integer", "-b", "16", "-c", "1", "-"]
     subprocess.run(
-        ["sox", "-R", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out_path), *sox_effects],
-        input=espeak.stdout,
+        ["sox", "-R", *raw, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out_path), *sox_effects],
+        input=speech.samples.tobytes(),
         capture_output=True,
         check=True,
     )
+    samples = sf.info(out_path).frames
+    return {rate: frame_phones(speech.phones, speech.sample_rate, samples, hop) for rate, hop in ALIGNMENT_HOPS.items()}
+
+
+def synthesize_job(job: Tuple[Voice, str, Path, Tuple[str, ...]]) -> Dict[str, List[str]]:
+    """``synthesize`` of one job (a picklable entry point for the worker processes)."""
+    return synthesize(*job)
+
+
+def write_alignments(folder: Path, subset: str, paths: List[Path], alignments: List[Dict[str, List[str]]]) -> None:
+    """``folder/<rate>/<subset>.tsv``: ``<utterance id><TAB>ph,ph,...`` per utterance, as fairseq reads them."""
+    for rate in ALIGNMENT_HOPS:
+        lines = [f"{path.stem}\t{','.join(aligned[rate])}\n" for path, aligned in zip(paths, alignments)]
+        (folder / rate).mkdir(parents=True, exist_ok=True)
+        (folder / rate / f"{subset}.tsv").write_text("".join(lines))
+
+
+def utterances_for(minutes: float, speakers: int) -> int:
+    """Sentences per speaker (8 to 15 words) that give about ``minutes`` of train audio."""
+    return max(1, math.ceil(minutes * 60 / (speakers * 11.5 * SECONDS_PER_WORD)))
 
 
 def keyword_speaker_bucket(speaker_hash: str) -> str:
@@ -170,18 +207,20 @@ def write_toy_data(
     speakers: int = 8,
     dev_speakers: int = 2,
     utterances_per_speaker: int = 6,
+    minutes: Optional[float] = None,
     keyword_speakers: int = 6,
     keyword_repeats: int = 2,
     seed: int = 0,
     workers: int = 4,
     force: bool = False,
 ) -> ToyDataSummary:
-    """Write the toy LibriSpeech and Speech Commands corpora under ``out``.
+    """Write the toy LibriSpeech and Speech Commands corpora, and the phone alignments, under ``out``.
 
     ``speakers`` train speakers and ``dev_speakers`` other ones each say
-    ``utterances_per_speaker`` sentences; ``keyword_speakers`` speakers (one of them in
-    s3prl's valid split) say every keyword ``keyword_repeats`` times, and two more
-    speakers make the test set. Refuses a non-empty ``out`` unless ``force``.
+    ``utterances_per_speaker`` sentences (with ``minutes``: as many as make about that much
+    train audio); ``keyword_speakers`` speakers (one of them in s3prl's valid split) say every
+    keyword ``keyword_repeats`` times, and two more speakers make the test set. Refuses a
+    non-empty ``out`` unless ``force``.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -190,6 +229,8 @@ def write_toy_data(
         shutil.rmtree(out)
     if keyword_speakers < 2:
         raise ValueError("keyword_speakers must be at least 2 (one for s3prl's train split, one for its valid split)")
+    if minutes is not None:
+        utterances_per_speaker = utterances_for(minutes, speakers)
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             raise RuntimeError(
@@ -231,8 +272,13 @@ def write_toy_data(
         (v, t, p, one_second) for v, t, p in keyword_jobs_list + test_jobs
     ]
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(tqdm(pool.map(lambda job: synthesize(*job), all_jobs), total=len(all_jobs), desc="toy-data", unit="file"))
+    # one process per utterance: libespeak-ng carries state from one synthesis to the next (its voice
+    # flutter and noise), so only a fresh process speaks the same bytes for the same seed, as its CLI does
+    with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
+        aligned = list(tqdm(pool.imap(synthesize_job, all_jobs), total=len(all_jobs), desc="toy-data", unit="file"))
+    for subset, first, count in ((TRAIN_SUBSET, 0, n_train), (DEV_SUBSET, n_train, n_dev)):
+        paths = [path for _, _, path in jobs[first : first + count]]
+        write_alignments(out / "alignments", subset, paths, aligned[first : first + count])
 
     noise_dir = commands / "train" / "_background_noise_"
     noise_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +297,8 @@ def write_toy_data(
         dev_utterances=n_dev,
         keyword_train_files=len(keyword_jobs_list) + 3,
         keyword_test_files=len(test_jobs) + 4,
+        train_minutes=round(sum(sf.info(path).duration for _, _, path in jobs[:n_train]) / 60, 2),
+        alignments_root=str(out / "alignments"),
         seed=seed,
     )
     (out / "toy_data.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
