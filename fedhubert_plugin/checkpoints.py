@@ -158,10 +158,14 @@ def load_hubert_model(path: Union[str, Path]):
 
     No task or data is set up: the config and the label dictionary come from the file.
     """
+    return hubert_model(as_s3prl_state(load_checkpoint(path), path))
+
+
+def hubert_model(state: Mapping[str, Any], load_weights: bool = True):
+    """fairseq's ``HubertModel`` and task config of an s3prl-format ``state``; without ``load_weights``
+    the model keeps its initialisation (seed torch first for a reproducible one)."""
     from fairseq.models.hubert.hubert import HubertConfig, HubertModel
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
-
-    state = as_s3prl_state(load_checkpoint(path), path)
 
     def config(cls, values: Mapping[str, Any]):
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
@@ -174,7 +178,8 @@ def load_hubert_model(path: Union[str, Path]):
         dictionaries.append(dictionary)
     task_cfg = config(HubertPretrainingConfig, state["task_cfg"])
     model = HubertModel(config(HubertConfig, state["model_cfg"]), task_cfg, dictionaries)
-    model.load_state_dict(state["model_weight"])
+    if load_weights:
+        model.load_state_dict(state["model_weight"])
     return model, task_cfg
 
 

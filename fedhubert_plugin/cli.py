@@ -233,6 +233,109 @@ def run_distill(args: argparse.Namespace) -> None:
     run_federation(args, overrides=overrides + args.overrides, **init)
 
 
+def add_label_quality_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "label-quality",
+        help="score k-means labels against phone alignments: phone purity, cluster purity, PNMI (fairseq's measures)",
+        description="Scores every client's labels of a `fedhubert prepare` folder (--data-root), or any fairseq "
+        "manifest and label file (--labels, repeatable), against frame-level phone alignments in the format of "
+        "fairseq's examples/hubert/measure_teacher_quality.py (`fedhubert toy-data` writes them to OUT/alignments).",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-root", type=Path, help="a `fedhubert prepare` folder: every client's labels")
+    source.add_argument(
+        "--labels",
+        nargs=2,
+        action="append",
+        type=Path,
+        metavar=("MANIFEST", "KM"),
+        help="a fairseq manifest and its label file (repeat for more)",
+    )
+    p.add_argument(
+        "--alignments",
+        type=Path,
+        required=True,
+        help="folder of alignment files (*.tsv), or of <rate>hz/ subfolders of them (toy-data's OUT/alignments)",
+    )
+    p.add_argument("--label-rate", type=float, help="label rate in Hz (default: DATA_ROOT/prepare.json's; else 100)")
+    p.add_argument("--splits", nargs="+", default=["train", "valid"], help="with --data-root: splits to score")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.set_defaults(run=run_label_quality)
+
+
+def run_label_quality(args: argparse.Namespace) -> None:
+    import json
+    from dataclasses import asdict
+
+    from fedhubert_plugin.files import atomic_write_json
+    from fedhubert_plugin.targets.quality import (
+        alignment_files,
+        client_labels,
+        label_quality,
+        labels_of,
+        quality_table,
+        read_alignments,
+    )
+
+    if args.data_root:
+        rate = args.label_rate or json.loads((args.data_root / "prepare.json").read_text())["label_rate"]
+        labels, name = client_labels(args.data_root, args.splits), str(args.data_root)
+    else:
+        rate, labels, name = args.label_rate or 100, labels_of(args.labels), " ".join(str(km) for _, km in args.labels)
+    quality = label_quality(read_alignments(alignment_files(args.alignments, rate)), labels)
+    print(quality_table({name: quality}))
+    if args.json:
+        atomic_write_json(args.json, {"labels": name, "label_rate": rate, **asdict(quality)})
+
+
+def add_probe_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "probe",
+        help="what each layer of a checkpoint knows about phones: linear phone accuracy and k-means PNMI",
+        description="For every layer of each checkpoint (s3prl's hidden_states of hubert_local) and for MFCC: a "
+        "frame-level linear phone classifier fitted on --train-subset's speakers and scored on --test-subset's, "
+        "and PNMI of k-means (100 clusters) on the same frames. Writes OUT/probe.{json,md,png}.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a checkpoint (either format) and the name to show it under; repeat for more",
+    )
+    p.add_argument("--librispeech-root", type=Path, required=True, help="the corpus the alignments are of")
+    p.add_argument("--alignments", type=Path, required=True, help="folder with 100hz/ and 50hz/ alignment files")
+    p.add_argument("--train-subset", default="train-clean-5", help="speakers the probes are fitted on")
+    p.add_argument("--test-subset", default="dev-clean-2", help="other speakers, the probes are scored on")
+    p.add_argument("--random-init", action="store_true", help="also probe each architecture with fresh weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(run=run_probe)
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    from fedhubert_plugin.probe import probe, probe_table, write_probe
+
+    checkpoints = {}
+    for entry in args.checkpoint:
+        name, sep, path = entry.partition("=")
+        if not sep or not Path(path).is_file():
+            raise FileNotFoundError(f"--checkpoint {entry}: give NAME=PATH of an existing checkpoint")
+        checkpoints[name] = Path(path)
+    results = probe(
+        checkpoints,
+        args.librispeech_root,
+        args.alignments,
+        args.train_subset,
+        args.test_subset,
+        args.random_init,
+        args.seed,
+    )
+    written = write_probe(results, args.out)
+    print(probe_table(results))
+    print(f"every layer: {written['json']}; plot: {written['png']}")
+
+
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
@@ -340,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_prepare_parser(subparsers)
     add_pretrain_parser(subparsers)
     add_distill_parser(subparsers)
+    add_label_quality_parser(subparsers)
+    add_probe_parser(subparsers)
     add_export_parser(subparsers)
     add_downstream_parser(subparsers)
     add_demo_parser(subparsers)

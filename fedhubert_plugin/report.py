@@ -95,3 +95,24 @@ def write_report(out: Path, sections: Dict[str, Optional[str]], timings: Dict[st
     path = Path(out) / "report.md"
     path.write_text("\n".join(parts) + "\n")
     return path
+
+
+def plot_probe(results, out: Path) -> Path:
+    """Phone accuracy and k-means PNMI by layer, one line per model (``probe.ProbeResult``), MFCC as a level."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "phone_accuracy", "linear phone accuracy"), (axes[1], "pnmi", "PNMI")):
+        for result in results:
+            values = [getattr(score, key) for score in result.layers]
+            if len(values) == 1:
+                ax.axhline(values[0], color="grey", linestyle=":", label=result.name)
+            else:
+                ax.plot(range(len(values)), values, "-o", label=result.name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("layer (0: encoder input)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle("what the layers know about phones (held-out speakers)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

@@ -1,14 +1,20 @@
-"""Phone alignments of the toy corpus, taken from the synthesizer itself."""
+"""Phone alignments of the toy corpus (from the synthesizer itself) and label quality measured as fairseq does."""
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
+import fairseq
 import numpy as np
 import pytest
 import soundfile as sf
 
+from fedhubert_plugin.cli import main
 from fedhubert_plugin.synthesis import SILENCE, synthesizer
 from fedhubert_plugin.toy_data import ALIGNMENT_HOPS, DEV_SUBSET, TRAIN_SUBSET
+
+FAIRSEQ_SCRIPT = Path(fairseq.__file__).parent / "examples" / "hubert" / "measure_teacher_quality.py"
 
 
 def alignments(toy_corpus: Path, rate: str, subset: str) -> dict:
@@ -64,3 +70,57 @@ def test_alignments_line_up_with_the_audio(toy_corpus):
         silent += [phone == SILENCE for phone in phones]
     energy, silent = np.array(energy), np.array(silent)
     assert np.median(energy[~silent]) > 50 * np.median(energy[silent])
+
+
+def fairseq_measures(client: Path, toy_corpus: Path) -> dict:
+    """fairseq's measure_teacher_quality.py on one client's labels: its printed table as numbers."""
+    cmd = [
+        sys.executable,
+        str(FAIRSEQ_SCRIPT),
+        str(client),
+        str(client / "labels"),
+        "km",
+        "--lab_sets",
+        "train",
+        "valid",
+        "--phn_dir",
+        str(toy_corpus / "alignments" / "100hz"),
+        "--phn_sets",
+        TRAIN_SUBSET,
+        DEV_SUBSET,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, _, values = proc.stdout.strip().splitlines()[-3:]
+    names = header.split("  ")
+    return dict(zip([n.strip() for n in names if n.strip()], values.split()))
+
+
+def test_label_quality_gives_fairseqs_figures(prepared, toy_corpus, tmp_path, capsys):
+    client = prepared / "clients" / "client_001"
+    out = tmp_path / "quality.json"
+    args = ["label-quality", "--alignments", str(toy_corpus / "alignments"), "--json", str(out)]
+    assert (
+        main(
+            args
+            + [
+                "--labels",
+                str(client / "train.tsv"),
+                str(client / "labels" / "train.km"),
+                "--labels",
+                str(client / "valid.tsv"),
+                str(client / "labels" / "valid.km"),
+            ]
+        )
+        == 0
+    )
+    ours, theirs = json.loads(out.read_text()), fairseq_measures(client, toy_corpus)
+    assert ours["phone_purity"] == pytest.approx(float(theirs["ref pur"]), abs=6e-5)
+    assert ours["cluster_purity"] == pytest.approx(float(theirs["hyp pur"]), abs=6e-5)
+    assert ours["pnmi"] == pytest.approx(float(theirs["MI/H(ref)"]), abs=6e-5)
+    assert ours["frame_difference"] == 0 and 0.1 < ours["pnmi"] < 1
+    assert main(args + ["--data-root", str(prepared)]) == 0  # every client: the federated k-means labels
+    assert "| phone purity | cluster purity | PNMI |" in capsys.readouterr().out
+    whole = json.loads(out.read_text())
+    # prepare skipped the corrupted file; the empty one was never spoken, so it has no alignment
+    assert whole["utterances"] == 59 and whole["aligned_without_labels"] == 1

@@ -20,6 +20,7 @@ APPS = (
     "fedhubert_plugin.downstream",
     "fedhubert_plugin.report",
     "fedhubert_plugin.demo",
+    "fedhubert_plugin.probe",
     "fedhubert_plugin.cli",
     "upstream",
 )
@@ -140,7 +141,8 @@ import sys
 import fairseq.criterions, fairseq.models, fairseq.tasks
 floor = {m.split(".")[0] for m in sys.modules}
 from fedhubert_plugin.cli import build_parser
-for command in ([], ["toy-data"], ["prepare"], ["pretrain"], ["distill"], ["export"], ["demo"]):
+commands = ["toy-data", "prepare", "pretrain", "distill", "label-quality", "probe", "export", "demo"]
+for command in [[]] + [[name] for name in commands]:
     try:
         build_parser().parse_args(command + ["--help"])
     except SystemExit:

@@ -1,0 +1,197 @@
+"""``fedhubert probe``: what a checkpoint's layers know about phones, on speakers the probe never saw.
+
+For every layer (s3prl's ``hidden_states`` of our ``hubert_local`` upstream: the input of each
+encoder layer, then the encoder's output) and for the MFCC baseline (39-dim, 100 Hz):
+
+- phone accuracy of a frame-level linear classifier (scikit-learn's logistic regression on
+  standardised features), fitted on one subset's speakers and scored on another's;
+- PNMI of k-means (scikit-learn's MiniBatchKMeans, fitted on the first subset) on the second
+  subset's frames, measured as fairseq measures it (``targets.quality``).
+
+``random_init`` also probes each checkpoint's architecture with freshly initialised weights:
+what pretraining bought is the difference.
+"""
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import soundfile as sf
+import torch
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+
+from fedhubert_plugin.checkpoints import as_s3prl_state, hubert_model, load_checkpoint, s3prl_state
+from fedhubert_plugin.files import atomic_write, atomic_write_json, atomic_write_text
+from fedhubert_plugin.targets.features import PRESETS
+from fedhubert_plugin.targets.quality import label_quality, read_alignments
+
+logger = logging.getLogger(__name__)
+
+CLUSTERS = 100
+
+
+@dataclass
+class Split:
+    """Utterances of one subset: their audio files and phone per frame at one rate."""
+
+    audio: List[Path]
+    phones: List[List[str]]
+
+
+@dataclass
+class LayerScore:
+    layer: int  # 0: the encoder's input (after the conv extractor); MFCC: 0
+    phone_accuracy: float
+    pnmi: float
+
+
+@dataclass
+class ProbeResult:
+    """One model's scores, layer by layer."""
+
+    name: str
+    layers: List[LayerScore] = field(default_factory=list)
+
+    @property
+    def best(self) -> LayerScore:
+        return max(self.layers, key=lambda score: score.phone_accuracy)
+
+
+def read_split(librispeech_root: Path, subset: str, alignments: Path, rate: str) -> Split:
+    """The utterances of ``subset`` with alignments at ``rate`` (``100hz`` or ``50hz``)."""
+    phones = read_alignments([Path(alignments) / rate / f"{subset}.tsv"])
+    audio = []
+    for uid in phones:
+        speaker, chapter, _ = uid.split("-")
+        audio.append(Path(librispeech_root) / subset / speaker / chapter / f"{uid}.flac")
+    missing = [str(path) for path in audio if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} aligned utterances have no audio, e.g. {missing[0]}: "
+            f"--librispeech-root must be the corpus the alignments were made for"
+        )
+    return Split(audio, list(phones.values()))
+
+
+def frames_and_phones(features: List[np.ndarray], phones: List[List[str]]) -> Tuple[np.ndarray, List[str]]:
+    """Features and phones of all utterances, each utterance cut to the shorter of the two."""
+    lengths = [min(len(f), len(p)) for f, p in zip(features, phones)]
+    stacked = np.concatenate([f[:n] for f, n in zip(features, lengths)])
+    return stacked, [phone for p, n in zip(phones, lengths) for phone in p[:n]]
+
+
+def score_layer(
+    layer: int, train: Tuple[np.ndarray, List[str]], test: Tuple[np.ndarray, List[str]], seed: int
+) -> LayerScore:
+    """Linear phone accuracy and k-means PNMI of one layer (train on ``train``, score on ``test``)."""
+    scaler = StandardScaler().fit(train[0])
+    x_train, x_test = scaler.transform(train[0]), scaler.transform(test[0])
+    classifier = LogisticRegression(max_iter=300, random_state=seed).fit(x_train, train[1])
+    accuracy = float(np.mean(classifier.predict(x_test) == np.array(test[1])))
+    kmeans = MiniBatchKMeans(n_clusters=CLUSTERS, n_init=3, random_state=seed, batch_size=4096).fit(x_train)
+    clusters = kmeans.predict(x_test).astype(str)
+    pnmi = label_quality({"test": list(test[1])}, {"test": list(clusters)}).pnmi
+    return LayerScore(layer, accuracy, pnmi)
+
+
+def score_layers(
+    name: str,
+    train: List[List[np.ndarray]],
+    test: List[List[np.ndarray]],
+    train_split: Split,
+    test_split: Split,
+    seed: int,
+) -> ProbeResult:
+    """``train`` and ``test`` hold, per utterance, one feature matrix per layer."""
+    result = ProbeResult(name)
+    for layer in tqdm(range(len(train[0])), desc=f"probe {name}", unit="layer", leave=False):
+        layer_train = frames_and_phones([u[layer] for u in train], train_split.phones)
+        layer_test = frames_and_phones([u[layer] for u in test], test_split.phones)
+        result.layers.append(score_layer(layer, layer_train, layer_test, seed))
+    logger.info("probe %s: best layer %d, phone accuracy %.3f", name, result.best.layer, result.best.phone_accuracy)
+    return result
+
+
+@torch.no_grad()
+def hidden_states(checkpoint: Path, split: Split, device: str) -> List[List[np.ndarray]]:
+    """Per utterance, every layer's features (s3prl's hidden_states of ``hubert_local``), one utterance at a time."""
+    from upstream.hubert_local.expert import UpstreamExpert
+
+    expert = UpstreamExpert(str(checkpoint)).eval().to(device)
+    states = []
+    for path in tqdm(split.audio, desc=f"features {Path(checkpoint).name}", unit="utt", leave=False):
+        wav = torch.from_numpy(sf.read(path, dtype="float32")[0]).to(device)
+        states.append([h[0].float().cpu().numpy() for h in expert([wav])["hidden_states"]])
+    return states
+
+
+def mfcc_features(split: Split) -> List[List[np.ndarray]]:
+    """Per utterance, one "layer": HuBERT's iteration-1 MFCC (39 dims, 100 Hz)."""
+    return [[PRESETS["hubert"](sf.read(path, dtype="float32")[0])] for path in split.audio]
+
+
+def random_init_checkpoint(checkpoint: Path, out: Path, seed: int) -> Path:
+    """``checkpoint``'s architecture with freshly initialised weights (seeded), in s3prl's format at ``out``."""
+    state = as_s3prl_state(load_checkpoint(checkpoint), checkpoint)
+    torch.manual_seed(seed)
+    model, _ = hubert_model(state, load_weights=False)
+    fresh = s3prl_state(state["task_cfg"], state["model_cfg"], model.state_dict(), state["dictionaries_symbols"])
+    atomic_write(out, lambda tmp: torch.save(fresh, tmp))
+    return out
+
+
+def probe(
+    checkpoints: Dict[str, Path],
+    librispeech_root: Path,
+    alignments: Path,
+    train_subset: str,
+    test_subset: str,
+    random_init: bool = False,
+    seed: int = 0,
+    device: Optional[str] = None,
+) -> List[ProbeResult]:
+    """The MFCC baseline, then every checkpoint (and, with ``random_init``, its fresh twin), layer by layer."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    splits = {
+        rate: [read_split(librispeech_root, subset, alignments, rate) for subset in (train_subset, test_subset)]
+        for rate in ("100hz", "50hz")
+    }
+    mfcc_train, mfcc_test = splits["100hz"]
+    results = [score_layers("MFCC", mfcc_features(mfcc_train), mfcc_features(mfcc_test), mfcc_train, mfcc_test, seed)]
+    train, test = splits["50hz"]
+    with tempfile.TemporaryDirectory() as tmp:
+        models = dict(checkpoints)
+        if random_init:
+            for name, path in checkpoints.items():
+                models[f"{name} (random init)"] = random_init_checkpoint(
+                    path, Path(tmp) / f"random{len(models)}.pt", seed
+                )
+        for name, path in models.items():
+            train_states, test_states = hidden_states(path, train, device), hidden_states(path, test, device)
+            results.append(score_layers(name, train_states, test_states, train, test, seed))
+    return results
+
+
+def probe_table(results: Sequence[ProbeResult]) -> str:
+    """Markdown: each model's best layer (by phone accuracy), its accuracy and that layer's PNMI."""
+    rows = ["| features | best layer | phone accuracy | PNMI (k-means, 100 clusters) |", "| --- | --- | --- | --- |"]
+    for result in results:
+        best = result.best
+        rows.append(f"| {result.name} | {best.layer} | {best.phone_accuracy:.3f} | {best.pnmi:.3f} |")
+    return "\n".join(rows)
+
+
+def write_probe(results: Sequence[ProbeResult], out: Path) -> Dict[str, Path]:
+    """``out/probe.json`` (every layer), ``probe.md`` (best layers) and ``probe.png`` (accuracy and PNMI by layer)."""
+    from fedhubert_plugin.report import plot_probe
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "probe.json", [asdict(result) for result in results])
+    atomic_write_text(out / "probe.md", probe_table(results) + "\n")
+    return {"json": out / "probe.json", "md": out / "probe.md", "png": plot_probe(results, out / "probe.png")}

@@ -1,0 +1,46 @@
+"""`fedhubert probe`: linear phone accuracy and k-means PNMI per layer, MFCC baseline, random-init twin."""
+
+import json
+
+import pytest
+
+from fedhubert_plugin.cli import main
+from fedhubert_plugin.export import export_initial
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
+from tests.helpers import TINY
+
+
+@pytest.mark.e2e
+def test_probe_scores_every_layer_against_mfcc_and_a_random_init_twin(toy_corpus, tmp_path, capsys):
+    checkpoint = export_initial(TINY, tmp_path / "tiny.pt", n_clusters=100, label_rate=100)
+    args = [
+        "probe",
+        "--checkpoint",
+        f"tiny={checkpoint}",
+        "--librispeech-root",
+        str(toy_corpus / "LibriSpeech"),
+        "--alignments",
+        str(toy_corpus / "alignments"),
+        "--train-subset",
+        TRAIN_SUBSET,
+        "--test-subset",
+        DEV_SUBSET,
+        "--random-init",
+        "--out",
+        str(tmp_path / "probe"),
+    ]
+    assert main(args) == 0
+    results = {r["name"]: r["layers"] for r in json.loads((tmp_path / "probe" / "probe.json").read_text())}
+    assert list(results) == ["MFCC", "tiny", "tiny (random init)"]
+    assert len(results["MFCC"]) == 1 and len(results["tiny"]) == 3  # the encoder's input and its 2 layers
+    phones = {
+        p
+        for line in (toy_corpus / "alignments" / "100hz" / f"{DEV_SUBSET}.tsv").read_text().splitlines()
+        for p in line.split("\t")[1].split(",")
+    }
+    mfcc = results["MFCC"][0]
+    assert mfcc["phone_accuracy"] > 5 / len(phones) and 0.2 < mfcc["pnmi"] < 1  # far above chance on new speakers
+    for scores in results.values():
+        assert all(0 <= s["phone_accuracy"] <= 1 and 0 <= s["pnmi"] <= 1 for s in scores)
+    assert (tmp_path / "probe" / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| MFCC | 0 |" in capsys.readouterr().out
