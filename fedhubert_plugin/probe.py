@@ -119,15 +119,18 @@ def score_layers(
 
 
 @torch.no_grad()
-def hidden_states(checkpoint: Path, split: Split, device: str) -> List[List[np.ndarray]]:
-    """Per utterance, every layer's features (s3prl's hidden_states of ``hubert_local``), one utterance at a time."""
+def hidden_states(checkpoint: Path, splits: Sequence[Split], device: str) -> List[List[List[np.ndarray]]]:
+    """Per split and utterance, every layer's features (s3prl's hidden_states of ``hubert_local``); the model is
+    loaded once, utterances go one at a time."""
     from upstream.hubert_local.expert import UpstreamExpert
 
     expert = UpstreamExpert(str(checkpoint)).eval().to(device)
     states = []
-    for path in tqdm(split.audio, desc=f"features {Path(checkpoint).name}", unit="utt", leave=False):
-        wav = torch.from_numpy(sf.read(path, dtype="float32")[0]).to(device)
-        states.append([h[0].float().cpu().numpy() for h in expert([wav])["hidden_states"]])
+    for split in splits:
+        states.append([])
+        for path in tqdm(split.audio, desc=f"features {Path(checkpoint).name}", unit="utt", leave=False):
+            wav = torch.from_numpy(sf.read(path, dtype="float32")[0]).to(device)
+            states[-1].append([h[0].float().cpu().numpy() for h in expert([wav])["hidden_states"]])
     return states
 
 
@@ -173,7 +176,7 @@ def probe(
                     path, Path(tmp) / f"random{len(models)}.pt", seed
                 )
         for name, path in models.items():
-            train_states, test_states = hidden_states(path, train, device), hidden_states(path, test, device)
+            train_states, test_states = hidden_states(path, [train, test], device)
             results.append(score_layers(name, train_states, test_states, train, test, seed))
     return results
 
