@@ -239,7 +239,8 @@ def add_label_quality_parser(subparsers: argparse._SubParsersAction) -> None:
         help="score k-means labels against phone alignments: phone purity, cluster purity, PNMI (fairseq's measures)",
         description="Scores every client's labels of a `fedhubert prepare` folder (--data-root), or any fairseq "
         "manifest and label file (--labels, repeatable), against frame-level phone alignments in the format of "
-        "fairseq's examples/hubert/measure_teacher_quality.py (`fedhubert toy-data` writes them to OUT/alignments).",
+        "fairseq's examples/hubert/measure_teacher_quality.py (`fedhubert toy-data` writes them to OUT/alignments), "
+        "or against Montreal Forced Aligner TextGrids.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-root", type=Path, help="a `fedhubert prepare` folder: every client's labels")
@@ -255,7 +256,8 @@ def add_label_quality_parser(subparsers: argparse._SubParsersAction) -> None:
         "--alignments",
         type=Path,
         required=True,
-        help="folder of alignment files (*.tsv), or of <rate>hz/ subfolders of them (toy-data's OUT/alignments)",
+        help="folder of alignment files (*.tsv), or of <rate>hz/ subfolders of them (toy-data's OUT/alignments), "
+        "or Montreal Forced Aligner's output folder (*.TextGrid, one per utterance, in any subfolders)",
     )
     p.add_argument("--label-rate", type=float, help="label rate in Hz (default: DATA_ROOT/prepare.json's; else 100)")
     p.add_argument("--splits", nargs="+", default=["train", "valid"], help="with --data-root: splits to score")
@@ -282,7 +284,7 @@ def run_label_quality(args: argparse.Namespace) -> None:
         labels, name = client_labels(args.data_root, args.splits), str(args.data_root)
     else:
         rate, labels, name = args.label_rate or 100, labels_of(args.labels), " ".join(str(km) for _, km in args.labels)
-    quality = label_quality(read_alignments(alignment_files(args.alignments, rate)), labels)
+    quality = label_quality(read_alignments(alignment_files(args.alignments, rate), rate), labels)
     print(quality_table({name: quality}))
     if args.json:
         atomic_write_json(args.json, {"labels": name, "label_rate": rate, **asdict(quality)})
@@ -308,13 +310,19 @@ def add_probe_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-subset", default="train-clean-5", help="speakers the probes are fitted on")
     p.add_argument("--test-subset", default="dev-clean-2", help="other speakers, the probes are scored on")
     p.add_argument("--random-init", action="store_true", help="also probe each architecture with fresh weights")
+    p.add_argument(
+        "--train-frames",
+        type=int,
+        help="fit the probes on at most this many frames of --train-subset, drawn at random "
+        "(default: fedhubert_plugin.probe.TRAIN_FRAMES, 100000; 0: all)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(run=run_probe)
 
 
 def run_probe(args: argparse.Namespace) -> None:
-    from fedhubert_plugin.probe import probe, probe_table, write_probe
+    from fedhubert_plugin.probe import TRAIN_FRAMES, probe, probe_table, write_probe
 
     checkpoints = {}
     for entry in args.checkpoint:
@@ -330,6 +338,7 @@ def run_probe(args: argparse.Namespace) -> None:
         args.test_subset,
         args.random_init,
         args.seed,
+        train_frames=TRAIN_FRAMES if args.train_frames is None else args.train_frames,
     )
     written = write_probe(results, args.out)
     print(probe_table(results))

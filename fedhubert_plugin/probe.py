@@ -34,6 +34,7 @@ from fedhubert_plugin.targets.quality import label_quality, read_alignments
 logger = logging.getLogger(__name__)
 
 CLUSTERS = 100
+TRAIN_FRAMES = 100_000  # frames the probes are fitted on at most (a random, seeded subset of the train subset)
 
 
 @dataclass
@@ -86,6 +87,15 @@ def frames_and_phones(features: List[np.ndarray], phones: List[List[str]]) -> Tu
     return stacked, [phone for p, n in zip(phones, lengths) for phone in p[:n]]
 
 
+def subsample(frames: Tuple[np.ndarray, List[str]], limit: int, seed: int) -> Tuple[np.ndarray, List[str]]:
+    """At most ``limit`` of the frames (all when ``limit`` is 0), drawn without replacement with ``seed``."""
+    features, phones = frames
+    if not limit or len(phones) <= limit:
+        return frames
+    keep = np.sort(np.random.default_rng(seed).choice(len(phones), size=limit, replace=False))
+    return features[keep], [phones[i] for i in keep]
+
+
 def score_layer(
     layer: int, train: Tuple[np.ndarray, List[str]], test: Tuple[np.ndarray, List[str]], seed: int
 ) -> LayerScore:
@@ -107,11 +117,12 @@ def score_layers(
     train_split: Split,
     test_split: Split,
     seed: int,
+    train_frames: int = TRAIN_FRAMES,
 ) -> ProbeResult:
-    """``train`` and ``test`` hold, per utterance, one feature matrix per layer."""
+    """``train`` and ``test`` hold, per utterance, one feature matrix per layer; fit on ``train_frames`` at most."""
     result = ProbeResult(name)
     for layer in tqdm(range(len(train[0])), desc=f"probe {name}", unit="layer", leave=False):
-        layer_train = frames_and_phones([u[layer] for u in train], train_split.phones)
+        layer_train = subsample(frames_and_phones([u[layer] for u in train], train_split.phones), train_frames, seed)
         layer_test = frames_and_phones([u[layer] for u in test], test_split.phones)
         result.layers.append(score_layer(layer, layer_train, layer_test, seed))
     logger.info("probe %s: best layer %d, phone accuracy %.3f", name, result.best.layer, result.best.phone_accuracy)
@@ -158,15 +169,20 @@ def probe(
     random_init: bool = False,
     seed: int = 0,
     device: Optional[str] = None,
+    train_frames: int = TRAIN_FRAMES,
 ) -> List[ProbeResult]:
-    """The MFCC baseline, then every checkpoint (and, with ``random_init``, its fresh twin), layer by layer."""
+    """The MFCC baseline, then every checkpoint (and, with ``random_init``, its fresh twin), layer by layer.
+
+    The probes are fitted on at most ``train_frames`` frames of ``train_subset`` (0: all of them).
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     splits = {
         rate: [read_split(librispeech_root, subset, alignments, rate) for subset in (train_subset, test_subset)]
         for rate in ("100hz", "50hz")
     }
     mfcc_train, mfcc_test = splits["100hz"]
-    results = [score_layers("MFCC", mfcc_features(mfcc_train), mfcc_features(mfcc_test), mfcc_train, mfcc_test, seed)]
+    mfcc = [mfcc_features(mfcc_train), mfcc_features(mfcc_test)]
+    results = [score_layers("MFCC", *mfcc, mfcc_train, mfcc_test, seed, train_frames)]
     train, test = splits["50hz"]
     with tempfile.TemporaryDirectory() as tmp:
         models = dict(checkpoints)
@@ -177,7 +193,7 @@ def probe(
                 )
         for name, path in models.items():
             train_states, test_states = hidden_states(path, [train, test], device)
-            results.append(score_layers(name, train_states, test_states, train, test, seed))
+            results.append(score_layers(name, train_states, test_states, train, test, seed, train_frames))
     return results
 
 

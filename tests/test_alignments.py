@@ -9,9 +9,11 @@ import fairseq
 import numpy as np
 import pytest
 import soundfile as sf
+from praatio import textgrid
 
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.synthesis import SILENCE, synthesizer
+from fedhubert_plugin.targets.quality import alignment_files, read_alignments
 from fedhubert_plugin.toy_data import ALIGNMENT_HOPS, DEV_SUBSET, TRAIN_SUBSET
 
 FAIRSEQ_SCRIPT = Path(fairseq.__file__).parent / "examples" / "hubert" / "measure_teacher_quality.py"
@@ -124,3 +126,44 @@ def test_label_quality_gives_fairseqs_figures(prepared, toy_corpus, tmp_path, ca
     whole = json.loads(out.read_text())
     # prepare skipped the corrupted file; the empty one was never spoken, so it has no alignment
     assert whole["utterances"] == 59 and whole["aligned_without_labels"] == 1
+
+
+def write_textgrids(alignments: Path, out: Path, rate: int) -> None:
+    """The alignments in Montreal Forced Aligner's layout: <speaker>/<utterance>.TextGrid, silence unlabelled."""
+    for line in alignments.read_text().splitlines():
+        uid, phones = line.split("\t")
+        phones, intervals, start = phones.split(","), [], 0
+        for end in range(1, len(phones) + 1):
+            if end == len(phones) or phones[end] != phones[start]:
+                if phones[start] != SILENCE:
+                    intervals.append((start / rate, end / rate, phones[start]))
+                start = end
+        grid = textgrid.Textgrid()
+        grid.addTier(textgrid.IntervalTier("words", [], 0, len(phones) / rate))
+        grid.addTier(textgrid.IntervalTier("phones", intervals, 0, len(phones) / rate))
+        speaker = out / uid.split("-")[0]
+        speaker.mkdir(parents=True, exist_ok=True)
+        grid.save(str(speaker / f"{uid}.TextGrid"), format="long_textgrid", includeBlankSpaces=True)
+
+
+def test_label_quality_reads_montreal_forced_aligner_textgrids(prepared, toy_corpus, tmp_path):
+    grids = tmp_path / "mfa"
+    for subset in (TRAIN_SUBSET, DEV_SUBSET):
+        write_textgrids(toy_corpus / "alignments" / "100hz" / f"{subset}.tsv", grids, 100)
+    figures = {}
+    for name, alignments in (("tsv", toy_corpus / "alignments"), ("textgrid", grids)):
+        out = tmp_path / f"{name}.json"
+        assert (
+            main(
+                ["label-quality", "--data-root", str(prepared), "--alignments", str(alignments)] + ["--json", str(out)]
+            )
+            == 0
+        )
+        figures[name] = json.loads(out.read_text())
+    assert figures["textgrid"] == figures["tsv"] and figures["tsv"]["utterances"] == 59
+    (grids / "1234").mkdir()
+    words_only = textgrid.Textgrid()
+    words_only.addTier(textgrid.IntervalTier("words", [(0.0, 0.5, "hello")], 0, 1.0))
+    words_only.save(str(grids / "1234" / "bad.TextGrid"), format="long_textgrid", includeBlankSpaces=True)
+    with pytest.raises(ValueError, match=r"bad.TextGrid has no phones tier"):
+        read_alignments(alignment_files(grids, 100), 100)

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.export import export_initial
+from fedhubert_plugin.probe import subsample
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 from tests.helpers import TINY
 
@@ -26,6 +28,8 @@ def test_probe_scores_every_layer_against_mfcc_and_a_random_init_twin(toy_corpus
         "--test-subset",
         DEV_SUBSET,
         "--random-init",
+        "--train-frames",
+        "3000",  # of about 9000: MFCC is still far above chance
         "--out",
         str(tmp_path / "probe"),
     ]
@@ -44,3 +48,12 @@ def test_probe_scores_every_layer_against_mfcc_and_a_random_init_twin(toy_corpus
         assert all(0 <= s["phone_accuracy"] <= 1 and 0 <= s["pnmi"] <= 1 for s in scores)
     assert (tmp_path / "probe" / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| MFCC | 0 |" in capsys.readouterr().out
+
+
+def test_the_probe_fits_on_a_seeded_subset_of_frames_with_their_own_phones():
+    frames = (np.arange(100.0)[:, None], [f"p{i}" for i in range(100)])
+    features, phones = subsample(frames, 30, seed=3)
+    assert len(features) == len(phones) == 30 and phones == [f"p{int(f)}" for f in features[:, 0]]
+    assert np.array_equal(features, subsample(frames, 30, seed=3)[0])
+    assert not np.array_equal(features, subsample(frames, 30, seed=4)[0])
+    assert subsample(frames, 0, seed=3) is frames and subsample(frames, 100, seed=3) is frames

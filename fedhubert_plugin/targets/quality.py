@@ -2,18 +2,21 @@
 
 Labels are read as fairseq's ``examples/hubert/measure_teacher_quality.py`` reads them (each
 utterance named by its manifest entry's file name), phone alignments as it reads them
-(``<utterance id><TAB>ph,ph,...`` at the label rate, stress digits dropped), and the measures
-are that script's own functions, so the figures are fairseq's:
+(``<utterance id><TAB>ph,ph,...`` at the label rate, stress digits dropped) or from Montreal
+Forced Aligner TextGrids (read with praatio, sampled at the label rate), and the measures are
+that script's own functions, so the figures are fairseq's:
 
 - phone purity: E over clusters of max over phones p(phone | cluster) (fairseq's "ref pur");
 - cluster purity: E over phones of max over clusters p(cluster | phone) ("hyp pur");
 - PNMI: I(phone; cluster) / H(phone) ("MI/H(ref)").
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+import numpy as np
 from fairseq.examples.hubert.measure_teacher_quality import (
     comp_joint_prob,
     comp_norm_mutual_info,
@@ -21,8 +24,11 @@ from fairseq.examples.hubert.measure_teacher_quality import (
     read_lab,
     read_phn,
 )
+from praatio import textgrid
 
 from fedhubert_plugin.targets.labels import SPLITS
+
+SILENCE = "sil"  # the one phone of every frame that no TextGrid interval names (MFA's "", "sil", "sp")
 
 
 @dataclass
@@ -41,25 +47,50 @@ class LabelQuality:
     frame_difference: int  # frames by which labels and alignments differed in length, summed
 
 
-def read_alignments(paths: Sequence[Path]) -> Dict[str, List[str]]:
-    """Utterance id -> phone per frame, from fairseq-style alignment files (e.g. ``toy/alignments/100hz/*.tsv``)."""
+def textgrid_phones(path: Path, label_rate: float) -> List[str]:
+    """Phone per frame at ``label_rate`` of a Montreal Forced Aligner TextGrid (its phones tier; a frame takes
+    the interval that holds its centre, stress digits dropped, silence as ``SILENCE``)."""
+    grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
+    tiers = [name for name in grid.tierNames if name.lower().endswith("phones")]
+    if not tiers:
+        raise ValueError(
+            f"{path} has no phones tier (tiers: {', '.join(grid.tierNames)}); give Montreal Forced Aligner "
+            "output, whose phone tier is named 'phones' or '<speaker> - phones'"
+        )
+    centres = (np.arange(int(round(grid.maxTimestamp * label_rate))) + 0.5) / label_rate
+    phones = [SILENCE] * len(centres)
+    for start, end, label in grid.getTier(tiers[0]).entries:
+        first, last = np.searchsorted(centres, [start, end])
+        phone = re.sub("[0-9]", "", label.strip())
+        phones[first:last] = [SILENCE if phone in ("", "sil", "sp") else phone] * (last - first)
+    return phones
+
+
+def read_alignments(paths: Sequence[Path], label_rate: float = 0) -> Dict[str, List[str]]:
+    """Utterance id -> phone per frame, from fairseq-style alignment files (e.g. ``toy/alignments/100hz/*.tsv``)
+    or from TextGrids (one per utterance, named after its audio file; sampled at ``label_rate``)."""
     phones: Dict[str, List[str]] = {}
-    for path in paths:
-        phones.update(read_phn(str(path)))
+    for path in map(Path, paths):
+        if path.suffix.lower() == ".textgrid":
+            phones[path.stem] = textgrid_phones(path, label_rate)
+        else:
+            phones.update(read_phn(str(path)))
     if not phones:
         raise FileNotFoundError(f"no phone alignments in {[str(p) for p in paths]}")
     return phones
 
 
 def alignment_files(folder: Path, label_rate: float) -> List[Path]:
-    """The alignment files for labels at ``label_rate``: ``folder/<rate>hz/*.tsv`` when it exists,
-    else ``folder/*.tsv``."""
+    """The alignment files for labels at ``label_rate``: ``folder/<rate>hz/*.tsv`` when it exists, else
+    ``folder/*.tsv``, else the TextGrids anywhere under ``folder`` (Montreal Forced Aligner's output)."""
     at_rate = Path(folder) / f"{label_rate:g}hz"
     files = sorted((at_rate if at_rate.is_dir() else Path(folder)).glob("*.tsv"))
+    files = files or sorted(path for path in Path(folder).rglob("*") if path.suffix.lower() == ".textgrid")
     if not files:
         raise FileNotFoundError(
-            f"no alignment files (*.tsv) in {at_rate} or {folder}: give the folder that `fedhubert toy-data` wrote "
-            f"(OUT/alignments), or fairseq-style phone alignments at {label_rate:g} Hz"
+            f"no alignment files (*.tsv) in {at_rate} or {folder}, and no TextGrids under {folder}: give the folder "
+            f"that `fedhubert toy-data` wrote (OUT/alignments), fairseq-style phone alignments at "
+            f"{label_rate:g} Hz, or Montreal Forced Aligner's output folder"
         )
     return files
 
