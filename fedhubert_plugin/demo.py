@@ -1,13 +1,15 @@
 """``fedhubert demo``: the whole product in one command, from audio to SUPERB keyword spotting.
 
-Phases (each logs ``[phase i/6]``; the tools underneath show their own progress bars):
+Phases (each logs ``[phase i/7]``; the tools underneath show their own progress bars):
 1. data: the toy corpus (espeak-ng voices), or the given LibriSpeech and Speech Commands;
 2. prepare: speaker non-IID clients, MFCC, federated k-means through Flower;
 3. pretrain: federated HuBERT (fairseq trainers on Flower, FedAdam);
 4. distill: federated distillation of the global model into a smaller student;
 5. downstream: s3prl keyword spotting (train, then test ``dev-best.ckpt``) for the teacher,
    the student and the untrained model (random init);
-6. report: ``OUT/report.md`` with plots and tables.
+6. probe: what the layers of the same three, and MFCC, know about phones (``fedhubert probe``,
+   on the toy corpus's alignments);
+7. report: ``OUT/report.md`` with plots and tables, and what pretraining bought.
 
 Every phase keeps its outputs under OUT; a second run reuses finished phases (prepare's
 ``prepare.json``, the federations' ``--resume``, each downstream run's ``test.json``).
@@ -28,6 +30,7 @@ from fedhubert_plugin.federation.runlog import read_metrics
 from fedhubert_plugin.federation.server_app import simulate_pretraining
 from fedhubert_plugin.federation.settings import from_prepared_data
 from fedhubert_plugin.prepare import PrepareConfig, prepare, summary_table
+from fedhubert_plugin.probe import ProbeResult, probe, probe_table, write_probe
 from fedhubert_plugin.recipes import find_recipe
 from fedhubert_plugin.report import clients_table, downstream_table, plot_run, rounds_table, write_report
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
@@ -36,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 # teacher recipe -> (student recipe, KS config)
 PAIRED = {"tiny": ("tiny_student", "ks_tiny"), "base": ("student", "ks")}
+TEACHER, STUDENT, RANDOM_INIT = (
+    "teacher (federated HuBERT)",
+    "student (federated distillation)",
+    "random init (untrained teacher)",
+)
 
 
 @dataclass
@@ -100,6 +108,7 @@ def data_phase(cfg: DemoConfig) -> Dict[str, object]:
         "keywords": toy / "speech_commands" / "train",
         "keywords_test": toy / "speech_commands" / "test",
         "min_seconds": 1.0,
+        "alignments": toy / "alignments",
     }
 
 
@@ -151,7 +160,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     student_recipe, ks_name = PAIRED[cfg.recipe]
     overrides = list(cfg.overrides)
     teacher_recipe = str(find_recipe(cfg.recipe))
-    phases = Phases(6)
+    phases = Phases(7)
     data = phases.run("data", data_phase, cfg)
     prepared = phases.run("prepare (federated k-means)", prepare_phase, cfg, data)
     pretrain = phases.run(
@@ -181,9 +190,9 @@ def run_demo(cfg: DemoConfig) -> Path:
         teacher_recipe, cfg.out / "random_init.pt", meta["n_clusters"], meta["label_rate"], overrides
     )
     upstreams = {  # folder under OUT/downstream: (label, checkpoint)
-        "teacher": ("teacher (federated HuBERT)", pretrain / "server" / "best_global_model.pt"),
-        "student": ("student (federated distillation)", distill / "server" / "best_global_model.pt"),
-        "random_init": ("random init (untrained teacher)", random_init),
+        "teacher": (TEACHER, pretrain / "server" / "best_global_model.pt"),
+        "student": (STUDENT, distill / "server" / "best_global_model.pt"),
+        "random_init": (RANDOM_INIT, random_init),
     }
     ks_config = find_recipe(ks_name)
 
@@ -197,14 +206,49 @@ def run_demo(cfg: DemoConfig) -> Path:
         return results
 
     results = phases.run("SUPERB keyword spotting (s3prl)", downstream)
-    report = phases.run("report", make_report, cfg, prepared, pretrain, distill, results, phases.seconds)
+    probed = phases.run("phone probe", probe_phase, cfg, data, {label: ckpt for label, ckpt in upstreams.values()})
+    report = phases.run("report", make_report, cfg, prepared, pretrain, distill, results, probed, phases.seconds)
     print(downstream_table(results))
     print(f"report: {report}")
     return report
 
 
+def probe_phase(cfg: DemoConfig, data: Dict, checkpoints: Dict[str, Path]) -> Optional[List[ProbeResult]]:
+    """``fedhubert probe`` of the upstreams and MFCC into OUT/probe; None without phone alignments (own data)."""
+    if "alignments" not in data:
+        return None
+    results = probe(checkpoints, data["librispeech"], data["alignments"], TRAIN_SUBSET, DEV_SUBSET, seed=cfg.seed)
+    write_probe(results, cfg.out / "probe")
+    return results
+
+
+def pretraining_verdict(probed: List[ProbeResult], downstream: Dict[str, Dict]) -> str:
+    """What the teacher gained over random init on each measure, said plainly; where to find the evidence."""
+    teacher, random_init = (next(result for result in probed if result.name == name) for name in (TEACHER, RANDOM_INIT))
+    gains = {
+        "phone accuracy": teacher.best.phone_accuracy - random_init.best.phone_accuracy,
+        "PNMI": max(s.pnmi for s in teacher.layers) - max(s.pnmi for s in random_init.layers),
+        "KS accuracy": downstream[teacher.name]["test_acc"] - downstream[random_init.name]["test_acc"],
+    }
+    figures = ", ".join(f"{name} {gain:+.3f}" for name, gain in gains.items())
+    evidence = (
+        "One seed on a toy corpus is noise-sized; `benchmarks/quality.py` (results in "
+        "`benchmarks/results/quality.md`) trains long enough on a 30-minute corpus, over 3 seeds, to show "
+        "what pretraining buys and how federated compares with centralized."
+    )
+    if max(gains.values()) <= 0:
+        return f"At demo scale pretraining did not beat random init on any measure ({figures}). {evidence}"
+    return f"Teacher against random init, best layers: {figures}. {evidence}"
+
+
 def make_report(
-    cfg: DemoConfig, prepared: Path, pretrain: Path, distill: Path, results: Dict, seconds: Dict[str, float]
+    cfg: DemoConfig,
+    prepared: Path,
+    pretrain: Path,
+    distill: Path,
+    results: Dict,
+    probed: Optional[List[ProbeResult]],
+    seconds: Dict[str, float],
 ) -> Path:
     """Plots and ``report.md``."""
     pretrain_lines, distill_lines = read_metrics(pretrain), read_metrics(distill)
@@ -222,5 +266,11 @@ def make_report(
         "Downstream: SUPERB keyword spotting": downstream_table(results)
         + "\n\ns3prl `speech_commands`, frozen upstream, weighted sum of its layers, "
         + f"config `{PAIRED[cfg.recipe][1]}.yaml`; logs under `{cfg.out / 'downstream'}`.",
+        "What pretraining bought: phone probe": "Not run: phone alignments are known only for the toy corpus; "
+        "run `fedhubert probe` with your alignments (docs/quality.md)."
+        if probed is None
+        else f"{probe_table(probed)}\n\n![probe](probe/probe.png)\n\nA linear phone classifier and k-means "
+        f"(PNMI) on each layer, fitted on the train speakers and scored on held-out speakers; the best layer "
+        f"of each model. {pretraining_verdict(probed, results)}",
     }
     return write_report(cfg.out, sections, seconds)

@@ -13,6 +13,7 @@ SECTIONS = [
     "Federated pretraining",
     "Federated distillation",
     "Downstream: SUPERB keyword spotting",
+    "What pretraining bought: phone probe",
     "Time per phase",
 ]
 
@@ -24,7 +25,7 @@ def table_rows(section: str):
         for line in section.splitlines()
         if line.startswith("|")
         and not line.startswith("| ---")
-        and not re.match(r"\| (client|round|upstream|phase) \|", line)
+        and not re.match(r"\| (client|round|upstream|phase|features) \|", line)
     ]
 
 
@@ -50,8 +51,13 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys):
     ]
     assert all(0.0 <= float(row[2]) <= 1.0 for row in downstream)
     assert float(downstream[1][1].split()[0]) < float(downstream[0][1].split()[0])  # the student is smaller
+    probed = table_rows(sections["What pretraining bought: phone probe"])
+    assert [row[0] for row in probed] == ["MFCC"] + [row[0] for row in downstream]
+    assert all(0.0 < float(row[2]) < 1.0 and 0.0 < float(row[3]) < 1.0 for row in probed)  # accuracy, PNMI
+    assert "against random init" in sections["What pretraining bought: phone probe"]
+    assert json.loads((out / "probe" / "probe.json").read_text())[1]["name"] == "teacher (federated HuBERT)"
     phases = table_rows(sections["Time per phase"])
-    assert len(phases) == 5 and all(float(row[1]) > 0 for row in phases)
+    assert len(phases) == 6 and all(float(row[1]) > 0 for row in phases)
     for png in ("pretrain.png", "distill.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for run in ("pretrain", "distill"):
