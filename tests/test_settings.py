@@ -69,7 +69,7 @@ def test_cli_options_come_from_the_declaration_with_one_name_each():
     pretrain = next(
         a for a in build_parser()._subparsers._group_actions[0].choices["pretrain"]._actions if a.dest == "eta"
     )
-    assert "server learning rate" in pretrain.help and "default 0.001" in pretrain.help
+    assert "server learning rate" in pretrain.help and "default 0.01" in pretrain.help
     for f in fields(FederationSettings):
         assert f.metadata["cli"] or f.metadata["run_config"], f.name
 

@@ -113,7 +113,7 @@ class FederationSettings:
         "Flower strategy; fedmedian, fedtrimmedavg, krum and multikrum resist a few bad clients",
         choices=STRATEGIES,
     )
-    eta: float = setting(1e-3, "server learning rate (fedadam, fedyogi, fedadagrad)")
+    eta: float = setting(1e-2, "server learning rate (fedadam, fedyogi, fedadagrad)")
     eta_l: float = setting(0.0, "client peak learning rate sent to clients; 0: the recipe's optimization.lr")
     beta_1: float = setting(0.9, "first-moment decay of fedadam and fedyogi")
     beta_2: float = setting(0.99, "second-moment decay of fedadam and fedyogi")

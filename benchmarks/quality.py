@@ -1,0 +1,382 @@
+"""Does federated HuBERT learn, and as well as centralized? Issue 15's quality benchmark.
+
+On a synthetic corpus large enough to learn from (default 16 train speakers and 31 minutes, 4
+held-out speakers), every run makes the same number of fairseq updates in all, once per seed:
+
+- ``centralized``: plain ``fairseq-hydra-train`` on the union of the clients' data and labels;
+- ``fedadam`` and ``fedavg``: federated, speaker non-IID, federated k-means;
+- ``fedadam_iid``: federated, utterances dealt at random (IID), federated k-means;
+- ``fedadam_local_kmeans``: federated, speaker non-IID, one k-means codebook per client;
+- ``random_init``: the recipe's architecture, untrained (seeded).
+
+Each model is scored on the held-out speakers: masked accuracy (fairseq's validation, on labels
+from the codebook it trained on; local k-means has none shared), the best layer's linear phone
+accuracy and k-means PNMI (``fedhubert probe``), and s3prl keyword spotting. Then iteration 2:
+PNMI of k-means targets made from the trained models' features, federated and centralized
+k-means, against the MFCC targets they replace. ``--sweep`` instead tries server learning rates,
+tau and local updates for FedAdam at one seed. Results: ``results/quality.{json,md}`` (or
+``results/quality_sweep.*``).
+
+    .venv/bin/python benchmarks/quality.py              # about 25 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/quality.py --sweep
+    .venv/bin/python benchmarks/quality.py --speakers 40 --minutes 60 --rounds 40  # bigger, for a GPU
+"""
+
+import argparse
+import itertools
+import json
+import logging
+import shutil
+import statistics
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import soundfile as sf
+from common import RECIPES, RESULTS, fairseq_train, federated, machine_meta, prepare
+
+from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.data.manifest import write_manifest
+from fedhubert_plugin.downstream import keyword_spotting
+from fedhubert_plugin.federation.local_trainer import LocalTrainer
+from fedhubert_plugin.probe import probe, random_init_checkpoint
+from fedhubert_plugin.targets.features import feature_extractor
+from fedhubert_plugin.targets.labels import SPLITS, label_client
+from fedhubert_plugin.targets.quality import alignment_files, client_labels, label_quality, read_alignments
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
+
+logger = logging.getLogger("quality")
+
+# prepared data: name -> extra `fedhubert prepare` flags (all of them on the train subset alone)
+DATA = {
+    "speaker": ("federated", "--partition", "speaker"),
+    "iid": ("federated", "--partition", "iid"),
+    "speaker_local_kmeans": ("local", "--partition", "speaker"),
+}
+# trained runs: name -> (prepared data, `fedhubert pretrain` flags); None: centralized fairseq-hydra-train
+RUNS = {
+    "centralized": None,
+    "fedadam": ("speaker", ["--strategy", "fedadam"]),
+    "fedavg": ("speaker", ["--strategy", "fedavg"]),
+    "fedadam_iid": ("iid", ["--strategy", "fedadam"]),
+    "fedadam_local_kmeans": ("speaker_local_kmeans", ["--strategy", "fedadam"]),
+}
+SWEEP = {"eta": [0.001, 0.003, 0.01, 0.03], "tau": [1e-6, 1e-3], "local_updates": [10, 20]}
+KS_CONFIG = RECIPES.parents[1] / "superb" / "ks_tiny.yaml"
+PROBE_FRAMES = 20_000
+
+
+def union_shard(data: Path, out: Path) -> Path:
+    """The centralized baseline's data: every client's train and valid split in one shard (same labels)."""
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    clients = sorted((data / "clients").iterdir())
+    for split in SPLITS:
+        manifests = [(c / f"{split}.tsv").read_text().splitlines() for c in clients]
+        (out / f"{split}.tsv").write_text(
+            "\n".join([manifests[0][0]] + [row for m in manifests for row in m[1:]]) + "\n"
+        )
+        (out / "labels" / f"{split}.km").write_text(
+            "".join((c / "labels" / f"{split}.km").read_text() for c in clients)
+        )
+    for name in ("dict.km.txt", "labels.json"):
+        shutil.copy(clients[0] / "labels" / name, out / "labels" / name)
+    return out
+
+
+def heldout_shard(data: Path, librispeech: Path, out: Path) -> Path:
+    """The held-out speakers (the dev subset) labelled with ``data``'s k-means codebook, as a fairseq shard."""
+    if not (out / "labels" / "labels.json").is_file():
+        audio = sorted((librispeech / DEV_SUBSET).rglob("*.flac"))
+        rows = [(str(path.relative_to(librispeech)), sf.info(str(path)).frames) for path in audio]
+        for split in SPLITS:
+            write_manifest(out / f"{split}.tsv", librispeech, rows)
+        meta = json.loads((data / "prepare.json").read_text())
+        codebook = np.load(data / "kmeans" / "codebook.npy")
+        label_client(out, codebook, feature_extractor(meta["features"]), meta["n_clusters"])
+        shutil.copy(data / "clients" / "client_000" / "labels" / "labels.json", out / "labels")
+    return out
+
+
+def masked_accuracy(checkpoint: Path, shard: Path) -> float:
+    """Masked-frame accuracy of ``checkpoint`` on ``shard``'s valid split, by fairseq's validation."""
+    weights = {k: v.numpy() for k, v in load_checkpoint(checkpoint)["model"].items()}
+    trainer = LocalTrainer(RECIPES / "tiny.yaml", ["common.cpu=true"], label_rate=100)
+    return trainer.evaluate(shard, weights).metrics["acc_masked"]
+
+
+def train(name: str, spec, seed: int, data: Dict[str, Path], args: argparse.Namespace) -> Dict:
+    """One run (``spec`` as in ``RUNS``), saved under ``name``: its checkpoint and wall seconds (kept in
+    ``result.json``: a second call reuses a finished run)."""
+    save = args.work / "runs" / f"{name}_seed{seed}"
+    if (save / "result.json").is_file():
+        return json.loads((save / "result.json").read_text())
+    total = args.rounds * args.local_updates * args.clients
+    overrides = ["common.cpu=true", f"common.seed={seed}", *args.recipe_overrides]
+    if spec is None:
+        shard = union_shard(data["speaker"], args.work / "central_data")
+        warmup = f"lr_scheduler.warmup_updates={10 * args.clients}"  # the clients' 10, on the union's clock
+        result = fairseq_train(shard, save, total, "tiny", [*overrides, warmup])
+    else:
+        prepared, flags = spec
+        run_flags = [*flags, "--seed", str(seed), "--min-train-nodes", str(args.clients)]
+        result = federated(data[prepared], save, args.rounds, args.local_updates, extra=run_flags, overrides=overrides)
+    trained = {"checkpoint": result["checkpoint"], "wall_seconds": result["wall_seconds"]}
+    (save / "result.json").write_text(json.dumps(trained) + "\n")
+    return trained
+
+
+def score(models: Dict[str, Path], heldout: Dict[str, Path], toy: Path, work: Path, seed: int) -> Dict[str, Dict]:
+    """Masked accuracy (where a shared codebook exists), probe and KS of every model of one seed."""
+    probed = probe(
+        models, toy / "LibriSpeech", toy / "alignments", TRAIN_SUBSET, DEV_SUBSET, seed=seed, train_frames=PROBE_FRAMES
+    )
+    scores = {}
+    for result in probed:
+        best_pnmi = max(layer.pnmi for layer in result.layers)
+        scores[result.name] = {"phone_accuracy": result.best.phone_accuracy, "best_layer": result.best.layer}
+        scores[result.name]["pnmi"] = best_pnmi
+        if result.name in models:
+            ks = keyword_spotting(
+                models[result.name],
+                work / "ks" / f"{result.name}_seed{seed}",
+                KS_CONFIG,
+                toy / "speech_commands" / "train",
+                toy / "speech_commands" / "test",
+            )
+            scores[result.name]["ks_accuracy"] = ks["test_acc"]
+        if result.name in heldout:
+            scores[result.name]["masked_accuracy"] = masked_accuracy(models[result.name], heldout[result.name])
+    return scores
+
+
+def iteration2(toy: Path, work: Path, checkpoints: Dict[str, Path], mfcc: Path, args: argparse.Namespace) -> Dict:
+    """PNMI of iteration-2 targets (federated and centralized k-means of trained features) and of MFCC targets."""
+    alignments = toy / "alignments"
+    rows = {"MFCC (iteration 1)": mfcc}
+    for model, kmeans_clients in (("fedadam", args.clients), ("fedadam", 1), ("centralized", 1)):
+        kind = "federated" if kmeans_clients > 1 else "centralized"
+        out = work / "data" / f"iteration2_{model}_{kind}_kmeans"
+        flags = ("--subsets", TRAIN_SUBSET, "--features", "checkpoint", "--checkpoint", str(checkpoints[model]))
+        rows[f"layer {args.layer} of {model}, {kind} k-means"] = prepare(
+            toy, out, kmeans_clients, "federated", *flags, "--layer", str(args.layer)
+        )
+    result = {}
+    for name, data in rows.items():
+        rate = json.loads((data / "prepare.json").read_text())["label_rate"]
+        phones = read_alignments(alignment_files(alignments, rate), rate)
+        result[name] = label_quality(phones, client_labels(data)).pnmi
+    return result
+
+
+def spread(values: Sequence[float]) -> Dict[str, float]:
+    """Mean, sample standard deviation, min and max over seeds."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(per_seed: Dict[int, Dict[str, Dict]]) -> Dict[str, Dict[str, Dict]]:
+    """For every model and measure: its spread over the seeds."""
+    models = next(iter(per_seed.values()))
+    return {
+        model: {
+            measure: spread([per_seed[seed][model][measure] for seed in per_seed])
+            for measure in models[model]
+            if measure != "best_layer"
+        }
+        for model in models
+    }
+
+
+def targets(per_seed: Dict[int, Dict[str, Dict]], summary: Dict) -> List[str]:
+    """Issue 15's targets, met or missed, with the figures behind them."""
+    lines = []
+    random_max = max(scores["random_init"]["phone_accuracy"] for scores in per_seed.values())
+    for name in RUNS:
+        worst = min(scores[name]["phone_accuracy"] for scores in per_seed.values())
+        gain = worst - random_max
+        verdict = "met" if gain >= 0.05 else "**missed**"
+        lines.append(
+            f"- {name} beats random init on the phone probe by ≥ 0.05 on every seed pair: "
+            f"worst seed {worst:.3f} − best random seed {random_max:.3f} = {gain:+.3f}, {verdict}"
+        )
+    for measure in ("masked_accuracy", "phone_accuracy"):
+        ratio = summary["fedadam"][measure]["mean"] / summary["centralized"][measure]["mean"]
+        ratios = [scores["fedadam"][measure] / scores["centralized"][measure] for scores in per_seed.values()]
+        verdict = "met" if ratio >= 0.95 else "**missed**"
+        lines.append(
+            f"- federated speaker non-IID (FedAdam) / centralized, {measure.replace('_', ' ')}: {ratio:.3f} "
+            f"(per seed {min(ratios):.3f}–{max(ratios):.3f}), target ≥ 0.95, {verdict}"
+        )
+    return lines
+
+
+def cell(measure: Dict[str, Dict], key: str) -> str:
+    """``mean ± sd`` of one measure, or a dash where the model has none."""
+    if key not in measure:
+        return "—"
+    return f"{measure[key]['mean']:.3f} ± {measure[key]['sd']:.3f}"
+
+
+def table(summary: Dict, walls: Dict[str, List[float]]) -> List[str]:
+    """Markdown: one row per model, mean ± sd over the seeds."""
+    lines = [
+        "| model | masked accuracy, held-out speakers | phone accuracy, best layer | PNMI, best layer | KS accuracy | "
+        "train wall s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for model, measure in summary.items():
+        wall = f"{statistics.fmean(walls[model]):.0f}" if model in walls else "—"
+        cells = [cell(measure, key) for key in ("masked_accuracy", "phone_accuracy", "pnmi", "ks_accuracy")]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {wall} |")
+    return lines
+
+
+def corpus(args: argparse.Namespace) -> Path:
+    """The synthetic corpus (made once per size and seed 0) and the prepared data of ``DATA``."""
+    toy = args.work / f"toy_{args.speakers}spk_{args.minutes:g}min"
+    if not (toy / "toy_data.json").is_file():
+        write_toy_data(toy, speakers=args.speakers, dev_speakers=4, minutes=args.minutes, workers=2, force=True)
+    return toy
+
+
+def benchmark(args: argparse.Namespace, toy: Path, data: Dict[str, Path]) -> Dict:
+    """Every run of ``RUNS`` at every seed, scored; iteration 2 of seed 0's models."""
+    heldout = {
+        prepared: heldout_shard(data[prepared], toy / "LibriSpeech", args.work / "data" / f"heldout_{prepared}")
+        for prepared in ("speaker", "iid")
+    }
+    per_seed, walls, first = {}, {}, {}
+    for seed in args.seeds:
+        models = {}
+        for name, spec in RUNS.items():
+            trained = train(name, spec, seed, data, args)
+            models[name] = trained["checkpoint"]
+            walls.setdefault(name, []).append(trained["wall_seconds"])
+        fresh = args.work / "runs" / f"random_init_seed{seed}.pt"
+        models["random_init"] = random_init_checkpoint(models["centralized"], fresh, seed)
+        shards = {name: heldout["iid" if name == "fedadam_iid" else "speaker"] for name in RUNS if "local" not in name}
+        per_seed[seed] = score(models, {**shards, "random_init": heldout["speaker"]}, toy, args.work, seed)
+        first = first or models
+        logger.info("seed %d: %s", seed, json.dumps(per_seed[seed]))
+    summary = summarize(per_seed)
+    return {
+        "per_seed": per_seed,
+        "summary": summary,
+        "walls": walls,
+        "targets": targets(per_seed, summary),
+        "iteration2_pnmi": iteration2(toy, args.work, first, data["speaker"], args),
+        "table": table(summary, walls),
+    }
+
+
+def sweep(args: argparse.Namespace, data: Dict[str, Path], toy: Path) -> Dict:
+    """FedAdam at one seed over ``SWEEP`` (equal total updates): held-out masked accuracy and the probe."""
+    heldout = heldout_shard(data["speaker"], toy / "LibriSpeech", args.work / "data" / "heldout_speaker")
+    total, seed = args.rounds * args.local_updates, args.seeds[0]
+    rows, models = [], {}
+    for eta, tau, local_updates in itertools.product(*SWEEP.values()):
+        rounds = total // local_updates
+        run_args = argparse.Namespace(**{**vars(args), "local_updates": local_updates, "rounds": rounds})
+        name = f"sweep_eta{eta:g}_tau{tau:g}_k{local_updates}"
+        spec = ("speaker", ["--strategy", "fedadam", "--eta", str(eta), "--tau", str(tau)])
+        models[name] = Path(train(name, spec, seed, data, run_args)["checkpoint"])
+        row = {"eta": eta, "tau": tau, "local_updates": local_updates, "rounds": rounds}
+        rows.append({**row, "name": name, "masked_accuracy": masked_accuracy(models[name], heldout)})
+    probed = {
+        result.name: result
+        for result in probe(
+            models,
+            toy / "LibriSpeech",
+            toy / "alignments",
+            TRAIN_SUBSET,
+            DEV_SUBSET,
+            seed=seed,
+            train_frames=PROBE_FRAMES,
+        )
+    }
+    for row in rows:
+        row["phone_accuracy"] = probed[row["name"]].best.phone_accuracy
+        row["pnmi"] = max(layer.pnmi for layer in probed[row["name"]].layers)
+    lines = [
+        "| server lr (eta) | tau | local updates × rounds | phone accuracy, best layer | PNMI | masked accuracy |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted(rows, key=lambda r: -r["phone_accuracy"]):
+        lines.append(
+            f"| {r['eta']:g} | {r['tau']:g} | {r['local_updates']} × {r['rounds']} | {r['phone_accuracy']:.3f} | "
+            f"{r['pnmi']:.3f} | {r['masked_accuracy']:.4f} |"
+        )
+    return {"rows": rows, "table": lines}
+
+
+def sweep_markdown(result: Dict, args: argparse.Namespace) -> str:
+    """results/quality_sweep.md: the runs, best first by the phone probe."""
+    meta, total = result["meta"], args.rounds * args.local_updates * args.clients
+    lines = [
+        f"FedAdam, speaker non-IID, {args.clients} clients, {total} fairseq updates per run, seed {args.seeds[0]}; "
+        f"corpus of {args.speakers} train speakers, {args.minutes:g} min; tiny recipe "
+        f"{' '.join(args.recipe_overrides) or 'as it is'}. Probe and masked accuracy on 4 held-out speakers.",
+        "",
+        *result["table"],
+        "",
+        f"{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}, torch {meta['torch']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(result: Dict, args: argparse.Namespace) -> str:
+    """results/quality.md: the table, the targets and iteration 2."""
+    meta = result["meta"]
+    total = args.rounds * args.local_updates * args.clients
+    lines = [
+        f"Corpus: {args.speakers} train speakers, {args.minutes:g} min, 4 held-out speakers; {args.clients} clients; "
+        f"{total} fairseq updates per run ({args.rounds} rounds × {args.local_updates} local updates × "
+        f"{args.clients} clients); tiny recipe, {' '.join(args.recipe_overrides) or 'as it is'}; "
+        f"seeds {', '.join(map(str, args.seeds))}: mean ± sd.",
+        "",
+        *result["table"],
+        "",
+        *result["targets"],
+        "",
+        "Iteration 2: PNMI of the targets against phone alignments (the train speakers):",
+        "",
+        "| targets | PNMI |",
+        "| --- | --- |",
+        *[f"| {name} | {value:.3f} |" for name, value in result["iteration2_pnmi"].items()],
+        "",
+        f"{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}, torch {meta['torch']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speakers", type=int, default=16)
+    parser.add_argument("--minutes", type=float, default=31)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--local-updates", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--layer", type=int, default=1, help="iteration 2: the encoder layer to cluster")
+    parser.add_argument("--recipe-overrides", nargs="*", default=[], help="KEY=VALUE for the tiny recipe, every run")
+    parser.add_argument("--sweep", action="store_true", help="FedAdam's server lr, tau and local updates at one seed")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fedhubert-quality"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    toy = corpus(args)
+    data = {
+        name: prepare(toy, args.work / "data" / name, args.clients, kmeans, "--subsets", TRAIN_SUBSET, *flags)
+        for name, (kmeans, *flags) in DATA.items()
+    }
+    name = "quality_sweep" if args.sweep else "quality"
+    result = sweep(args, data, toy) if args.sweep else benchmark(args, toy, data)
+    result["meta"] = machine_meta()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({**result, "args": vars(args)}, indent=2, default=str) + "\n")
+    text = sweep_markdown(result, args) if args.sweep else markdown(result, args)
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
