@@ -18,7 +18,7 @@ from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation import client_app
 from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
 from fedhubert_plugin.federation.screening import screen
-from fedhubert_plugin.federation.server_app import server_app_for
+from fedhubert_plugin.federation.server_app import server_app_for, simulate_pretraining
 from fedhubert_plugin.federation.strategies import base_strategy
 from tests.helpers import TINY, metric_lines, pretrain_settings
 
@@ -53,7 +53,13 @@ def test_killed_stalled_and_failing_clients_leave_the_round_to_the_others(prepar
     shutil.copytree(prepared, data)
     (data / "clients" / "client_003" / "labels" / "train.km").unlink()  # this client raises a ShardError
     settings = pretrain_settings(
-        data, tmp_path, rounds=2, local_updates=2, round_timeout=TIMEOUT_SECONDS, min_train_nodes=1
+        data,
+        tmp_path,
+        rounds=2,
+        local_updates=2,
+        round_timeout=TIMEOUT_SECONDS,
+        min_train_nodes=1,
+        tolerate_broken_data=True,
     )
     # one Ray actor per client, so that a stalled client holds up nobody else
     simulate(server_app_for(settings), faulty_app, 4, ray_backend_config(num_cpus_per_client=0.5))
@@ -72,6 +78,27 @@ def test_killed_stalled_and_failing_clients_leave_the_round_to_the_others(prepar
     weights = load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"]
     assert all(torch.isfinite(v).all() and v.abs().max() < 100 for v in weights.values())
     assert second["valid"]["loss"] < first["valid"]["loss"]
+    table = (tmp_path / "server" / "participation.md").read_text()
+    assert (
+        "| client_000 | 2 | 0 |  |" in table and "| client_001 | 1 | 0 |" in table and "| client_002 | 1 | 0 |" in table
+    )
+    # round 1's killed and stalled clients had not answered before: named by node id
+    assert len([line for line in table.splitlines() if line.startswith("| node ") and "| 0 | 1 | round 1" in line]) == 2
+    assert "| client_003 | 0 | 2 | round 2: broken data: " in table and "client_003/labels/train.km not found" in table
+
+
+@pytest.mark.e2e
+def test_a_client_with_broken_data_stops_the_run_in_round_1_naming_its_file(prepared, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    (data / "clients" / "client_002" / "labels" / "train.km").unlink()
+    settings = pretrain_settings(data, tmp_path, rounds=3, local_updates=1)
+    with pytest.raises(RuntimeError, match=r"round 1: the data of client_002 is broken: .*client_002/labels/train.km"):
+        simulate_pretraining(settings, 4)
+    assert metric_lines(tmp_path) == []  # nothing aggregated, no checkpoint
+    assert not (tmp_path / "server" / "checkpoint_last.pt").exists()
+    table = (tmp_path / "server" / "participation.md").read_text()
+    assert "| client_002 | 0 | 1 | round 1: broken data: " in table
 
 
 def reply(name, arrays):
@@ -180,3 +207,30 @@ def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in
     ):
         strategy.aggregate_train(2, replies)
     assert strategy.rejected[0] == {"client": "client_003", "reason": "update holds NaN or Inf"}
+
+
+def test_broken_data_stops_the_round_unless_tolerated(in_a_run):
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedhubert_plugin.federation.screening import ScreenedStrategy
+    from fedhubert_plugin.federation.wire import broken_data_reply
+
+    class TwoNodes:  # stands in for Flower's Grid
+        def get_node_ids(self):
+            return [1, 2]
+
+    outgoing = ArrayRecord({"w": Array(np.ones(3, np.float32))})
+    for tolerate in (False, True):
+        strategy = ScreenedStrategy(FedAvg(min_available_nodes=2, min_train_nodes=1), 0.0, 1, 9, tolerate)
+        messages = list(strategy.configure_train(1, outgoing, ConfigRecord({}), TwoNodes()))
+        good = Message(reply("client_000", {"w": [1.1, 1, 1]}).content, reply_to=messages[0])
+        broken = broken_data_reply(messages[1], Path("clients/client_001"), ValueError("x/valid.km not found"))
+        if not tolerate:
+            with pytest.raises(RuntimeError, match=r"round 1: the data of client_001 is broken: .*--tolerate-broken"):
+                strategy.aggregate_train(1, [good, broken])
+            continue
+        aggregated, _ = strategy.aggregate_train(1, [good, broken])
+        np.testing.assert_allclose(aggregated["w"].numpy(), [1.1, 1, 1], rtol=1e-6)
+        assert strategy.rejected == [
+            {"client": "client_001", "reason": "broken data: x/valid.km not found", "broken_data": True}
+        ]

@@ -2,7 +2,10 @@
 
 ``train`` loads the global weights into this process's fairseq trainer (``local_trainer``),
 trains on the client's own shard and replies with the new weights and the round's metrics;
-``evaluate`` validates the global weights on the client's valid split. Two mods wrap them:
+``evaluate`` validates the global weights on the client's valid split. A client whose files
+are broken (the task's ``ShardError``: a missing or mismatched manifest, label file or
+dictionary) says so in its reply, named, so that the server can stop the run or leave the
+client out (``tolerate-broken-data``); any other failure is Flower's error reply. Two mods wrap them:
 Flower's DP clipping on rounds that ask for it, and Flower's SecAgg+ on secure rounds.
 """
 
@@ -22,10 +25,12 @@ from fedhubert_plugin.federation.wire import (
     NUM_EXAMPLES,
     ClientConfig,
     arrays_of,
+    broken_data_reply,
     client_reply,
     from_config_record,
     record_of,
 )
+from fedhubert_plugin.tasks.fed_hubert_pretraining import ShardError
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
@@ -49,7 +54,10 @@ def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     arrays = arrays_of(msg.content[ARRAYS])
     decode_seconds = time.perf_counter() - start
-    result = train_locally(config, folder, arrays)
+    try:
+        result = train_locally(config, folder, arrays)
+    except ShardError as error:
+        return broken_data_reply(msg, folder, error)
     start = time.perf_counter()
     reply_arrays = record_of(result.arrays, config.transport_dtype)
     serialize_seconds = decode_seconds + time.perf_counter() - start
@@ -62,5 +70,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Validation of the global weights on the client's valid split."""
     config = from_config_record(ClientConfig, msg.content[CONFIG])
     folder = client_folder(context, config.data_root)
-    result = local_trainer(config).evaluate(folder, arrays_of(msg.content[ARRAYS]), round_seed=config.server_round)
+    try:
+        result = local_trainer(config).evaluate(folder, arrays_of(msg.content[ARRAYS]), round_seed=config.server_round)
+    except ShardError as error:
+        return broken_data_reply(msg, folder, error)
     return client_reply(msg, folder, {**result.metrics, NUM_EXAMPLES: result.num_examples})

@@ -5,6 +5,8 @@ to train; the strategy screens the replies and aggregates (``strategies``); ask 
 to validate the new weights; write ``checkpoint_round{r}.pt``, ``checkpoint_last.pt`` and,
 when the validation loss is the best so far, ``checkpoint_best.pt`` and s3prl's
 ``best_global_model.pt``; then one line of ``metrics.jsonl`` and the resume state (``runlog``).
+When the run ends, finished or stopped, ``participation.md`` says per client how many rounds it
+trained and failed, and its last error.
 """
 
 import logging
@@ -27,7 +29,7 @@ from fedhubert_plugin.checkpoints import (
     save_s3prl_checkpoint,
 )
 from fedhubert_plugin.federation.nodes import wait_for_nodes
-from fedhubert_plugin.federation.runlog import Progress, RunLog
+from fedhubert_plugin.federation.runlog import PARTICIPATION_FILE, Progress, RunLog, participation_table, read_metrics
 from fedhubert_plugin.federation.screening import ScreenedStrategy
 from fedhubert_plugin.federation.secure import secure_average_update
 from fedhubert_plugin.federation.settings import FederationSettings
@@ -36,12 +38,13 @@ from fedhubert_plugin.federation.wire import (
     METRICS,
     UPDATES,
     ClientConfig,
+    broken_data_of,
     client_of,
     config_record,
     message_bytes,
     record_of,
 )
-from fedhubert_plugin.files import atomic_write
+from fedhubert_plugin.files import atomic_write, atomic_write_text
 from fedhubert_plugin.recipes import recipe_initial_model
 
 logger = logging.getLogger(__name__)
@@ -149,7 +152,8 @@ def evaluate_round(
     wait_for_nodes(grid, settings.min_available_nodes, settings.round_timeout)
     outgoing = record_of(weights, settings.transport_dtype)
     messages = list(evaluation.configure_evaluate(rnd, outgoing, config_record(config), grid))
-    replies = [r for r in grid.send_and_receive(messages, timeout=settings.round_timeout) if not r.has_error()]
+    replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
+    replies = [r for r in replies if not r.has_error() and not broken_data_of(r)]
     timing["clients_evaluate"] = time.perf_counter() - tic
     metrics = dict(evaluation.aggregate_evaluate(rnd, replies) or {})
     return Validation(metrics, client_rows(replies, "valid_"), message_bytes(messages))
@@ -258,8 +262,16 @@ def run_rounds(grid: Grid, settings: FederationSettings, strategy: Strategy) -> 
     settings.save(settings.server_dir / "settings.json")
     cfg, weights = initial_model(settings)
     progress, weights = resume(settings, strategy, log, weights)
+    stopped: List[Dict] = []  # a round that raised: its rejections, for the participation table
     try:
         for rnd in range(progress.round_done + 1, settings.num_server_rounds + 1):
+            stopped = [{"round": rnd, "participants": [], "rejected": []}]
             weights = run_round(grid, rnd, settings, strategy, cfg, weights, progress, log)
+            stopped = []
     finally:
         log.close()
+        for line in stopped:
+            line["rejected"] = list(getattr(strategy, "rejected", []))
+        table = participation_table(read_metrics(settings.server_dir) + stopped)
+        atomic_write_text(settings.server_dir / PARTICIPATION_FILE, table + "\n")
+        logger.info("participation (also in %s):\n%s", settings.server_dir / PARTICIPATION_FILE, table)

@@ -24,6 +24,7 @@ from fedhubert_plugin.files import atomic_write, atomic_write_text
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+PARTICIPATION_FILE = "participation.md"
 STATE_FILE = "server_state.pt"
 MOMENTS = ("m_t", "v_t")  # FedOpt's first and second moments
 
@@ -47,6 +48,28 @@ def read_metrics(save_or_server_dir: Union[str, Path], until_round: Optional[int
         if until_round is None or record["round"] <= until_round:
             rounds.append(record)
     return rounds
+
+
+def participation(lines: List[Dict]) -> Dict[str, Dict]:
+    """Per client (by name; a node id only for one that never replied): rounds trained, rounds failed, last error."""
+    clients: Dict[str, Dict] = {}
+    for line in lines:
+        for name in line["participants"]:
+            clients.setdefault(name, {"trained": 0, "failed": 0, "last_error": ""})["trained"] += 1
+        for rejection in line["rejected"]:
+            row = clients.setdefault(rejection["client"], {"trained": 0, "failed": 0, "last_error": ""})
+            row["failed"] += 1
+            row["last_error"] = f"round {line['round']}: {rejection['reason']}"
+    return dict(sorted(clients.items()))
+
+
+def participation_table(lines: List[Dict]) -> str:
+    """Markdown: ``participation`` of the rounds in ``lines``."""
+    rows = ["| client | rounds trained | rounds failed | last error |", "| --- | --- | --- | --- |"]
+    for name, row in participation(lines).items():
+        error = row["last_error"].replace("|", "/").replace("\n", " ")[:300]
+        rows.append(f"| {name} | {row['trained']} | {row['failed']} | {error} |")
+    return "\n".join(rows)
 
 
 @dataclass

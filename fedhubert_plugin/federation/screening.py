@@ -5,7 +5,8 @@ screened before the wrapped strategy aggregates (``screen``), a node that never 
 listed (``missing_replies``), and a round with too few usable updates stops, naming every
 rejection and the fix, with nothing aggregated.
 
-An update is rejected when the client failed or sent no reply within the round timeout,
+An update is rejected when the client failed, found its data broken (which stops the run
+unless ``tolerate_broken_data``) or sent no reply within the round timeout,
 when its weights do not match the model's names, when they hold NaN or Inf, or when the
 update (client weights minus the global weights) is larger than the global model itself
 (L2 norms): nothing a few local steps of HuBERT produce. With ``max_update_norm`` set, an
@@ -14,6 +15,7 @@ client's name (or its node id when it never replied).
 """
 
 import logging
+import math
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -23,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedhubert_plugin.federation.settings import RESUME_ADVICE
-from fedhubert_plugin.federation.wire import ARRAYS, METRICS, arrays_of, client_of, record_of
+from fedhubert_plugin.federation.wire import ARRAYS, METRICS, arrays_of, broken_data_of, client_of, record_of
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,17 @@ def error_summary(reason: str) -> str:
     return message[:500]
 
 
+def unfit_update(arrays: ArrayRecord, reference: Dict[str, np.ndarray], norm: float, model_norm: float) -> str:
+    """Why an update (of L2 ``norm``) cannot be aggregated; empty when it can."""
+    if set(arrays.keys()) != set(reference):
+        return "weights do not match the model's parameter names"
+    if not np.isfinite(norm):
+        return "update holds NaN or Inf"
+    if norm > ABSURD_UPDATE_RATIO * model_norm:
+        return f"update norm {norm:.4g} exceeds the global model's norm {model_norm:.4g}"
+    return ""
+
+
 def screen(
     replies: List[Message],
     reference: Dict[str, np.ndarray],
@@ -89,17 +102,14 @@ def screen(
             continue
         name = client_of(reply)
         names[sender(reply, messages or [])] = name
-        arrays = reply.content[ARRAYS]
-        if set(arrays.keys()) != set(reference):
-            rejected.append({"client": name, "reason": "weights do not match the model's parameter names"})
+        if broken_data_of(reply):
+            rejected.append({"client": name, "reason": f"broken data: {broken_data_of(reply)}", "broken_data": True})
             continue
-        norm = update_norm(arrays, reference)
-        if not np.isfinite(norm):
-            rejected.append({"client": name, "reason": "update holds NaN or Inf"})
-        elif norm > ABSURD_UPDATE_RATIO * model_norm:
-            rejected.append(
-                {"client": name, "reason": f"update norm {norm:.4g} exceeds the global model's norm {model_norm:.4g}"}
-            )
+        arrays = reply.content[ARRAYS]
+        norm = update_norm(arrays, reference) if set(arrays.keys()) == set(reference) else math.nan
+        reason = unfit_update(arrays, reference, norm, model_norm)
+        if reason:
+            rejected.append({"client": name, "reason": reason})
         else:
             if max_update_norm and norm > max_update_norm:
                 reply.content[ARRAYS] = clipped(arrays, reference, max_update_norm / norm)
@@ -147,9 +157,17 @@ class ScreenedStrategy(Strategy):
     (float64 would double the server's memory and the traffic).
     """
 
-    def __init__(self, strategy: Strategy, max_update_norm: float, min_train_nodes: int, round_timeout: float):
+    def __init__(
+        self,
+        strategy: Strategy,
+        max_update_norm: float,
+        min_train_nodes: int,
+        round_timeout: float,
+        tolerate_broken_data: bool = False,
+    ):
         self.strategy = strategy
         self.max_update_norm, self.min_train_nodes, self.round_timeout = max_update_norm, min_train_nodes, round_timeout
+        self.tolerate_broken_data = tolerate_broken_data
         self.names: Dict[int, str] = {}  # node id -> client name, to name a client whose reply is an error
         self.reference: Dict[str, np.ndarray] = {}
         self.messages: List[Message] = []
@@ -161,6 +179,7 @@ class ScreenedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.reference = arrays_of(arrays)
+        self.accepted, self.rejected, self.clipped = [], [], []
         self.messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         return self.messages
 
@@ -169,12 +188,19 @@ class ScreenedStrategy(Strategy):
     ) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
         replies = list(replies)
         for reply in replies:  # aggregate in float32 whatever the transport
-            if not reply.has_error():
+            if not reply.has_error() and ARRAYS in reply.content:
                 reply.content[ARRAYS] = record_of(arrays_of(reply.content[ARRAYS]))
         self.accepted, self.rejected, self.clipped = screen(
             replies, self.reference, self.max_update_norm, self.names, self.messages
         )
         self.rejected += missing_replies(self.messages, replies, self.names, self.round_timeout)
+        broken = [r for r in self.rejected if r.get("broken_data")]
+        if broken and not self.tolerate_broken_data:
+            raise RuntimeError(
+                f"round {server_round}: the data of {', '.join(r['client'] for r in broken)} is broken: "
+                f"{'; '.join(r['reason'] for r in broken)}. Nothing was aggregated. Fix those files, or leave "
+                "those clients out: --tolerate-broken-data (flwr run: --run-config 'tolerate-broken-data=true')."
+            )
         aggregated, metrics = (None, None)
         if len(self.accepted) >= self.min_train_nodes:
             aggregated, metrics = self.strategy.aggregate_train(server_round, self.accepted)

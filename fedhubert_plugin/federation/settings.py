@@ -144,6 +144,11 @@ class FederationSettings:
     max_update_norm: float = setting(
         0.0, "clip each client update (client minus global weights, L2) to this norm; 0: off"
     )
+    tolerate_broken_data: bool = setting(
+        False,
+        "train without clients whose data is broken (missing or mismatched manifests and labels) instead of "
+        "stopping the run in the round that finds them",
+    )
     trimmed_beta: float = setting(0.2, "fedtrimmedavg: share cut at each end per coordinate")
     malicious_nodes: int = setting(1, "krum and multikrum: bad clients to tolerate")
     dp_clipping_norm: float = setting(

@@ -126,7 +126,13 @@ def build_strategy(settings: FederationSettings) -> Strategy:
             sampled_clients(settings),
             accountant=privacy_accountant(settings),
         )
-    return ScreenedStrategy(strategy, settings.max_update_norm, settings.min_train_nodes, settings.round_timeout)
+    return ScreenedStrategy(
+        strategy,
+        settings.max_update_norm,
+        settings.min_train_nodes,
+        settings.round_timeout,
+        settings.tolerate_broken_data,
+    )
 
 
 def accountant_of(strategy: Strategy):

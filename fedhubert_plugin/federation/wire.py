@@ -2,7 +2,8 @@
 
 A train or evaluate message holds ``arrays`` (the global weights, float32 or float16 on the
 wire) and ``config`` (a ``ClientConfig``); a reply holds ``arrays`` (train only), ``metrics``
-(scalars) and ``client`` (the client's name: its folder's, never a path). Config keys are the
+(scalars) and ``client`` (the client's name: its folder's, never a path); a client whose data is
+broken replies with ``client`` alone, holding the error too. Config keys are the
 settings' names (``local-updates``, ``eta-l``...), as on the command line and in the run config.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 ARRAYS, CONFIG, METRICS, CLIENT = "arrays", "config", "metrics", "client"
-CLIENT_NAME = "name"
+CLIENT_NAME, BROKEN_DATA = "name", "broken-data"
 NUM_EXAMPLES = "num-examples"  # Flower's strategies weigh replies by it
 UPDATES = "updates"  # local updates a client made; the server's update count and DP's uniform weights
 
@@ -97,6 +98,17 @@ def client_reply(msg: Message, folder: Path, metrics: Dict[str, Any], **arrays: 
 def client_of(reply: Message) -> str:
     """The name of the client that sent ``reply`` (a reply without an error)."""
     return str(reply.content[CLIENT][CLIENT_NAME])
+
+
+def broken_data_reply(msg: Message, folder: Path, error: Exception) -> Message:
+    """The reply of a client that cannot train or validate because its data is broken: its name and the error."""
+    client = ConfigRecord({CLIENT_NAME: folder.name, BROKEN_DATA: str(error)})
+    return Message(RecordDict({CLIENT: client}), reply_to=msg)
+
+
+def broken_data_of(reply: Message) -> str:
+    """The data error a client replied with; empty when there is none."""
+    return "" if reply.has_error() else str(reply.content[CLIENT].get(BROKEN_DATA, ""))
 
 
 def message_bytes(messages: List[Message]) -> int:
