@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 from common import RECIPES, RESULTS, fairseq_train, federated, machine_meta, prepare
 
-from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
@@ -98,8 +98,8 @@ def heldout_shard(data: Path, librispeech: Path, out: Path) -> Path:
 
 
 def masked_accuracy(checkpoint: Path, shard: Path) -> float:
-    """Masked-frame accuracy of ``checkpoint`` on ``shard``'s valid split, by fairseq's validation."""
-    weights = {k: v.numpy() for k, v in load_checkpoint(checkpoint)["model"].items()}
+    """Masked-frame accuracy of ``checkpoint`` (either format) on ``shard``'s valid split, by fairseq's validation."""
+    weights = {k: v.numpy() for k, v in as_s3prl_state(load_checkpoint(checkpoint), checkpoint)["model_weight"].items()}
     trainer = LocalTrainer(RECIPES / "tiny.yaml", ["common.cpu=true"], label_rate=100)
     return trainer.evaluate(shard, weights).metrics["acc_masked"]
 
