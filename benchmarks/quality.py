@@ -255,7 +255,11 @@ def benchmark(args: argparse.Namespace, toy: Path, data: Dict[str, Path]) -> Dic
         fresh = args.work / "runs" / f"random_init_seed{seed}.pt"
         models["random_init"] = random_init_checkpoint(models["centralized"], fresh, seed)
         shards = {name: heldout["iid" if name == "fedadam_iid" else "speaker"] for name in RUNS if "local" not in name}
-        per_seed[seed] = score(models, {**shards, "random_init": heldout["speaker"]}, toy, args.work, seed)
+        scores = args.work / f"scores_seed{seed}.json"  # a second call reuses a seed's scores
+        if not scores.is_file():
+            found = score(models, {**shards, "random_init": heldout["speaker"]}, toy, args.work, seed)
+            scores.write_text(json.dumps(found) + "\n")
+        per_seed[seed] = json.loads(scores.read_text())
         first = first or models
         logger.info("seed %d: %s", seed, json.dumps(per_seed[seed]))
     summary = summarize(per_seed)
