@@ -192,7 +192,7 @@ def markdown(results: Dict) -> str:
     if g:
         lines += ["## 6. GPU (Base recipe, fp16)", "", g["note"] if "note" in g else json.dumps(g, indent=1), ""]
     for key, title in (
-        ("quality", "4. Quality: federated against centralized, 3 seeds (benchmarks/quality.py)"),
+        ("quality", "4. Quality: federated against centralized, over seeds (benchmarks/quality.py)"),
         ("distill_student", "7. Teacher against distilled student"),
         ("checkpoint_features", "8. Iteration-2 feature extraction"),
     ):

@@ -215,7 +215,7 @@ def add_distill_parser(subparsers: argparse._SubParsersAction) -> None:
         help="start the student from the teacher's fitting tensors "
         "(mapped layers, conv extractor); the same as --init-from TEACHER",
     )
-    federation_settings.add_options(p, recipe="student")
+    federation_settings.add_options(p, **federation_settings.DISTILL_DEFAULTS)
     p.set_defaults(run=run_distill)
 
 

@@ -28,7 +28,7 @@ from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.runlog import read_metrics
 from fedhubert_plugin.federation.server_app import simulate_pretraining
-from fedhubert_plugin.federation.settings import from_prepared_data
+from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS, from_prepared_data
 from fedhubert_plugin.prepare import PrepareConfig, prepare, summary_table
 from fedhubert_plugin.probe import ProbeResult, probe, probe_table, write_probe
 from fedhubert_plugin.recipes import find_recipe
@@ -132,9 +132,10 @@ def prepare_phase(cfg: DemoConfig, data: Dict) -> Path:
 
 
 def federation_phase(
-    cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: str, rounds: int, overrides: List[str], init_from: str = ""
+    cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: str, rounds: int, overrides: List[str], **values
 ) -> Path:
-    """A federated run (pretraining or distillation), resumed when OUT holds part of it."""
+    """A federated run (pretraining or distillation), resumed when OUT holds part of it; ``values`` set more
+    settings."""
     gpus = 1.0 / cfg.num_clients if torch.cuda.is_available() else 0.0
     settings = from_prepared_data(
         str(prepared),
@@ -145,8 +146,8 @@ def federation_phase(
         local_updates=cfg.local_updates,
         seed=cfg.seed,
         resume=True,
-        init_from=init_from,
         gpus_per_client=gpus,
+        **values,
     )
     simulate_pretraining(settings, settings.min_available_nodes)
     return save_dir
@@ -183,7 +184,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         str(find_recipe(student_recipe)),
         cfg.distill_rounds,
         [f"criterion.teacher_checkpoint={teacher.resolve()}"] + overrides,
-        str(teacher.resolve()),
+        init_from=str(teacher.resolve()),
+        eta=DISTILL_DEFAULTS["eta"],
     )
     meta = json.loads((prepared / "prepare.json").read_text())
     random_init = export_initial(

@@ -13,6 +13,7 @@ from fedhubert_plugin.criterions.hubert_distillation import (
 )
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS
 from tests.helpers import REPO, TINY, metric_lines, pretrain_settings, setup_fed_task
 
 TINY_STUDENT = str(REPO / "recipes" / "librispeech" / "distill" / "tiny_student.yaml")
@@ -127,7 +128,14 @@ def test_distillation_resumes_like_pretraining(distilled, prepared, tmp_path):
 
     def settings(rounds, resume):
         return pretrain_settings(
-            prepared, tmp_path, rounds, recipe=TINY_STUDENT, overrides=overrides, init_from=str(teacher), resume=resume
+            prepared,
+            tmp_path,
+            rounds,
+            recipe=TINY_STUDENT,
+            overrides=overrides,
+            init_from=str(teacher),
+            resume=resume,
+            eta=DISTILL_DEFAULTS["eta"],  # as `fedhubert distill` ran it
         )
 
     simulate_pretraining(settings(2, False), num_clients=4)

@@ -68,6 +68,10 @@ def spelled(name: str) -> str:
     return f"--{key} (run config {key})"
 
 
+# `fedhubert distill` starts the student from its teacher's weights: the server lr chosen for pretraining
+# from scratch (0.01, benchmarks/results/quality_sweep.md) overshoots there (the validation loss rose
+# over 3 rounds in tests/test_distill.py); 1e-3 does not
+DISTILL_DEFAULTS = {"recipe": "student", "eta": 1e-3}
 RESUME_ADVICE = "run again with --resume (flwr run: --run-config 'resume=true')"
 
 
