@@ -235,7 +235,7 @@ def pretraining_verdict(probed: List[ProbeResult], downstream: Dict[str, Dict]) 
     figures = ", ".join(f"{name} {gain:+.3f}" for name, gain in gains.items())
     evidence = (
         "One seed on a toy corpus is noise-sized; `benchmarks/quality.py` (results in "
-        "`benchmarks/results/quality.md`) trains long enough on a 30-minute corpus, over 3 seeds, to show "
+        "`benchmarks/results/quality.md`) trains long enough on a 30-minute corpus, over several seeds, to show "
         "what pretraining buys and how federated compares with centralized."
     )
     if max(gains.values()) <= 0:
