@@ -132,9 +132,8 @@ def score(models: Dict[str, Path], heldout: Dict[str, Path], toy: Path, work: Pa
     )
     scores = {}
     for result in probed:
-        best_pnmi = max(layer.pnmi for layer in result.layers)
         scores[result.name] = {"phone_accuracy": result.best.phone_accuracy, "best_layer": result.best.layer}
-        scores[result.name]["pnmi"] = best_pnmi
+        scores[result.name]["pnmi"] = result.best_pnmi
         if result.name in models:
             ks = keyword_spotting(
                 models[result.name],
@@ -300,7 +299,7 @@ def sweep(args: argparse.Namespace, data: Dict[str, Path], toy: Path) -> Dict:
     }
     for row in rows:
         row["phone_accuracy"] = probed[row["name"]].best.phone_accuracy
-        row["pnmi"] = max(layer.pnmi for layer in probed[row["name"]].layers)
+        row["pnmi"] = probed[row["name"]].best_pnmi
     lines = [
         "| server lr (eta) | tau | local updates × rounds | phone accuracy, best layer | PNMI | masked accuracy |",
         "| --- | --- | --- | --- | --- | --- |",

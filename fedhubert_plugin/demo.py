@@ -229,7 +229,7 @@ def pretraining_verdict(probed: List[ProbeResult], downstream: Dict[str, Dict]) 
     teacher, random_init = (next(result for result in probed if result.name == name) for name in (TEACHER, RANDOM_INIT))
     gains = {
         "phone accuracy": teacher.best.phone_accuracy - random_init.best.phone_accuracy,
-        "PNMI": max(s.pnmi for s in teacher.layers) - max(s.pnmi for s in random_init.layers),
+        "PNMI": teacher.best_pnmi - random_init.best_pnmi,
         "KS accuracy": downstream[teacher.name]["test_acc"] - downstream[random_init.name]["test_acc"],
     }
     figures = ", ".join(f"{name} {gain:+.3f}" for name, gain in gains.items())

@@ -63,6 +63,11 @@ class ProbeResult:
     def best(self) -> LayerScore:
         return max(self.layers, key=lambda score: score.phone_accuracy)
 
+    @property
+    def best_pnmi(self) -> float:
+        """The highest PNMI of any layer."""
+        return max(score.pnmi for score in self.layers)
+
 
 def read_split(librispeech_root: Path, subset: str, alignments: Path, rate: str) -> Split:
     """The utterances of ``subset`` with alignments at ``rate`` (``100hz`` or ``50hz``)."""
