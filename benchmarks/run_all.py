@@ -34,6 +34,7 @@ import torch
 from common import REPO, RESULTS, fairseq_train, federated, machine_meta, prepare, run
 
 from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.federation.runlog import validations
 from fedhubert_plugin.toy_data import write_toy_data
 
 RESULTS_JSON, RESULTS_MD = REPO / "benchmarks" / "results.json", REPO / "benchmarks" / "results.md"
@@ -68,12 +69,14 @@ def overhead_and_memory(work: Path, toy: Path, updates: int, recipe: str = "tiny
             "client_process_start_and_messaging": first["server_seconds"]["clients_train"]
             - client["train_seconds"]
             - client["train_setup_seconds"]
-            - client["train_serialize_seconds"],
+            - client["train_serialize_seconds"]
+            - client["train_validation_seconds"],
             "client_setup_model_dataset_trainer": client["train_setup_seconds"],
+            "client_validation_of_the_received_model": client["train_validation_seconds"],
             "client_training": client["train_seconds"],
             "serialization": client["train_serialize_seconds"] + first["server_seconds"]["serialize"],
             "aggregation": first["server_seconds"]["aggregate"],
-            "federated_evaluation": first["server_seconds"]["clients_evaluate"],
+            "final_evaluation_message": first["server_seconds"]["clients_evaluate"],
             "checkpointing": first["server_seconds"]["checkpoint"],
         },
         "round1_seconds": steady["rounds"][0]["round_seconds"],
@@ -94,15 +97,21 @@ def communication(work: Path, toy: Path, rounds: int, updates: int) -> Dict:
     clients = len(fp32["rounds"][0]["participants"])
     per_client = [line["bytes_received"] / clients for line in fp32["rounds"]]
     per_client_fp16 = [line["bytes_received"] / clients for line in fp16["rounds"]]
+    # downlink: rounds before the last carry the model once; the last adds the final evaluation's download
+    sent = [line["bytes_sent"] / clients for line in fp32["rounds"]]
+    final_fp32, final_fp16 = (list(validations(run["rounds"]).values())[-1]["metrics"]["loss"] for run in (fp32, fp16))
     return {
         "parameters": params,
         "bytes_per_client_round_float32": sum(per_client) / len(per_client),
         "ratio_to_4x_parameters": (sum(per_client) / len(per_client)) / (4 * params),
+        "sent_per_client_round_float32": sum(sent[:-1]) / len(sent[:-1]),
+        "sent_ratio_to_model": (sum(sent[:-1]) / len(sent[:-1])) / (4 * params),
+        "sent_last_round_ratio_to_model": sent[-1] / (4 * params),
         "bytes_per_client_round_float16": sum(per_client_fp16) / len(per_client_fp16),
         "float16_bytes_ratio": sum(per_client_fp16) / sum(per_client),
-        "valid_loss_float32": fp32["rounds"][-1]["valid"]["loss"],
-        "valid_loss_float16": fp16["rounds"][-1]["valid"]["loss"],
-        "float16_valid_loss_ratio": fp16["rounds"][-1]["valid"]["loss"] / fp32["rounds"][-1]["valid"]["loss"],
+        "valid_loss_float32": final_fp32,
+        "valid_loss_float16": final_fp16,
+        "float16_valid_loss_ratio": final_fp16 / final_fp32,
     }
 
 
@@ -174,12 +183,18 @@ def markdown(results: Dict) -> str:
                 f"{c['ratio_to_4x_parameters']:.3f} of 4 × {c['parameters']} parameters",
             ),
             row(
+                "bytes sent to each client per round (rounds before the last), float32",
+                f"{c['sent_per_client_round_float32'] / 1e6:.2f} MB",
+                f"{c['sent_ratio_to_model']:.3f} of the model (target ≤ 1.02); last round with the final "
+                f"evaluation {c['sent_last_round_ratio_to_model']:.2f}",
+            ),
+            row(
                 "bytes per client per round, float16 transport",
                 f"{c['bytes_per_client_round_float16'] / 1e6:.2f} MB",
                 f"{c['float16_bytes_ratio']:.3f} of float32 (target ≤ 0.5)",
             ),
             row(
-                "validation loss after the last round, float16 against float32",
+                "validation loss of the final model, float16 against float32",
                 f"{c['valid_loss_float16']:.4f} vs {c['valid_loss_float32']:.4f}",
                 f"{c['float16_valid_loss_ratio']:.4f} (target within 1 %)",
             ),

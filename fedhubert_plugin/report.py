@@ -1,5 +1,6 @@
 """The demo's report: PNG plots of the federated runs and ``report.md`` with the results tables."""
 
+import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -8,25 +9,25 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fedhubert_plugin.federation.runlog import validations  # noqa: E402
+
 
 def plot_run(lines: List[Dict], title: str, out: Path) -> Path:
-    """Loss and masked accuracy per round (global train/valid and each client's valid), and bytes per round."""
+    """Loss and masked accuracy (global train per round; global and each client's valid per validated model),
+    and bytes per round."""
     rounds = [line["round"] for line in lines]
-    clients = sorted({name for line in lines for name in line["clients"]})
+    validated = validations(lines)
+    models = list(validated)
+    clients = sorted({name for v in validated.values() for name in v["clients"]})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key, ax in (("loss", axes[0]), ("acc_masked", axes[1])):
         ax.plot(rounds, [line["train"].get(key) for line in lines], "k-o", label="global train")
-        ax.plot(rounds, [line["valid"].get(key) for line in lines], "b-o", label="global valid")
+        ax.plot(models, [v["metrics"].get(key) for v in validated.values()], "b-o", label="global valid")
         for name in clients:
-            ax.plot(
-                rounds,
-                [line["clients"].get(name, {}).get(f"valid_{key}") for line in lines],
-                "--",
-                alpha=0.6,
-                label=f"{name} valid",
-            )
-        ax.set_xlabel("round")
-        ax.set_xticks(rounds)
+            values = [v["clients"].get(name, {}).get(key) for v in validated.values()]
+            ax.plot(models, values, "--", alpha=0.6, label=f"{name} valid")
+        ax.set_xlabel("round (valid: the round whose model was validated; 0: initial)")
+        ax.set_xticks(sorted(set(rounds) | set(models)))
         ax.set_ylabel(key)
         ax.legend(fontsize=7)
     axes[2].bar(
@@ -61,15 +62,17 @@ def clients_table(partition: Dict) -> str:
 
 
 def rounds_table(lines: List[Dict]) -> str:
-    """One markdown row per round: losses, accuracy, traffic, time."""
+    """One markdown row per round: train loss, the validation of the round's model, traffic, time."""
+    validated = validations(lines)
     rows = [
-        "| round | train loss | valid loss | valid masked acc | clients | MB sent | MB received | seconds |",
+        "| round | train loss | its model: valid loss | valid masked acc | clients | MB sent | MB received | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for line in lines:
+        valid = validated.get(line["round"], {}).get("metrics", {})
         rows.append(
-            f"| {line['round']} | {line['train']['loss']:.3f} | {line['valid']['loss']:.3f} | "
-            f"{line['valid']['acc_masked']:.3f} | {len(line['participants'])} | {line['bytes_sent'] / 1e6:.1f} | "
+            f"| {line['round']} | {line['train']['loss']:.3f} | {valid.get('loss', math.nan):.3f} | "
+            f"{valid.get('acc_masked', math.nan):.3f} | {len(line['participants'])} | {line['bytes_sent'] / 1e6:.1f} | "
             f"{line['bytes_received'] / 1e6:.1f} | {line['round_seconds']:.1f} |"
         )
     return "\n".join(rows)

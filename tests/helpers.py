@@ -5,11 +5,12 @@ Fixtures live in ``conftest.py``; everything here is imported as ``from tests.he
 
 import os
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import soundfile as sf
 
-from fedhubert_plugin.federation.runlog import read_metrics
+from fedhubert_plugin.federation.runlog import read_metrics, validations
 from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.targets.labels import write_dictionary
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
@@ -87,6 +88,11 @@ def fairseq_env() -> dict:
 def metric_lines(save_dir: Path) -> list:
     """The server's ``metrics.jsonl`` of a run saved in ``save_dir``, one dict per round."""
     return read_metrics(save_dir)
+
+
+def valid_losses(save_dir: Path) -> Dict[int, float]:
+    """The validation loss of each validated global model of a run, by the round that made it (0: initial)."""
+    return {rnd: v["metrics"]["loss"] for rnd, v in validations(read_metrics(save_dir)).items()}
 
 
 def pretrain_settings(prepared, save_dir, rounds, **kwargs) -> FederationSettings:

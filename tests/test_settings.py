@@ -104,7 +104,9 @@ def test_validation_names_the_setting_under_both_launchers(change, named):
 
 
 def test_local_epochs_replace_local_updates_in_the_messages():
+    # besides the settings, a message says where the run stands and whether to validate first
     settings = FederationSettings(local_epochs=2)
     config = from_config_record(ClientConfig, config_record(ClientConfig.of(settings, updates_done=5)))
     assert (config.local_updates, config.local_epochs, config.num_updates) == (0, 2, 5)
-    assert set(config_record(config)) <= {k for k in run_config_defaults()} | {"num-updates", "server-round"}
+    message_keys = {"num-updates", "server-round", "validate"}
+    assert set(config_record(config)) <= set(run_config_defaults()) | message_keys

@@ -1,8 +1,9 @@
 """The Flower ClientApp: local fairseq training and validation of the global weights on a client's shard.
 
 ``train`` loads the global weights into this process's fairseq trainer (``local_trainer``),
-trains on the client's own shard and replies with the new weights and the round's metrics;
-``evaluate`` validates the global weights on the client's valid split. A client whose files
+validates them on the client's valid split when the message asks for it, trains on the client's
+own shard and replies with the new weights, the round's metrics and that validation;
+``evaluate`` (a separate message, on the rounds that ask for one) validates the global weights. A client whose files
 are broken (the task's ``ShardError``: a missing or mismatched manifest, label file or
 dictionary) says so in its reply, named, so that the server can stop the run or leave the
 client out (``tolerate-broken-data``); any other failure is Flower's error reply. Two mods wrap them:
@@ -62,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
     reply_arrays = record_of(result.arrays, config.transport_dtype)
     serialize_seconds = decode_seconds + time.perf_counter() - start
     metrics = {**result.metrics, "serialize_seconds": serialize_seconds, NUM_EXAMPLES: result.num_examples}
-    return client_reply(msg, folder, metrics, **{ARRAYS: reply_arrays})
+    return client_reply(msg, folder, metrics, result.validation, **{ARRAYS: reply_arrays})
 
 
 @client_app.evaluate()

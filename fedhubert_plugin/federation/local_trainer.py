@@ -14,7 +14,7 @@ import logging
 import resource
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -26,7 +26,7 @@ from fairseq.data.data_utils import numpy_seed
 from fairseq.trainer import Trainer
 from omegaconf import DictConfig, open_dict
 
-from fedhubert_plugin.federation.wire import UPDATES, ClientConfig
+from fedhubert_plugin.federation.wire import NUM_EXAMPLES, UPDATES, ClientConfig
 from fedhubert_plugin.recipes import compose_recipe
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class LocalResult:
     arrays: Dict[str, np.ndarray]
     num_examples: int
     metrics: Dict[str, float]
+    validation: Dict[str, float] = field(default_factory=dict)  # of the received weights, with num-examples
 
 
 def peak_memory_metrics() -> Dict[str, float]:
@@ -211,8 +212,13 @@ def local_trainer(config: ClientConfig) -> LocalTrainer:
 
 
 def train_locally(config: ClientConfig, folder: Path, arrays: Dict[str, np.ndarray]) -> LocalResult:
-    """One round of local training as the server's message ``config`` asks (updates or epochs, round)."""
-    return local_trainer(config).fit(
+    """One round of local training as the server's message ``config`` asks (updates or epochs, round),
+    after validating the received weights when it asks for that too."""
+    trainer, start = local_trainer(config), time.perf_counter()
+    # masks seeded by the model's round (the one before), as a separate evaluation of that model would be
+    validated = trainer.evaluate(folder, arrays, round_seed=config.server_round - 1) if config.validate else None
+    validation_seconds = time.perf_counter() - start
+    result = trainer.fit(
         folder,
         arrays,
         num_updates=config.num_updates,
@@ -220,3 +226,7 @@ def train_locally(config: ClientConfig, folder: Path, arrays: Dict[str, np.ndarr
         local_epochs=config.local_epochs,
         round_seed=config.server_round,
     )
+    if validated is not None:
+        result.validation = {**validated.metrics, NUM_EXAMPLES: validated.num_examples}
+        result.metrics["validation_seconds"] = validation_seconds
+    return result

@@ -1,24 +1,34 @@
 """The server's round loop of federated pretraining (and distillation).
 
-Each round ``r``: wait (at most the round timeout) for enough nodes; send the global weights
-to train; the strategy screens the replies and aggregates (``strategies``); ask every client
-to validate the new weights; write ``checkpoint_round{r}.pt``, ``checkpoint_last.pt`` and,
-when the validation loss is the best so far, ``checkpoint_best.pt`` and s3prl's
-``best_global_model.pt``; then one line of ``metrics.jsonl`` and the resume state (``runlog``).
-When the run ends, finished or stopped, ``participation.md`` says per client how many rounds it
-trained and failed, and its last error.
+Each round ``r``: wait (at most the round timeout) for enough nodes; send the global weights to
+train, i.e. the model of round ``r - 1`` (round 1: the initial model). The clients first validate
+those weights and return the figures with their update, so a round costs one download of the model
+(a round that follows a separate evaluation skips this: that model is already validated). The
+strategy screens the replies and aggregates (``strategies``); ``checkpoint_round{r}.pt`` and
+``checkpoint_last.pt`` are written. After the last round, and every ``evaluate_every`` rounds when
+set, a separate evaluation message asks every node to validate the new model (one more download).
+
+So every model is validated once: model ``k`` by the clients that train round ``k + 1``, or by
+the evaluation at the end of round ``k``. Whenever a validation has the lowest loss so far (the
+loss averaged over the clients that validated, by valid utterances), that model (round ``k`` ≥ 1;
+the initial model is recorded but never kept) becomes ``checkpoint_best.pt`` and s3prl's
+``best_global_model.pt``. Each round writes one line of ``metrics.jsonl``, holding the
+validations it made with the round of the model each one measured, and the resume state
+(``runlog``). When the run ends, finished or stopped, ``participation.md`` says per client how
+many rounds it trained and failed, and its last error.
 """
 
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig
 
 from fedhubert_plugin.checkpoints import (
@@ -31,11 +41,12 @@ from fedhubert_plugin.checkpoints import (
 from fedhubert_plugin.federation.nodes import wait_for_nodes
 from fedhubert_plugin.federation.runlog import PARTICIPATION_FILE, Progress, RunLog, participation_table, read_metrics
 from fedhubert_plugin.federation.screening import ScreenedStrategy
-from fedhubert_plugin.federation.secure import secure_average_update
+from fedhubert_plugin.federation.secure import secure_average_update, split_report
 from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.federation.strategies import evaluation_strategy, privacy_spent
 from fedhubert_plugin.federation.wire import (
     METRICS,
+    NUM_EXAMPLES,
     UPDATES,
     ClientConfig,
     broken_data_of,
@@ -43,6 +54,7 @@ from fedhubert_plugin.federation.wire import (
     config_record,
     message_bytes,
     record_of,
+    validation_of,
 )
 from fedhubert_plugin.files import atomic_write, atomic_write_text
 from fedhubert_plugin.recipes import recipe_initial_model
@@ -53,12 +65,41 @@ Weights = Dict[str, np.ndarray]
 
 
 @dataclass
+class Validation:
+    """The clients' validation of one global model: the model of round ``model_round`` (0: the initial one)."""
+
+    model_round: int
+    metrics: Dict[str, float]  # averaged by valid utterances; empty when no client validated
+    clients: Dict[str, Dict[str, float]]  # per client
+    bytes_sent: int = 0  # a separate evaluation's download; 0 when it came with training
+
+    @property
+    def loss(self) -> float:
+        return float(self.metrics.get("loss", float("inf")))
+
+    def line(self, how: str) -> Dict:
+        """This validation in ``metrics.jsonl``; ``how``: ``with training`` or ``evaluation``."""
+        return {"model_round": self.model_round, "how": how, "metrics": self.metrics, "clients": self.clients}
+
+
+def averaged_validation(model_round: int, rows: Dict[str, Dict[str, float]], bytes_sent: int = 0) -> Validation:
+    """Per-client validations (each with its ``num-examples``) and their average by valid utterances."""
+    if not rows:
+        return Validation(model_round, {}, {}, bytes_sent)
+    records = [RecordDict({METRICS: MetricRecord(row)}) for row in rows.values()]
+    metrics = dict(aggregate_metricrecords(records, NUM_EXAMPLES))
+    clients = {name: {k: v for k, v in row.items() if k != NUM_EXAMPLES} for name, row in rows.items()}
+    return Validation(model_round, metrics, clients, bytes_sent)
+
+
+@dataclass
 class TrainedRound:
     """A round's training: the new global weights and what the server learnt about the clients."""
 
     weights: Weights
     metrics: Dict[str, float]  # aggregated over the clients
     clients: Dict[str, Dict[str, float]]  # per client, keys prefixed train_
+    validation: Validation  # of the weights the clients received, when they were asked to validate them
     rejected: List[Dict] = field(default_factory=list)
     clipped: List[Dict] = field(default_factory=list)
     bytes_sent: int = 0  # model weights only (SecAgg+ rounds: not counted)
@@ -75,7 +116,7 @@ def initial_model(settings: FederationSettings) -> Tuple[DictConfig, Weights]:
     return cfg, weights
 
 
-def client_rows(replies: List[Message], prefix: str) -> Dict[str, Dict[str, float]]:
+def client_rows(replies: List[Message], prefix: str = "") -> Dict[str, Dict[str, float]]:
     """Each replying client's metrics, keys prefixed with ``prefix``."""
     return {
         client_of(r): {f"{prefix}{k}": v for k, v in r.content[METRICS].items()} for r in replies if not r.has_error()
@@ -99,6 +140,7 @@ def train_round(
     replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
     timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
     bytes_received = message_bytes(replies)  # as they travelled, before widening to float32
+    validation = averaged_validation(rnd - 1, {client_of(r): validation_of(r) for r in replies if validation_of(r)})
     tic = time.perf_counter()
     aggregated, metrics = strategy.aggregate_train(rnd, replies)
     timing["aggregate"] = time.perf_counter() - tic
@@ -107,9 +149,15 @@ def train_round(
         accepted, rejected, clipped = strategy.accepted, strategy.rejected, strategy.clipped
     else:
         accepted, rejected, clipped = [r for r in replies if not r.has_error()], [], []
-    clients = client_rows(accepted, "train_")
     return TrainedRound(
-        new_weights, dict(metrics or {}), clients, rejected, clipped, message_bytes(messages), bytes_received
+        new_weights,
+        dict(metrics or {}),
+        client_rows(accepted, "train_"),
+        validation,
+        rejected,
+        clipped,
+        message_bytes(messages),
+        bytes_received,
     )
 
 
@@ -120,22 +168,15 @@ def secure_train_round(
     tic = time.perf_counter()
     update, reports = secure_average_update(grid, rnd, weights, dict(config_record(config)), settings)
     timing["clients_train"] = time.perf_counter() - tic
-    clients = {str(r.pop("client")): {f"train_{k}": v for k, v in r.items()} for r in reports}
-    metrics = {k: float(np.mean([r[k] for r in reports])) for k in reports[0]} if reports else {}
-    return TrainedRound({k: weights[k] + update[k] for k in weights}, metrics, clients)
-
-
-@dataclass
-class Validation:
-    """Every client's validation of the new global weights."""
-
-    metrics: Dict[str, float]  # averaged by valid utterances
-    clients: Dict[str, Dict[str, float]]  # per client, keys prefixed valid_
-    bytes_sent: int
-
-    @property
-    def loss(self) -> float:
-        return float(self.metrics.get("loss", float("inf")))
+    trains, validations = {}, {}
+    for name, train, validation in map(split_report, reports):
+        trains[name] = train
+        if validation:
+            validations[name] = validation
+    metrics = {k: float(np.mean([row[k] for row in trains.values()])) for k in next(iter(trains.values()), {})}
+    clients = {name: {f"train_{k}": v for k, v in row.items()} for name, row in trains.items()}
+    new_weights = {k: weights[k] + update[k] for k in weights}
+    return TrainedRound(new_weights, metrics, clients, averaged_validation(rnd - 1, validations))
 
 
 def evaluate_round(
@@ -146,32 +187,41 @@ def evaluate_round(
     settings: FederationSettings,
     timing: Dict[str, float],
 ) -> Validation:
-    """Every client validates ``weights`` (metrics averaged with FedAvg, whatever the training strategy)."""
+    """Every node validates ``weights``, the model of round ``rnd``, in a separate evaluation message."""
     tic = time.perf_counter()
-    evaluation = evaluation_strategy(settings)
     wait_for_nodes(grid, settings.min_available_nodes, settings.round_timeout)
     outgoing = record_of(weights, settings.transport_dtype)
-    messages = list(evaluation.configure_evaluate(rnd, outgoing, config_record(config), grid))
+    messages = list(evaluation_strategy(settings).configure_evaluate(rnd, outgoing, config_record(config), grid))
     replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
     replies = [r for r in replies if not r.has_error() and not broken_data_of(r)]
     timing["clients_evaluate"] = time.perf_counter() - tic
-    metrics = dict(evaluation.aggregate_evaluate(rnd, replies) or {})
-    return Validation(metrics, client_rows(replies, "valid_"), message_bytes(messages))
+    return averaged_validation(rnd, client_rows(replies), message_bytes(messages))
 
 
-def save_checkpoints(
-    settings: FederationSettings, cfg: DictConfig, weights: Weights, rnd: int, valid_loss: float, progress: Progress
+def save_round_checkpoint(
+    settings: FederationSettings, cfg: DictConfig, weights: Weights, rnd: int, progress: Progress
 ) -> None:
-    """The round's checkpoint, ``checkpoint_last.pt``, and the best ones when ``valid_loss`` is the best so far."""
+    """``checkpoint_round{rnd}.pt`` and ``checkpoint_last.pt``."""
+    round_path = settings.server_dir / f"checkpoint_round{rnd}.pt"
+    save_fairseq_checkpoint(
+        round_path, cfg, weights, settings.n_clusters, progress.updates_done, {"federated_round": rnd}
+    )
+    atomic_write(settings.server_dir / "checkpoint_last.pt", lambda tmp: shutil.copyfile(round_path, tmp))
+
+
+def keep_if_best(
+    settings: FederationSettings, cfg: DictConfig, weights: Weights, validation: Validation, progress: Progress
+) -> None:
+    """When ``validation`` of the model of a round ≥ 1 (``weights``) has the lowest loss so far, that model
+    becomes ``checkpoint_best.pt`` and ``best_global_model.pt``."""
+    rnd = validation.model_round
+    if rnd < 1 or not validation.loss < progress.best_loss:
+        return
+    progress.best_loss, progress.best_round = validation.loss, rnd
     server_dir = settings.server_dir
     round_path = server_dir / f"checkpoint_round{rnd}.pt"
-    extra = {"federated_round": rnd, "valid_loss": valid_loss}
-    save_fairseq_checkpoint(round_path, cfg, weights, settings.n_clusters, progress.updates_done, extra)
-    atomic_write(server_dir / "checkpoint_last.pt", lambda tmp: shutil.copyfile(round_path, tmp))
-    if valid_loss < progress.best_loss:
-        progress.best_loss, progress.best_round = valid_loss, rnd
-        atomic_write(server_dir / "checkpoint_best.pt", lambda tmp: shutil.copyfile(round_path, tmp))
-        save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
+    atomic_write(server_dir / "checkpoint_best.pt", lambda tmp: shutil.copyfile(round_path, tmp))
+    save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
 
 
 def round_line(
@@ -179,29 +229,28 @@ def round_line(
     settings: FederationSettings,
     strategy: Strategy,
     trained: TrainedRound,
-    validation: Validation,
+    evaluation: Optional[Validation],
     progress: Progress,
     seconds: float,
     timing: Dict[str, float],
 ) -> Dict:
     """The round's line of ``metrics.jsonl``."""
-    clients = {name: dict(row) for name, row in trained.clients.items()}
-    for name, row in validation.clients.items():
-        clients.setdefault(name, {}).update(row)
+    validations = [trained.validation.line("with training")] if trained.validation.metrics else []
+    validations += [evaluation.line("evaluation")] if evaluation else []
     return {
         "round": rnd,
         "train": trained.metrics,
-        "valid": validation.metrics,
+        "validations": validations,
         "participants": sorted(trained.clients),
         "rejected": trained.rejected,
         "clipped": trained.clipped,
         "privacy": privacy_spent(strategy),
         "secure_aggregation": settings.secure_aggregation,
-        "bytes_sent": trained.bytes_sent + validation.bytes_sent,
+        "bytes_sent": trained.bytes_sent + (evaluation.bytes_sent if evaluation else 0),
         "bytes_received": trained.bytes_received,
         "round_seconds": seconds,
         "server_seconds": timing,
-        "clients": clients,
+        "clients": trained.clients,
         "best_round": progress.best_round,
     }
 
@@ -218,7 +267,8 @@ def run_round(
 ) -> Weights:
     """One round (see the module docstring); returns the new global weights."""
     start, timing = time.monotonic(), {}
-    config = ClientConfig.of(settings, progress.updates_done)
+    validate = rnd == 1 or not settings.evaluates(rnd - 1)  # else the evaluation of round rnd - 1 did
+    config = ClientConfig.of(settings, progress.updates_done, validate=validate)
     wait_for_nodes(grid, settings.min_available_nodes, settings.round_timeout)
     if settings.secure_aggregation:
         trained = secure_train_round(grid, rnd, weights, config, settings, timing)
@@ -226,11 +276,15 @@ def run_round(
         trained = train_round(grid, rnd, strategy, weights, config, settings, timing)
     # clients report the updates they made (with local epochs it depends on their data)
     progress.updates_done += int(round(float(trained.metrics.get(UPDATES, settings.updates_per_round))))
-    validation = evaluate_round(grid, rnd, trained.weights, config, settings, timing)
     tic = time.perf_counter()
-    save_checkpoints(settings, cfg, trained.weights, rnd, validation.loss, progress)
+    keep_if_best(settings, cfg, weights, trained.validation, progress)
+    save_round_checkpoint(settings, cfg, trained.weights, rnd, progress)
     timing["checkpoint"] = time.perf_counter() - tic
-    log.append(round_line(rnd, settings, strategy, trained, validation, progress, time.monotonic() - start, timing))
+    evaluation = None
+    if settings.evaluates(rnd):
+        evaluation = evaluate_round(grid, rnd, trained.weights, config, settings, timing)
+        keep_if_best(settings, cfg, trained.weights, evaluation, progress)
+    log.append(round_line(rnd, settings, strategy, trained, evaluation, progress, time.monotonic() - start, timing))
     progress.round_done = rnd
     log.save_state(progress, strategy)
     return trained.weights

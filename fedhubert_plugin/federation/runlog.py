@@ -72,6 +72,37 @@ def participation_table(lines: List[Dict]) -> str:
     return "\n".join(rows)
 
 
+def validations(lines: List[Dict]) -> Dict[int, Dict]:
+    """The validations in ``lines`` by the round whose model they measured (0: the initial model), in order of
+    that round; each ``{"model_round", "how", "metrics", "clients"}``. A model validated twice keeps its latest."""
+    found = {}
+    for line in lines:
+        for validation in line["validations"]:
+            found[validation["model_round"]] = validation
+    return dict(sorted(found.items()))
+
+
+def model_name(model_round: int) -> str:
+    return "the initial model" if model_round == 0 else f"round {model_round}'s model"
+
+
+def round_summary(line: Dict) -> str:
+    """One line for the log: the round's training, then each validation it made and of which model."""
+    parts = [
+        f"round {line['round']}: train loss {line['train'].get('loss', math.nan):.4f} "
+        f"({len(line['participants'])} clients, {line['round_seconds']:.1f} s)"
+    ]
+    for validation in line["validations"]:
+        metrics = validation["metrics"]
+        parts.append(
+            f"{model_name(validation['model_round'])}: valid loss {metrics.get('loss', math.inf):.4f}, "
+            f"masked acc {metrics.get('acc_masked', math.nan):.4f}"
+        )
+    if line["privacy"]:
+        parts.append(f"privacy spent epsilon {line['privacy']['epsilon']:.3f}")
+    return "; ".join(parts)
+
+
 @dataclass
 class Progress:
     """How far a run got: the last completed round, the updates done, the best validation loss so far."""
@@ -100,22 +131,16 @@ class RunLog:
         """Add a round's line to ``metrics.jsonl``, its scalars to TensorBoard, and its summary to the log."""
         with open(self.server_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(line) + "\n")
+        logger.info("%s", round_summary(line))
         privacy = {"epsilon": line["privacy"]["epsilon"]} if line["privacy"] else {}
-        logger.info(
-            "round %d: train loss %.4f, valid loss %.4f, masked acc %.4f (%d clients, %.1f s)%s",
-            line["round"],
-            line["train"].get("loss", math.nan),
-            line["valid"].get("loss", math.inf),
-            line["valid"].get("acc_masked", math.nan),
-            len(line["participants"]),
-            line["round_seconds"],
-            f", privacy spent epsilon {privacy['epsilon']:.3f}" if privacy else "",
-        )
         traffic = {"bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}
-        for tag, scalars in (("train", {**line["train"], **privacy, **traffic}), ("valid", line["valid"])):
-            for key, value in scalars.items():
-                self.boards[tag].add_scalar(key, value, line["round"])
-            self.boards[tag].flush()
+        for key, value in {**line["train"], **privacy, **traffic}.items():
+            self.boards["train"].add_scalar(key, value, line["round"])
+        for validation in line["validations"]:  # at the round of the model it measured
+            for key, value in validation["metrics"].items():
+                self.boards["valid"].add_scalar(key, value, validation["model_round"])
+        for board in self.boards.values():
+            board.flush()
 
     def save_state(self, progress: Progress, strategy) -> None:
         """What ``--resume`` needs after ``progress.round_done``."""

@@ -43,6 +43,7 @@ from fedhubert_plugin.federation.wire import NUM_EXAMPLES, ClientConfig, from_co
 logger = logging.getLogger(__name__)
 
 FITINS_PARAMETERS, FITINS_CONFIG = "fitins.parameters", "fitins.config"
+VALID_PREFIX = "valid_"  # legacy metrics are one flat dict: a client's validation travels under this prefix
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
@@ -70,9 +71,21 @@ def secure_train(msg: Message, context: Context) -> Message:
         Status(Code.OK, "ok"),
         ndarrays_to_parameters(update),
         num_examples=1,  # uniform average
-        metrics={**result.metrics, NUM_EXAMPLES: result.num_examples, "client": folder.name},
+        metrics={
+            **result.metrics,
+            **{f"{VALID_PREFIX}{k}": v for k, v in result.validation.items()},
+            NUM_EXAMPLES: result.num_examples,
+            "client": folder.name,
+        },
     )
     return Message(fitres_to_recorddict(reply, keep_input=False), reply_to=msg)
+
+
+def split_report(report: Dict) -> Tuple[str, Dict[str, float], Dict[str, float]]:
+    """A client's legacy metrics as its name, its training metrics and its validation (unprefixed)."""
+    train = {k: float(v) for k, v in report.items() if k != "client" and not k.startswith(VALID_PREFIX)}
+    validation = {k[len(VALID_PREFIX) :]: float(v) for k, v in report.items() if k.startswith(VALID_PREFIX)}
+    return str(report["client"]), train, validation
 
 
 def secure_average_update(

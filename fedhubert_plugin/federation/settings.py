@@ -127,6 +127,12 @@ class FederationSettings:
     fraction_train: float = setting(1.0, "share of the connected clients sampled to train each round")
     min_train_nodes: int = setting(2, "fewest usable client updates a round needs (CLI: at most the prepared clients)")
     min_available_nodes: int = setting(2, "connected nodes a round waits for (CLI: every prepared client)", cli=False)
+    evaluate_every: int = setting(
+        0,
+        "also validate the new global model on every node with a separate message every N rounds (one more "
+        "download of the model); 0: only the final model. Other models are validated by the clients that train "
+        "the next round, before training, within the round's one download",
+    )
     seed: int = setting(0, "seed of the server's sampling and DP noise (the recipe's common.seed seeds the model)")
     resume: bool = setting(False, "continue after the last completed round in SAVE_DIR/server")
     round_timeout: float = setting(
@@ -193,6 +199,11 @@ class FederationSettings:
         """The local updates a client makes per round; 0 when it trains ``local_epochs`` epochs instead."""
         return 0 if self.local_epochs > 0 else self.local_updates
 
+    def evaluates(self, rnd: int) -> bool:
+        """Whether round ``rnd`` ends with a separate evaluation of its model on every node."""
+        every = self.evaluate_every
+        return rnd == self.num_server_rounds or (every > 0 and rnd % every == 0)
+
     def validate(self) -> "FederationSettings":
         """Raise ``SettingsError`` naming the setting and the fix when the run could not work; return self."""
         for ok, name, problem, fix in self.round_checks() + self.protection_checks():
@@ -234,6 +245,7 @@ class FederationSettings:
                 "wait for as many as train",
             ),
             (self.round_timeout > 0, "round_timeout", str(self.round_timeout), "give the seconds a round may take"),
+            (self.evaluate_every >= 0, "evaluate_every", str(self.evaluate_every), "give N >= 0 rounds"),
             (
                 0.0 <= self.trimmed_beta < 0.5,
                 "trimmed_beta",

@@ -2,8 +2,10 @@
 
 A train or evaluate message holds ``arrays`` (the global weights, float32 or float16 on the
 wire) and ``config`` (a ``ClientConfig``); a reply holds ``arrays`` (train only), ``metrics``
-(scalars) and ``client`` (the client's name: its folder's, never a path); a client whose data is
-broken replies with ``client`` alone, holding the error too. Config keys are the
+(scalars), ``client`` (the client's name: its folder's, never a path) and, when the train
+message asked for it (``validate``), ``validation``: the client's validation of the global
+weights it received, made before training, so the round's validation costs no second download.
+A client whose data is broken replies with ``client`` alone, holding the error too. Config keys are the
 settings' names (``local-updates``, ``eta-l``...), as on the command line and in the run config.
 """
 
@@ -16,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Type, TypeVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-ARRAYS, CONFIG, METRICS, CLIENT = "arrays", "config", "metrics", "client"
+ARRAYS, CONFIG, METRICS, CLIENT, VALIDATION = "arrays", "config", "metrics", "client", "validation"
 CLIENT_NAME, BROKEN_DATA = "name", "broken-data"
 NUM_EXAMPLES = "num-examples"  # Flower's strategies weigh replies by it
 UPDATES = "updates"  # local updates a client made; the server's update count and DP's uniform weights
@@ -54,10 +56,11 @@ class ClientConfig:
     num_updates: int = 0  # updates done before this round: the clients' LR schedules continue from there
     local_updates: int = 0
     local_epochs: int = 0
+    validate: bool = False  # train: validate the received weights first, reply with ``validation``
     server_round: int = 0  # set by Flower's strategies
 
     @classmethod
-    def of(cls, settings, updates_done: int = 0) -> "ClientConfig":
+    def of(cls, settings, updates_done: int = 0, validate: bool = False) -> "ClientConfig":
         """The config of a round of the run ``settings`` (``FederationSettings``) after ``updates_done`` updates."""
         return cls(
             recipe=settings.recipe,
@@ -69,6 +72,7 @@ class ClientConfig:
             num_updates=updates_done,
             local_updates=settings.updates_per_round,
             local_epochs=settings.local_epochs,
+            validate=validate,
         )
 
 
@@ -89,10 +93,22 @@ def record_of(arrays: Mapping[str, np.ndarray], transport_dtype: str = "float32"
     return ArrayRecord({k: Array(np.ascontiguousarray(wire(np.asarray(v)))) for k, v in arrays.items()})
 
 
-def client_reply(msg: Message, folder: Path, metrics: Dict[str, Any], **arrays: ArrayRecord) -> Message:
-    """A reply with this client's ``metrics``, its name (the folder's) and any ``arrays`` records."""
+def client_reply(
+    msg: Message, folder: Path, metrics: Dict[str, Any], validation: Mapping[str, float] = (), **arrays: ArrayRecord
+) -> Message:
+    """A reply with this client's ``metrics``, its name (the folder's), its ``validation`` if any, and any
+    ``arrays`` records."""
     content = RecordDict({**arrays, METRICS: MetricRecord(metrics), CLIENT: ConfigRecord({CLIENT_NAME: folder.name})})
+    if validation:
+        content[VALIDATION] = ConfigRecord(dict(validation))
     return Message(content, reply_to=msg)
+
+
+def validation_of(reply: Message) -> Dict[str, float]:
+    """The validation a train reply carries (metrics and ``num-examples``); empty when it has none."""
+    if reply.has_error() or VALIDATION not in reply.content:
+        return {}
+    return {k: float(v) for k, v in reply.content[VALIDATION].items()}
 
 
 def client_of(reply: Message) -> str:
