@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from fedhubert_plugin import console
 from fedhubert_plugin.data import PARTITIONS
 from fedhubert_plugin.federation import settings as federation_settings
 from fedhubert_plugin.targets import FEATURES, KMEANS_MODES
@@ -479,11 +480,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.run = lambda _: run_downstream_command(argv[downstream + 1 :])
     else:
         args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-        force=True,
-    )
+    console.configure(args.verbose)
     try:
         args.run(args)
     except USER_ERRORS as err:

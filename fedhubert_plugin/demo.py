@@ -211,6 +211,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     probed = phases.run("phone probe", probe_phase, cfg, data, {label: ckpt for label, ckpt in upstreams.values()})
     report = phases.run("report", make_report, cfg, prepared, pretrain, distill, results, probed, phases.seconds)
     print(downstream_table(results))
+    if probed:
+        print(f"{probe_table(probed)}\n{pretraining_verdict(probed, results)}")
     print(f"report: {report}")
     return report
 

@@ -22,6 +22,7 @@ from typing import Dict, List
 import torch
 
 from fedhubert_plugin.checkpoints import allow_fairseq_checkpoint_classes, as_s3prl_state, load_checkpoint
+from fedhubert_plugin.console import console_to
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def with_device(argv: List[str]) -> List[str]:
     """``argv`` plus ``--device cpu`` when it names no device and there is no GPU (s3prl defaults to cuda)."""
     if "--device" in argv or any(arg.startswith("--device=") for arg in argv) or torch.cuda.is_available():
         return list(argv)
-    logger.info("no GPU: running s3prl with --device cpu")
+    logger.debug("no GPU: running s3prl with --device cpu")
     return [*argv, "--device", "cpu"]
 
 
@@ -76,6 +77,25 @@ def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test
         f"config.downstream_expert.datarc.speech_commands_root='{train_root}',,"
         f"config.downstream_expert.datarc.speech_commands_test_root='{test_root}'"
     )
+    console = Path(exp) / "console.log"  # s3prl's prints and progress bars, when the command runs quiet
+    with console_to(console):
+        evaluated = train_and_test(ckpt, exp, config, paths)
+    scores = re.findall(r"^test at step \d+: ([0-9.]+)$", (Path(exp) / "log.log").read_text(), flags=re.M)
+    if not scores:
+        raise RuntimeError(f"s3prl wrote no test accuracy to {Path(exp) / 'log.log'} (its output: {console})")
+    weights = as_s3prl_state(load_checkpoint(ckpt), ckpt)["model_weight"]
+    result = {
+        "test_acc": float(scores[-1]),
+        "parameters": sum(v.numel() for v in weights.values()),
+        "checkpoint": str(ckpt),
+        "evaluated": evaluated.name,
+    }
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def train_and_test(ckpt: Path, exp: Path, config: Path, paths: str) -> Path:
+    """s3prl's training of the keyword spotter on ``ckpt``, then its test of the best dev checkpoint (returned)."""
     run_downstream(
         [
             "-m",
@@ -99,15 +119,4 @@ def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test
     if not best.is_file():  # dev accuracy never rose above 0: test the last state instead
         best = max(Path(exp).glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
     run_downstream(["-m", "evaluate", "-e", str(best)])
-    scores = re.findall(r"^test at step \d+: ([0-9.]+)$", (Path(exp) / "log.log").read_text(), flags=re.M)
-    if not scores:
-        raise RuntimeError(f"s3prl wrote no test accuracy to {Path(exp) / 'log.log'}")
-    weights = as_s3prl_state(load_checkpoint(ckpt), ckpt)["model_weight"]
-    result = {
-        "test_acc": float(scores[-1]),
-        "parameters": sum(v.numel() for v in weights.values()),
-        "checkpoint": str(ckpt),
-        "evaluated": best.name,
-    }
-    done.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return best

@@ -24,9 +24,9 @@ import torch
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from tqdm import tqdm
 
 from fedhubert_plugin.checkpoints import as_s3prl_state, hubert_model, load_checkpoint, s3prl_state
+from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.files import atomic_write, atomic_write_json, atomic_write_text
 from fedhubert_plugin.targets.features import PRESETS
 from fedhubert_plugin.targets.quality import label_quality, read_alignments
@@ -126,7 +126,7 @@ def score_layers(
 ) -> ProbeResult:
     """``train`` and ``test`` hold, per utterance, one feature matrix per layer; fit on ``train_frames`` at most."""
     result = ProbeResult(name)
-    for layer in tqdm(range(len(train[0])), desc=f"probe {name}", unit="layer", leave=False):
+    for layer in progress_bar(range(len(train[0])), desc=f"probe {name}", unit="layer", leave=False):
         layer_train = subsample(frames_and_phones([u[layer] for u in train], train_split.phones), train_frames, seed)
         layer_test = frames_and_phones([u[layer] for u in test], test_split.phones)
         result.layers.append(score_layer(layer, layer_train, layer_test, seed))
@@ -144,7 +144,7 @@ def hidden_states(checkpoint: Path, splits: Sequence[Split], device: str) -> Lis
     states = []
     for split in splits:
         states.append([])
-        for path in tqdm(split.audio, desc=f"features {Path(checkpoint).name}", unit="utt", leave=False):
+        for path in progress_bar(split.audio, desc=f"features {Path(checkpoint).name}", unit="utt", leave=False):
             wav = torch.from_numpy(sf.read(path, dtype="float32")[0]).to(device)
             states[-1].append([h[0].float().cpu().numpy() for h in expert([wav])["hidden_states"]])
     return states

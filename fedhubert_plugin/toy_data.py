@@ -29,8 +29,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
+from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.synthesis import frame_phones, synthesizer
 
 logger = logging.getLogger(__name__)
@@ -275,7 +275,9 @@ def write_toy_data(
     # one process per utterance: libespeak-ng carries state from one synthesis to the next (its voice
     # flutter and noise), so only a fresh process speaks the same bytes for the same seed, as its CLI does
     with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
-        aligned = list(tqdm(pool.imap(synthesize_job, all_jobs), total=len(all_jobs), desc="toy-data", unit="file"))
+        aligned = list(
+            progress_bar(pool.imap(synthesize_job, all_jobs), total=len(all_jobs), desc="toy-data", unit="file")
+        )
     for subset, first, count in ((TRAIN_SUBSET, 0, n_train), (DEV_SUBSET, n_train, n_dev)):
         paths = [path for _, _, path in jobs[first : first + count]]
         write_alignments(out / "alignments", subset, paths, aligned[first : first + count])

@@ -1,11 +1,13 @@
 """`fedhubert demo` at its smallest size: every phase runs and the report holds real numbers."""
 
 import json
+import logging
 import re
 
 import pytest
 
 from fedhubert_plugin.cli import main
+from fedhubert_plugin.console import QUIET_ENV, QUIET_LOGGERS
 from tests.helpers import metric_lines
 
 SECTIONS = [
@@ -29,10 +31,30 @@ def table_rows(section: str):
     ]
 
 
+@pytest.fixture
+def restored_console(monkeypatch):
+    """The console choice of a `fedhubert` command run in this process, undone afterwards."""
+    for name in (QUIET_ENV, "PYTHONWARNINGS"):
+        monkeypatch.delenv(name, raising=False)
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 @pytest.mark.e2e
-def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys):
+def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restored_console):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--rounds", "2", "--distill-rounds", "2", "--local-updates", "2"]) == 0
+    printed = capsys.readouterr()
+    console = (printed.out + printed.err).split("\n")  # lines as a terminal or `wc -l` counts them
+    # quiet by default: every phase and round, no third-party warnings or notes
+    assert len(console) <= 120, "\n".join(console)
+    for phase in range(1, 8):
+        assert any(f"[phase {phase}/7]" in line and " done in " in line for line in console), phase
+    assert len([line for line in console if re.search(r"\| round [12]: train loss", line)]) == 4
+    assert not [line for line in console if re.search(r"Warning|DEPRECATED|fairseq\.|configure_train", line)]
+    assert "KS test accuracy" in printed.out
     report = (out / "report.md").read_text()
     sections = dict(re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", report, flags=re.M | re.S))
     assert list(sections) == SECTIONS
@@ -68,7 +90,6 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys):
     for folder in ("teacher", "student", "random_init"):
         assert json.loads((out / "downstream" / folder / "test.json").read_text())["test_acc"] >= 0
         assert list((out / "downstream" / folder).glob("events.out.tfevents.*"))  # s3prl's TensorBoard logs
-    assert "KS test accuracy" in capsys.readouterr().out
 
 
 def test_demo_names_a_missing_keyword_folder_before_any_training(toy_corpus, tmp_path, capsys):

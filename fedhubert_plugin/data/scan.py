@@ -17,8 +17,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-from tqdm import tqdm
 
+from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def scan_librispeech(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(
-            tqdm(
+            progress_bar(
                 pool.map(lambda f: inspect_file(f, root, converted_dir, min_seconds), flacs),
                 total=len(flacs),
                 desc="scan",

@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from fedhubert_plugin import console
 from fedhubert_plugin.federation.local_trainer import local_trainer, train_locally
 from fedhubert_plugin.federation.nodes import client_folder
 from fedhubert_plugin.federation.secure import is_secure_round, secure_aggregation_mod, secure_train
@@ -43,6 +44,7 @@ def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
 
 
 client_app = ClientApp(mods=[dp_clipping_mod, secure_aggregation_mod])
+console.apply()  # this Ray actor or ClientApp process follows the console choice of the command that started it
 
 
 @client_app.train()

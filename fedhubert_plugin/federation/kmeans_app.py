@@ -22,6 +22,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedhubert_plugin import console
 from fedhubert_plugin.federation.nodes import client_folder, wait_for_nodes
 from fedhubert_plugin.federation.wire import CONFIG, METRICS, client_of, client_reply, config_record, from_config_record
 from fedhubert_plugin.targets.features import FeatureExtractor, feature_extractor
@@ -68,6 +69,7 @@ def features_of(settings: FederatedKMeansSettings) -> FeatureExtractor:
 
 
 client_app = ClientApp()
+console.apply()  # this Ray actor or ClientApp process follows the console choice of the command that started it
 
 
 @client_app.query("kmeans_stats")
@@ -137,7 +139,7 @@ def federated_kmeans_server_app(settings: FederatedKMeansSettings, result: Feder
             sums = np.sum([r.content[STATS][SUMS].numpy() for r in replies], axis=0)
             counts = np.sum([r.content[STATS][COUNTS].numpy() for r in replies], axis=0)
             result.inertia.append(float(sum(r.content[METRICS]["inertia"] for r in replies)))
-            logger.info("federated k-means step %d: inertia per frame %.4f", step, result.inertia[-1] / result.frames)
+            logger.debug("federated k-means step %d: inertia per frame %.4f", step, result.inertia[-1] / result.frames)
             codebook = lloyd_step(codebook, sums, counts)
             if len(result.inertia) > 1 and result.inertia[-2] - result.inertia[-1] <= settings.tol * result.inertia[-2]:
                 break

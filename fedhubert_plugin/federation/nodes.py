@@ -18,6 +18,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from fedhubert_plugin import console
+
 logger = logging.getLogger(__name__)
 
 
@@ -69,6 +71,7 @@ def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: fl
 
 def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend_config: Dict[str, Any]) -> None:
     """Run the apps with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
+    console.apply()
     run_simulation(
         server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config
     )

@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedhubert_plugin.checkpoints import (
     check_architecture,
@@ -38,8 +39,16 @@ from fedhubert_plugin.checkpoints import (
     save_fairseq_checkpoint,
     save_s3prl_checkpoint,
 )
+from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.federation.nodes import wait_for_nodes
-from fedhubert_plugin.federation.runlog import PARTICIPATION_FILE, Progress, RunLog, participation_table, read_metrics
+from fedhubert_plugin.federation.runlog import (
+    PARTICIPATION_FILE,
+    Progress,
+    RunLog,
+    participation_table,
+    read_metrics,
+    round_postfix,
+)
 from fedhubert_plugin.federation.screening import ScreenedStrategy
 from fedhubert_plugin.federation.secure import secure_average_update, split_report
 from fedhubert_plugin.federation.settings import FederationSettings
@@ -264,8 +273,8 @@ def run_round(
     weights: Weights,
     progress: Progress,
     log: RunLog,
-) -> Weights:
-    """One round (see the module docstring); returns the new global weights."""
+) -> Tuple[Weights, Dict]:
+    """One round (see the module docstring); returns the new global weights and the round's line."""
     start, timing = time.monotonic(), {}
     validate = rnd == 1 or not settings.evaluates(rnd - 1)  # else the evaluation of round rnd - 1 did
     config = ClientConfig.of(settings, progress.updates_done, validate=validate)
@@ -284,10 +293,11 @@ def run_round(
     if settings.evaluates(rnd):
         evaluation = evaluate_round(grid, rnd, trained.weights, config, settings, timing)
         keep_if_best(settings, cfg, trained.weights, evaluation, progress)
-    log.append(round_line(rnd, settings, strategy, trained, evaluation, progress, time.monotonic() - start, timing))
+    line = round_line(rnd, settings, strategy, trained, evaluation, progress, time.monotonic() - start, timing)
+    log.append(line)
     progress.round_done = rnd
     log.save_state(progress, strategy)
-    return trained.weights
+    return trained.weights, line
 
 
 def resume(settings: FederationSettings, strategy: Strategy, log: RunLog, weights: Weights) -> Tuple[Progress, Weights]:
@@ -317,12 +327,17 @@ def run_rounds(grid: Grid, settings: FederationSettings, strategy: Strategy) -> 
     cfg, weights = initial_model(settings)
     progress, weights = resume(settings, strategy, log, weights)
     stopped: List[Dict] = []  # a round that raised: its rejections, for the participation table
+    bar = progress_bar(total=settings.num_server_rounds, initial=progress.round_done, desc="rounds", unit="round")
     try:
-        for rnd in range(progress.round_done + 1, settings.num_server_rounds + 1):
-            stopped = [{"round": rnd, "participants": [], "rejected": []}]
-            weights = run_round(grid, rnd, settings, strategy, cfg, weights, progress, log)
-            stopped = []
+        with logging_redirect_tqdm():
+            for rnd in range(progress.round_done + 1, settings.num_server_rounds + 1):
+                stopped = [{"round": rnd, "participants": [], "rejected": []}]
+                weights, line = run_round(grid, rnd, settings, strategy, cfg, weights, progress, log)
+                stopped = []
+                bar.set_postfix(round_postfix(line), refresh=False)
+                bar.update()
     finally:
+        bar.close()
         log.close()
         for line in stopped:
             line["rejected"] = list(getattr(strategy, "rejected", []))

@@ -103,6 +103,17 @@ def round_summary(line: Dict) -> str:
     return "; ".join(parts)
 
 
+def round_postfix(line: Dict) -> Dict[str, str]:
+    """The progress bar's postfix after a round: its train loss, and the latest validation's loss and masked
+    accuracy."""
+    postfix = {"train loss": f"{line['train'].get('loss', math.nan):.3f}"}
+    if line["validations"]:
+        latest = line["validations"][-1]["metrics"]
+        postfix["valid loss"] = f"{latest.get('loss', math.inf):.3f}"
+        postfix["masked acc"] = f"{latest.get('acc_masked', math.nan):.3f}"
+    return postfix
+
+
 @dataclass
 class Progress:
     """How far a run got: the last completed round, the updates done, the best validation loss so far."""

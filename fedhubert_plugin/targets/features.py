@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-from tqdm import tqdm
 
+from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.data.manifest import read_manifest
 from fedhubert_plugin.targets import FEATURES
 
@@ -137,7 +137,7 @@ def manifest_features(
     lengths = np.array([preset.num_frames(samples) for _, samples in rows], dtype=np.int64)
     feats = np.empty((int(lengths.sum()), preset.dim), dtype=np.float32)
     offset = 0
-    for (rel, samples), length in zip(tqdm(rows, desc=desc, unit="utt", leave=False), lengths):
+    for (rel, samples), length in zip(progress_bar(rows, desc=desc, unit="utt", leave=False), lengths):
         wav, _ = sf.read(root / rel, dtype="float32")
         if len(wav) != samples:
             raise ValueError(

@@ -1,0 +1,47 @@
+"""What the console shows: Flower's lines once, third-party warnings only with -v, inherited by child processes."""
+
+import subprocess
+import sys
+
+import pytest
+
+SNIPPET = """
+import logging, subprocess, sys, warnings
+from fedhubert_plugin import console
+console.configure(verbose={verbose})
+from flwr.common.logger import log
+console.apply()
+log(logging.ERROR, "a flower error")
+log(logging.INFO, "a flower note")
+logging.getLogger("fairseq.tasks").info("a fairseq note")
+warnings.warn("a deprecated call", FutureWarning)
+subprocess.run([sys.executable, "-c", "import warnings; warnings.warn('in a child', DeprecationWarning)"])
+"""
+
+
+def console_of(verbose: bool) -> str:
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", SNIPPET.format(verbose=verbose)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.mark.unit
+def test_quiet_keeps_errors_and_drops_third_party_notes_and_warnings():
+    printed = console_of(verbose=False)
+    assert printed.count("a flower error") == 1
+    for dropped in ("a flower note", "a fairseq note", "a deprecated call", "in a child"):
+        assert dropped not in printed
+
+
+@pytest.mark.unit
+def test_verbose_shows_everything_and_each_flower_line_once():
+    printed = console_of(verbose=True)
+    assert printed.count("a flower error") == 1 and printed.count("a flower note") == 1
+    for shown in ("a fairseq note", "a deprecated call", "in a child"):
+        assert shown in printed
