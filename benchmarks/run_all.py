@@ -14,8 +14,9 @@ Each figure is a ratio of two things measured side by side in this run, on the t
    speakers, phone probe, KS; and iteration 2's target quality;
 5. memory: peak RSS of a federated client against plain fairseq on the same recipe;
 6. GPU: 1 and 5 with the Base recipe in fp16, when there is an NVIDIA GPU (`--sections gpu` runs just that);
-7. and 8.: benchmarks/distill_student.py (teacher against student) and
-   benchmarks/checkpoint_features.py (iteration-2 feature extraction).
+7., 8. and 9.: benchmarks/distill_student.py (teacher against student),
+   benchmarks/checkpoint_features.py (iteration-2 feature extraction) and benchmarks/deployment.py
+   (a round on loopback SuperLink and SuperNodes against the same round in simulation).
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
 """
@@ -45,6 +46,7 @@ SECTIONS = [
     "prepare",
     "distill_student",
     "checkpoint_features",
+    "deployment",
     "gpu",
 ]
 
@@ -210,6 +212,7 @@ def markdown(results: Dict) -> str:
         ("quality", "4. Quality: federated against centralized, over seeds (benchmarks/quality.py)"),
         ("distill_student", "7. Teacher against distilled student"),
         ("checkpoint_features", "8. Iteration-2 feature extraction"),
+        ("deployment", "9. Deployment rounds against simulation rounds (benchmarks/deployment.py)"),
     ):
         if key in results:
             lines += [f"## {title}", "", results[key]["markdown"], ""]
@@ -257,7 +260,7 @@ def main() -> None:
         prepared = prepare_vs_fairseq(args.work)
         results["prepare"] = {**prepared, "markdown": (RESULTS / "prepare_vs_fairseq_25min.md").read_text()}
         save(results)
-    for name in ("quality", "distill_student", "checkpoint_features"):  # their own scripts
+    for name in ("quality", "distill_student", "checkpoint_features", "deployment"):  # their own scripts
         if name in args.sections:
             run([sys.executable, str(REPO / "benchmarks" / f"{name}.py")], args.work / f"{name}.log")
             results[name] = {

@@ -12,6 +12,7 @@ Flower's DP clipping on rounds that ask for it, and Flower's SecAgg+ on secure r
 
 import time
 
+import psutil
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
@@ -19,7 +20,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedhubert_plugin import console
 from fedhubert_plugin.federation.local_trainer import local_trainer, train_locally
-from fedhubert_plugin.federation.nodes import client_folder
+from fedhubert_plugin.federation.nodes import client_folder, use_node_threads
 from fedhubert_plugin.federation.secure import is_secure_round, secure_aggregation_mod, secure_train
 from fedhubert_plugin.federation.wire import (
     ARRAYS,
@@ -47,9 +48,22 @@ client_app = ClientApp(mods=[dp_clipping_mod, secure_aggregation_mod])
 console.apply()  # this Ray actor or ClientApp process follows the console choice of the command that started it
 
 
+_started = {"process": psutil.Process().create_time(), "served": False}
+
+
+def startup_seconds() -> float:
+    """Seconds from this process's start to its first message (imports included); 0 for every later message
+    (a Ray actor serves many; a SuperNode starts a process per message)."""
+    first = not _started["served"]
+    _started["served"] = True
+    return time.time() - _started["process"] if first else 0.0
+
+
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local fairseq training from the global weights."""
+    startup = startup_seconds()
+    use_node_threads(context)
     if is_secure_round(msg):
         return secure_train(msg, context)
     config = from_config_record(ClientConfig, msg.content[CONFIG])
@@ -64,13 +78,19 @@ def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     reply_arrays = record_of(result.arrays, config.transport_dtype)
     serialize_seconds = decode_seconds + time.perf_counter() - start
-    metrics = {**result.metrics, "serialize_seconds": serialize_seconds, NUM_EXAMPLES: result.num_examples}
+    metrics = {
+        **result.metrics,
+        "serialize_seconds": serialize_seconds,
+        "startup_seconds": startup,
+        NUM_EXAMPLES: result.num_examples,
+    }
     return client_reply(msg, folder, metrics, result.validation, **{ARRAYS: reply_arrays})
 
 
 @client_app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Validation of the global weights on the client's valid split."""
+    use_node_threads(context)
     config = from_config_record(ClientConfig, msg.content[CONFIG])
     folder = client_folder(context, config.data_root)
     try:

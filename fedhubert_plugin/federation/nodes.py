@@ -1,7 +1,8 @@
 """Nodes: where a client's data lives, waiting for nodes to connect, and starting a simulation.
 
 In deployment each SuperNode is one site, started with
-``flower-supernode --node-config 'data-dir=/data/client_007'``: its client folder.
+``flower-supernode --node-config 'data-dir=/data/client_007'``: its client folder (and, where several
+SuperNodes share a machine, ``num-threads=N``: its share of the cores).
 In simulation the node config holds Flower's ``partition-id``, and the server names the
 prepared data folder, so virtual client ``i`` reads ``DATA/clients/client_{i:03d}``.
 """
@@ -16,7 +17,6 @@ from typing import Any, Dict, List
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 
 from fedhubert_plugin import console
 
@@ -38,6 +38,16 @@ def client_folder(context: Context, data_root: str) -> Path:
     if not (folder / "train.tsv").is_file():
         raise FileNotFoundError(f"client folder {folder} has no train.tsv; run `fedhubert prepare` or fix data-dir")
     return folder
+
+
+def use_node_threads(context: Context) -> None:
+    """``--node-config 'num-threads=N'``: torch's threads in this node's ClientApp. SuperNodes sharing one machine
+    should split its cores (each would take them all: training slows ~20x on 2 cores shared by 4 nodes);
+    a node alone keeps torch's default, every core."""
+    if "num-threads" in context.node_config:
+        import torch
+
+        torch.set_num_threads(int(context.node_config["num-threads"]))
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> List[int]:
@@ -71,6 +81,8 @@ def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: fl
 
 def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend_config: Dict[str, Any]) -> None:
     """Run the apps with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
+    from flwr.simulation import run_simulation  # Ray: not for the ClientApp processes that import this module
+
     console.apply()
     run_simulation(
         server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config
