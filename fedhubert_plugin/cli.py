@@ -86,7 +86,9 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
         "--librispeech-root", type=Path, required=True, help="folder holding the subsets (e.g. .../LibriSpeech)"
     )
     p.add_argument("--subsets", nargs="+", required=True, help="e.g. train-clean-100 train-clean-360")
-    p.add_argument("--num-clients", type=int, required=True)
+    p.add_argument(
+        "--num-clients", type=int, required=True, help="clients to make; 0 with --partition speaker: one per speaker"
+    )
     p.add_argument("--out", type=Path, required=True, help="prepared data folder")
     p.add_argument(
         "--partition",

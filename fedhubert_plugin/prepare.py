@@ -90,8 +90,7 @@ def write_utterance_table(path: Path, utterances: List[Utterance]) -> None:
 
 
 def clear_previous_run(out: Path, keep: List[str]) -> None:
-    """Remove the completion marker, every client's labels, and client folders not in ``keep``."""
-    (out / "prepare.json").unlink(missing_ok=True)
+    """Remove every client's labels, and client folders not in ``keep``."""
     clients_dir = out / "clients"
     if clients_dir.is_dir():
         for folder in clients_dir.iterdir():
@@ -166,15 +165,15 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
         raise ValueError(f"unknown --kmeans {cfg.kmeans!r}; choose one of {', '.join(KMEANS_MODES)}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = [client_name(i) for i in range(cfg.num_clients)]
-    clear_previous_run(out, keep=names)
-
+    (out / "prepare.json").unlink(missing_ok=True)  # the completion marker: written again last
     utterances, report = scan_librispeech(
         cfg.librispeech_root, cfg.subsets, out / "converted", cfg.min_seconds, cfg.workers
     )
     write_utterance_table(out / "utterances.tsv", utterances)
     atomic_write_json(out / "report.json", {**asdict(report), "usable_utterances": len(utterances)})
     clients = partition_utterances(utterances, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
+    names = [client_name(i) for i in range(len(clients))]  # --num-clients 0: one per speaker
+    clear_previous_run(out, keep=names)
 
     root = Path(cfg.librispeech_root).resolve()
     summary = PrepareSummary(
@@ -215,7 +214,13 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     atomic_write_json(
         out / "prepare.json",
-        {**settings, "subsets": list(cfg.subsets), "label_rate": preset.label_rate, "feature_dim": preset.dim},
+        {
+            **settings,
+            "num_clients": len(names),
+            "subsets": list(cfg.subsets),
+            "label_rate": preset.label_rate,
+            "feature_dim": preset.dim,
+        },
     )
     return summary
 

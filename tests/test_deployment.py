@@ -50,6 +50,8 @@ def test_flwr_run_trains_two_rounds_and_goes_on_without_a_supernode_killed_mid_r
     assert dead["client"].startswith("node ") and "Node Unavailable" in dead["reason"]
     assert first["server_seconds"]["clients_train"] < 300  # not the round timeout
     assert second["rejected"] == []  # the dead node is no longer sampled
+    # a SuperNode starts a ClientApp process per message: each reports the seconds that start took
+    assert all(c["train_startup_seconds"] > 1 for line in (first, second) for c in line["clients"].values())
     for name in ("checkpoint_round2.pt", "checkpoint_last.pt", "checkpoint_best.pt", "best_global_model.pt"):
         assert (save / "server" / name).is_file()
 

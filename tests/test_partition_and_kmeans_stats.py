@@ -50,6 +50,13 @@ def test_iid_and_dirichlet_place_every_utterance_once():
     assert speakers_on_one_client >= 8  # small alpha: most speakers live on one client
 
 
+def test_zero_clients_make_one_client_per_speaker():
+    clients = partition_utterances(table(), 0, "speaker")
+    assert len(clients) == 12 and all(len({u.speaker for u in c}) == 1 for c in clients)
+    with pytest.raises(ValueError, match="0: one client per speaker, with --partition speaker"):
+        partition_utterances(table(), 0, "iid")
+
+
 def test_too_few_speakers_names_the_fix():
     with pytest.raises(ValueError, match="--num-clients 3 or fewer"):
         partition_utterances(table(speakers=3), 5, "speaker")

@@ -2,7 +2,8 @@
 
 - ``speaker``: every speaker on exactly one client (non-IID, as sites hold their own
   speakers). Speakers are placed longest first on the client with the least audio so far,
-  so clients are balanced by duration, not by utterance count.
+  so clients are balanced by duration, not by utterance count. ``num_clients`` 0: one client
+  per speaker, as in cross-device federations where every speaker is a device.
 - ``iid``: utterances shuffled and balanced by duration: the IID baseline.
 - ``dirichlet``: for each speaker, client shares ``p ~ Dirichlet(alpha)`` and each of its
   utterances goes to a client drawn from ``p``. Small ``alpha`` (0.1) puts most of a
@@ -35,9 +36,10 @@ def greedy_by_duration(groups: List[List[Utterance]], num_clients: int) -> List[
 def partition_utterances(
     utterances: Sequence[Utterance], num_clients: int, method: str = "speaker", seed: int = 0, alpha: float = 0.5
 ) -> List[List[Utterance]]:
-    """Assign every utterance to exactly one of ``num_clients`` clients."""
-    if num_clients < 1:
-        raise ValueError("--num-clients must be at least 1")
+    """Assign every utterance to exactly one of ``num_clients`` clients; with the speaker partition, 0 clients
+    means one client per speaker (cross-device style)."""
+    if num_clients < 1 and not (num_clients == 0 and method == "speaker"):
+        raise ValueError("--num-clients must be at least 1 (0: one client per speaker, with --partition speaker)")
     rng = np.random.default_rng(seed)
     by_speaker: Dict[str, List[Utterance]] = defaultdict(list)
     for utt in sorted(utterances, key=lambda u: u.id):
@@ -46,6 +48,7 @@ def partition_utterances(
     rng.shuffle(speakers)  # the seed decides ties between speakers of equal duration
 
     if method == "speaker":
+        num_clients = num_clients or len(speakers)
         if len(speakers) < num_clients:
             raise ValueError(
                 f"{len(speakers)} speakers cannot fill {num_clients} clients with the speaker partition; "

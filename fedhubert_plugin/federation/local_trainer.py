@@ -2,9 +2,9 @@
 
 The recipe is the yaml a user gives ``fairseq-hydra-train``; the client's manifests and
 labels and the label rate are filled in. Model and criterion are built once per process
-and kept (a Ray worker serving many virtual clients, or a SuperNode's process, reuses
-them); a client's task and dataset index are kept per client folder. Each round builds a
-fresh fairseq ``Trainer`` around them, so the optimizer state never leaks between clients,
+and kept (a Ray worker serving many virtual clients reuses them); a client's task and
+dataset index are kept per client folder, for the ``CACHED_CLIENTS`` served last. Each round
+builds a fresh fairseq ``Trainer`` around them, so the optimizer state never leaks between clients,
 and sets its update count so the recipe's learning-rate schedule runs across rounds.
 """
 
@@ -14,6 +14,7 @@ import logging
 import resource
 import time
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -30,6 +31,8 @@ from fedhubert_plugin.federation.wire import NUM_EXAMPLES, UPDATES, ClientConfig
 from fedhubert_plugin.recipes import compose_recipe
 
 logger = logging.getLogger(__name__)
+
+CACHED_CLIENTS = 16  # clients whose task and dataset index a process keeps, least recently used dropped first
 
 # fairseq's hubert criterion logs these (masked / unmasked prediction accuracy)
 METRIC_NAMES = {
@@ -112,12 +115,15 @@ class LocalTrainer:
         logging.getLogger("fairseq.trainer").setLevel(logging.WARNING)
         self.model = None
         self.criterion = None
-        self.tasks: Dict[Path, Tuple[DictConfig, object]] = {}
+        self.tasks: "OrderedDict[Path, Tuple[DictConfig, object]]" = OrderedDict()
 
     def client_task(self, folder: Path):
-        """The client's config and task with train and valid loaded (kept for later rounds)."""
+        """The client's config and task with train and valid loaded (kept for later rounds: the
+        ``CACHED_CLIENTS`` used last, so that a process serving hundreds of clients stays bounded)."""
         folder = Path(folder).resolve()
-        if folder not in self.tasks:
+        if folder in self.tasks:
+            self.tasks.move_to_end(folder)
+        else:
             cfg = copy.deepcopy(self.cfg)
             with open_dict(cfg):
                 cfg.task.data = str(folder)
@@ -129,6 +135,8 @@ class LocalTrainer:
                 self.model = task.build_model(cfg.model)
                 self.criterion = task.build_criterion(cfg.criterion)
             self.tasks[folder] = (cfg, task)
+            if len(self.tasks) > CACHED_CLIENTS:
+                self.tasks.popitem(last=False)
         return self.tasks[folder]
 
     def trainer_with(
@@ -181,6 +189,7 @@ class LocalTrainer:
             setup_seconds=setup_seconds,
             samples_per_second=utterances / seconds,
             lr=float(trainer.get_lr()),
+            cached_clients=len(self.tasks),
             **peak_memory_metrics(),
         )
         state = {k: v.detach().float().cpu().numpy() for k, v in trainer.model.state_dict().items()}

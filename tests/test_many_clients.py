@@ -1,0 +1,52 @@
+"""Cross-device style: a hundred clients sampled a few per round, one client per speaker."""
+
+import json
+
+import pytest
+
+from fedhubert_plugin.cli import main
+from fedhubert_plugin.federation.local_trainer import CACHED_CLIENTS
+from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.settings import from_prepared_data
+from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
+from tests.helpers import TINY, metric_lines, prepare_argv
+
+CLIENTS, SAMPLED = 100, 5
+
+
+@pytest.mark.e2e
+def test_a_hundred_clients_sampled_five_per_round_with_a_bounded_cache(tmp_path):
+    toy = write_toy_data(tmp_path / "toy", speakers=10, dev_speakers=1, utterances_per_speaker=30, keyword_speakers=2)
+    data = tmp_path / "data"
+    root = toy.librispeech_root
+    assert main(prepare_argv(root, data, "--partition", "iid", clients=CLIENTS, subsets=(TRAIN_SUBSET,))) == 0
+    assert json.loads((data / "prepare.json").read_text())["num_clients"] == CLIENTS  # federated k-means over all
+    settings = from_prepared_data(
+        str(data),
+        save_dir=str(tmp_path / "save"),
+        recipe=TINY,
+        num_server_rounds=2,
+        local_updates=2,
+        fraction_train=SAMPLED / CLIENTS,
+        min_train_nodes=SAMPLED,
+        evaluate_every=1,
+    )
+    simulate_pretraining(settings, num_clients=CLIENTS)
+    first, second = metric_lines(tmp_path / "save")
+    assert len(first["participants"]) == len(second["participants"]) == SAMPLED
+    for line in (first, second):
+        evaluation = line["validations"][-1]
+        assert evaluation["how"] == "evaluation" and len(evaluation["clients"]) == CLIENTS
+    # the two Ray actors validated 50 clients each in round 1, and keep only the last ones' tasks
+    assert all(client["train_cached_clients"] == CACHED_CLIENTS for client in second["clients"].values())
+
+
+@pytest.mark.e2e
+def test_zero_clients_prepare_one_client_per_speaker(toy_corpus, tmp_path):
+    out = tmp_path / "data"
+    assert main(prepare_argv(toy_corpus / "LibriSpeech", out, "--kmeans", "local", clients=0)) == 0
+    partition = json.loads((out / "partition.json").read_text())
+    speakers = [client["speakers"] for client in partition["clients"].values()]
+    assert len(speakers) == 10 and all(len(s) == 1 for s in speakers)  # 8 train and 2 dev speakers
+    assert json.loads((out / "prepare.json").read_text())["num_clients"] == 10
+    assert sorted(p.name for p in (out / "clients").iterdir()) == [f"client_{i:03d}" for i in range(10)]
