@@ -77,7 +77,6 @@ def overhead_and_memory(work: Path, toy: Path, updates: int, recipe: str = "tiny
             "client_validation_of_the_received_model": client["train_validation_seconds"],
             "client_training": client["train_seconds"],
             "serialization": client["train_serialize_seconds"] + first["server_seconds"]["serialize"],
-            "aggregation": first["server_seconds"]["aggregate"],
             "final_evaluation_message": first["server_seconds"]["clients_evaluate"],
             "checkpointing": first["server_seconds"]["checkpoint"],
         },

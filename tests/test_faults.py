@@ -17,9 +17,10 @@ from flwr.clientapp import ClientApp
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation import client_app
 from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
-from fedhubert_plugin.federation.screening import screen
+from fedhubert_plugin.federation.screening import screen_reply
 from fedhubert_plugin.federation.server_app import server_app_for, simulate_pretraining
 from fedhubert_plugin.federation.strategies import base_strategy
+from fedhubert_plugin.federation.wire import record_of
 from tests.helpers import TINY, metric_lines, pretrain_settings, valid_losses
 
 # Ray workers cannot import this test module: ship its functions by value
@@ -113,6 +114,13 @@ def reply(name, arrays):
     return Message(content, dst_node_id=1, message_type="train")
 
 
+def screen(replies, reference, max_update_norm=0.0):
+    """Every reply through ``screen_reply``: the kept ones, the rejections, the clippings."""
+    model_norm = float(np.sqrt(sum(np.square(v, dtype=np.float64).sum() for v in reference.values())))
+    decisions = [screen_reply(r, reference, model_norm, max_update_norm) for r in replies]
+    return [[d[i] for d in decisions if d[i] is not None] for i in range(3)]
+
+
 def test_bad_updates_are_rejected_or_clipped_with_the_client(in_a_run):
     reference = {"w": np.ones(3, np.float32), "b": np.ones(1, np.float32)}
     good = reply("client_000", {"w": [1.1, 1, 1], "b": [1]})
@@ -200,7 +208,9 @@ def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in
     aggregated, _ = strategy.aggregate_train(1, good + [nan])
     assert aggregated["w"].numpy().dtype == np.float32
     np.testing.assert_allclose(aggregated["w"].numpy(), [1.15, 1, 1], rtol=1e-6)
-    assert strategy.accepted == good and [r["client"] for r in strategy.rejected] == ["client_003"]
+    assert list(strategy.accepted) == ["client_001", "client_002"] and [r["client"] for r in strategy.rejected] == [
+        "client_003"
+    ]
     messages = list(strategy.configure_train(2, outgoing, ConfigRecord({}), ThreeNodes()))
     replies = [answer(messages[0], "client_001", [1.1, 1, 1]), answer(messages[1], "client_003", [np.nan, 1, 1])]
     with pytest.raises(
@@ -235,3 +245,39 @@ def test_broken_data_stops_the_round_unless_tolerated(in_a_run):
         assert strategy.rejected == [
             {"client": "client_001", "reason": "broken data: x/valid.km not found", "broken_data": True}
         ]
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedadam"])
+def test_folding_replies_as_they_come_aggregates_like_the_list_of_all_replies(name, in_a_run):
+    from fedhubert_plugin.federation.screening import ScreenedStrategy
+
+    class FourNodes:  # stands in for Flower's Grid
+        def get_node_ids(self):
+            return [1, 2, 3, 4]
+
+    rng = np.random.default_rng(0)
+    reference = {"w": rng.standard_normal(1000).astype(np.float32), "b": np.ones(3, np.float32)}
+    noise = {
+        (rnd, i): {k: 0.01 * rng.standard_normal(v.shape) for k, v in reference.items()}
+        for rnd in (1, 2)
+        for i in range(4)
+    }
+    settings = pretrain_settings("unused", "unused", rounds=2, strategy=name, min_available_nodes=4)
+    results = []
+    for streaming in (True, False):
+        strategy = ScreenedStrategy(base_strategy(settings), 0.0, 2, 9, streaming=streaming)
+        for rnd in (1, 2):  # FedAdam's moments carry over to round 2
+            messages = list(strategy.configure_train(rnd, record_of(reference), ConfigRecord({}), FourNodes()))
+            replies = []
+            for i, message in enumerate(messages):
+                answer = reply(f"client_00{i}", {k: v + noise[rnd, i][k] for k, v in reference.items()})
+                answer.content["metrics"]["num-examples"] = 10 + i  # unequal weights
+                replies.append(Message(answer.content, reply_to=message))
+            if streaming:
+                replies = reversed(replies)  # another arrival order
+            aggregated, metrics = strategy.aggregate_train(rnd, replies)
+        results.append(({k: v.numpy() for k, v in aggregated.items()}, dict(metrics), sorted(strategy.accepted)))
+    (streamed, streamed_metrics, streamed_clients), (listed, listed_metrics, listed_clients) = results
+    for key in reference:
+        np.testing.assert_allclose(streamed[key], listed[key], atol=1e-6)  # float32 rounding of the two sums
+    assert streamed_metrics == pytest.approx(listed_metrics) and streamed_clients == listed_clients

@@ -18,6 +18,7 @@ from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.client_app import client_app
 from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
 from fedhubert_plugin.federation.rounds import secure_train_round, train_round
+from fedhubert_plugin.federation.screening import ScreenedStrategy
 from fedhubert_plugin.federation.wire import ClientConfig, config_record, record_of
 from fedhubert_plugin.recipes import recipe_initial_model
 from tests.helpers import TINY, fairseq_env, metric_lines, pretrain_settings, valid_losses
@@ -126,7 +127,8 @@ def test_secure_aggregation_gives_the_plain_average_update_and_trains(prepared, 
         config = ClientConfig.of(settings)
         results["secure"] = secure_train_round(grid, 1, initial, config, settings, {})
         plain = FedAvg(min_train_nodes=4, min_available_nodes=4, weighted_by_key="updates")  # uniform, as SecAgg+
-        results["plain"] = train_round(grid, 1, plain, initial, config, settings, {})
+        screened = ScreenedStrategy(plain, 0.0, 4, settings.round_timeout, streaming=True)
+        results["plain"] = train_round(grid, 1, screened, initial, config, settings, {})
         config = ClientConfig.of(settings, updates_done=3)
         results["second"] = secure_train_round(grid, 2, results["secure"].weights, config, settings, {})
 

@@ -22,7 +22,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
@@ -53,6 +53,7 @@ from fedhubert_plugin.federation.screening import ScreenedStrategy
 from fedhubert_plugin.federation.secure import secure_average_update, split_report
 from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.federation.strategies import evaluation_strategy, privacy_spent
+from fedhubert_plugin.federation.streaming import replies_as_they_come
 from fedhubert_plugin.federation.wire import (
     METRICS,
     NUM_EXAMPLES,
@@ -132,41 +133,45 @@ def client_rows(replies: List[Message], prefix: str = "") -> Dict[str, Dict[str,
     }
 
 
+def observed(replies: Iterable[Message], validations: Dict[str, Dict], received: List[int]) -> Iterator[Message]:
+    """``replies`` passed on as they come, noting each one's validation and its bytes (as they travelled)."""
+    for reply in replies:
+        received[0] += message_bytes([reply])
+        if validation_of(reply):
+            validations[client_of(reply)] = validation_of(reply)
+        yield reply
+
+
 def train_round(
     grid: Grid,
     rnd: int,
-    strategy: Strategy,
+    strategy: ScreenedStrategy,
     weights: Weights,
     config: ClientConfig,
     settings: FederationSettings,
     timing: Dict[str, float],
 ) -> TrainedRound:
-    """Send the weights to train, and aggregate the replies with ``strategy`` (which screens them)."""
+    """Send the weights to train, and aggregate the replies with ``strategy`` (which screens them) as they come."""
     tic = time.perf_counter()
     outgoing = record_of(weights, settings.transport_dtype)
     timing["serialize"] = time.perf_counter() - tic
     messages = list(strategy.configure_train(rnd, outgoing, config_record(config), grid))
-    replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-    timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
-    bytes_received = message_bytes(replies)  # as they travelled, before widening to float32
-    validation = averaged_validation(rnd - 1, {client_of(r): validation_of(r) for r in replies if validation_of(r)})
-    tic = time.perf_counter()
+    validations, received = {}, [0]
+    replies = observed(replies_as_they_come(grid, messages, settings.round_timeout), validations, received)
     aggregated, metrics = strategy.aggregate_train(rnd, replies)
-    timing["aggregate"] = time.perf_counter() - tic
+    # clients train while replies are folded in: "clients_train" holds the aggregation of all but the last
+    timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
     new_weights = {k: v.numpy().astype(weights[k].dtype, copy=False) for k, v in aggregated.items()}
-    if isinstance(strategy, ScreenedStrategy):  # the clients whose updates were aggregated, and why others were not
-        accepted, rejected, clipped = strategy.accepted, strategy.rejected, strategy.clipped
-    else:
-        accepted, rejected, clipped = [r for r in replies if not r.has_error()], [], []
+    clients = {name: {f"train_{k}": v for k, v in row.items()} for name, row in strategy.accepted.items()}
     return TrainedRound(
         new_weights,
         dict(metrics or {}),
-        client_rows(accepted, "train_"),
-        validation,
-        rejected,
-        clipped,
+        clients,
+        averaged_validation(rnd - 1, validations),
+        strategy.rejected,
+        strategy.clipped,
         message_bytes(messages),
-        bytes_received,
+        received[0],
     )
 
 
@@ -201,7 +206,7 @@ def evaluate_round(
     wait_for_nodes(grid, settings.min_available_nodes, settings.round_timeout)
     outgoing = record_of(weights, settings.transport_dtype)
     messages = list(evaluation_strategy(settings).configure_evaluate(rnd, outgoing, config_record(config), grid))
-    replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
+    replies = replies_as_they_come(grid, messages, settings.round_timeout)
     replies = [r for r in replies if not r.has_error() and not broken_data_of(r)]
     timing["clients_evaluate"] = time.perf_counter() - tic
     return averaged_validation(rnd, client_rows(replies), message_bytes(messages))

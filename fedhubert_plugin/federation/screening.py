@@ -1,7 +1,7 @@
 """What the server checks in each client update before it aggregates, as a strategy wrapper.
 
 ``ScreenedStrategy`` wraps the run's strategy the way Flower's DP wrappers do: each reply is
-screened before the wrapped strategy aggregates (``screen``), a node that never answered is
+screened before the wrapped strategy aggregates (``screen_reply``), a node that never answered is
 listed (``missing_replies``), and a round with too few usable updates stops, naming every
 rejection and the fix, with nothing aggregated.
 
@@ -17,7 +17,7 @@ client's name (or its node id when it never replied).
 import logging
 import math
 import re
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -25,7 +25,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedhubert_plugin.federation.settings import RESUME_ADVICE
-from fedhubert_plugin.federation.wire import ARRAYS, METRICS, arrays_of, broken_data_of, client_of, record_of
+from fedhubert_plugin.federation.streaming import RunningMean
+from fedhubert_plugin.federation.wire import (
+    ARRAYS,
+    METRICS,
+    NUM_EXAMPLES,
+    arrays_of,
+    broken_data_of,
+    client_of,
+    record_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,58 +86,49 @@ def unfit_update(arrays: ArrayRecord, reference: Dict[str, np.ndarray], norm: fl
     return ""
 
 
-def screen(
-    replies: List[Message],
+def screen_reply(
+    reply: Message,
     reference: Dict[str, np.ndarray],
+    model_norm: float,
     max_update_norm: float = 0.0,
     names: Optional[Dict[int, str]] = None,
     messages: Optional[List[Message]] = None,
-) -> Tuple[List[Message], List[Dict], List[Dict]]:
-    """Replies fit to aggregate (sorted by client), the rejected ones and the clipped ones.
+) -> Tuple[Optional[Message], Optional[Dict], Optional[Dict]]:
+    """One reply screened: the reply fit to aggregate (clipped when asked) or None, its rejection or None,
+    its clipping or None.
 
     ``names`` maps node ids to client names seen before, to name a client whose reply is an
-    error; ``messages`` are the ones the replies answer.
+    error (it learns this reply's); ``messages`` are the ones the replies answer.
     """
     names = names if names is not None else {}
-    good, rejected, clipped_updates = [], [], []
-    model_norm = l2_norm(reference.values())
-    for reply in replies:
-        if reply.has_error():
-            node = sender(reply, messages or [])
-            reason = error_summary(str(reply.error.reason))
-            rejected.append(
-                {"client": names.get(node, f"node {node}"), "reason": f"client error: {reply.error.code}: {reason}"}
-            )
-            continue
-        name = client_of(reply)
-        names[sender(reply, messages or [])] = name
-        if broken_data_of(reply):
-            rejected.append({"client": name, "reason": f"broken data: {broken_data_of(reply)}", "broken_data": True})
-            continue
-        arrays = reply.content[ARRAYS]
-        norm = update_norm(arrays, reference) if set(arrays.keys()) == set(reference) else math.nan
-        reason = unfit_update(arrays, reference, norm, model_norm)
-        if reason:
-            rejected.append({"client": name, "reason": reason})
-        else:
-            if max_update_norm and norm > max_update_norm:
-                reply.content[ARRAYS] = clipped(arrays, reference, max_update_norm / norm)
-                clipped_updates.append({"client": name, "norm": norm, "clipped_to": max_update_norm})
-                logger.warning("update of %s clipped: norm %.4g > --max-update-norm %.4g", name, norm, max_update_norm)
-            reply.content[METRICS]["update_norm"] = norm
-            good.append(reply)
-    # a fixed summation order: FedAdam's m/sqrt(v) amplifies last-bit differences of near-zero updates
-    good.sort(key=client_of)
-    for r in rejected:
-        logger.warning("round update rejected: %s", r)
-    return good, rejected, clipped_updates
+    if reply.has_error():
+        node = sender(reply, messages or [])
+        reason = error_summary(str(reply.error.reason))
+        return (
+            None,
+            {"client": names.get(node, f"node {node}"), "reason": f"client error: {reply.error.code}: {reason}"},
+            None,
+        )
+    name = client_of(reply)
+    names[sender(reply, messages or [])] = name
+    if broken_data_of(reply):
+        return None, {"client": name, "reason": f"broken data: {broken_data_of(reply)}", "broken_data": True}, None
+    arrays = reply.content[ARRAYS]
+    norm = update_norm(arrays, reference) if set(arrays.keys()) == set(reference) else math.nan
+    reason = unfit_update(arrays, reference, norm, model_norm)
+    if reason:
+        return None, {"client": name, "reason": reason}, None
+    clip = None
+    if max_update_norm and norm > max_update_norm:
+        reply.content[ARRAYS] = clipped(arrays, reference, max_update_norm / norm)
+        clip = {"client": name, "norm": norm, "clipped_to": max_update_norm}
+        logger.warning("update of %s clipped: norm %.4g > --max-update-norm %.4g", name, norm, max_update_norm)
+    reply.content[METRICS]["update_norm"] = norm
+    return reply, None, clip
 
 
-def missing_replies(
-    messages: List[Message], replies: List[Message], names: Dict[int, str], timeout: float
-) -> List[Dict]:
-    """A rejection per node that was sent a message and did not answer within ``timeout`` seconds."""
-    answered = {reply.metadata.reply_to_message_id for reply in replies}
+def missing_replies(messages: List[Message], answered: Set[str], names: Dict[int, str], timeout: float) -> List[Dict]:
+    """A rejection per node that was sent a message and did not answer (ids in ``answered``) within ``timeout``."""
     missing = [m.metadata.dst_node_id for m in messages if m.metadata.message_id not in answered]
     rejected = [
         {"client": names.get(node, f"node {node}"), "reason": f"no reply within the round timeout ({timeout:g} s)"}
@@ -151,8 +151,10 @@ def layers(strategy: Strategy) -> List[Strategy]:
 class ScreenedStrategy(Strategy):
     """``strategy`` with every reply screened before it aggregates; the result in float32.
 
-    After each ``aggregate_train``, ``accepted`` holds the replies it aggregated, ``rejected`` and
-    ``clipped`` that round's other decisions.
+    With ``streaming`` (``streaming.streams``), each screened reply is folded into a running mean as
+    it arrives and ``strategy`` aggregates that one mean; otherwise it gets the list of screened
+    replies. After each ``aggregate_train``, ``accepted`` holds the aggregated clients' metrics by
+    name, ``rejected`` and ``clipped`` that round's other decisions.
     Flower's FedOpt strategies return float64 and keep float64 moments: both are cast back
     (float64 would double the server's memory and the traffic).
     """
@@ -164,14 +166,15 @@ class ScreenedStrategy(Strategy):
         min_train_nodes: int,
         round_timeout: float,
         tolerate_broken_data: bool = False,
+        streaming: bool = False,
     ):
         self.strategy = strategy
         self.max_update_norm, self.min_train_nodes, self.round_timeout = max_update_norm, min_train_nodes, round_timeout
-        self.tolerate_broken_data = tolerate_broken_data
+        self.tolerate_broken_data, self.streaming = tolerate_broken_data, streaming
         self.names: Dict[int, str] = {}  # node id -> client name, to name a client whose reply is an error
         self.reference: Dict[str, np.ndarray] = {}
         self.messages: List[Message] = []
-        self.accepted: List[Message] = []
+        self.accepted: Dict[str, Dict] = {}
         self.rejected: List[Dict] = []
         self.clipped: List[Dict] = []
 
@@ -179,21 +182,54 @@ class ScreenedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.reference = arrays_of(arrays)
-        self.accepted, self.rejected, self.clipped = [], [], []
+        self.accepted, self.rejected, self.clipped = {}, [], []
         self.messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         return self.messages
+
+    def screened(self, replies: Iterable[Message]) -> Iterator[Message]:
+        """The replies fit to aggregate, in float32 whatever the transport, as they come; records every decision."""
+        model_norm, answered = l2_norm(self.reference.values()), set()
+        for reply in replies:
+            answered.add(reply.metadata.reply_to_message_id)
+            if not reply.has_error() and ARRAYS in reply.content:
+                reply.content[ARRAYS] = record_of(arrays_of(reply.content[ARRAYS]))
+            kept, rejection, clip = screen_reply(
+                reply, self.reference, model_norm, self.max_update_norm, self.names, self.messages
+            )
+            self.clipped += [clip] if clip else []
+            if rejection:
+                logger.warning("round update rejected: %s", rejection)
+                self.rejected.append(rejection)
+            else:
+                self.accepted[client_of(kept)] = dict(kept.content[METRICS])
+                yield kept
+        self.rejected += missing_replies(self.messages, answered, self.names, self.round_timeout)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
-        replies = list(replies)
-        for reply in replies:  # aggregate in float32 whatever the transport
-            if not reply.has_error() and ARRAYS in reply.content:
-                reply.content[ARRAYS] = record_of(arrays_of(reply.content[ARRAYS]))
-        self.accepted, self.rejected, self.clipped = screen(
-            replies, self.reference, self.max_update_norm, self.names, self.messages
-        )
-        self.rejected += missing_replies(self.messages, replies, self.names, self.round_timeout)
+        optimizer = layers(self.strategy)[-1]
+        if self.streaming:
+            mean = RunningMean(getattr(optimizer, "weighted_by_key", NUM_EXAMPLES))
+            for reply in self.screened(replies):
+                mean.add(reply)
+            to_aggregate = [mean.as_reply(self.messages[0])] if mean.weight else []
+        else:  # a fixed summation order: FedAdam's m/sqrt(v) amplifies last-bit differences of near-zero updates
+            to_aggregate = sorted(self.screened(replies), key=client_of)
+        self.stop_on_broken_data(server_round)
+        aggregated, metrics = (None, None)
+        if len(self.accepted) >= self.min_train_nodes:
+            aggregated, metrics = self.strategy.aggregate_train(server_round, to_aggregate)
+        if aggregated is None:
+            self.stop_without_update(server_round)
+        for name in ("m_t", "v_t"):
+            if getattr(optimizer, name, None):
+                setattr(optimizer, name, {k: v.astype(np.float32) for k, v in getattr(optimizer, name).items()})
+        dtypes = {k: v.dtype for k, v in self.reference.items()}
+        return ArrayRecord({k: Array(v.numpy().astype(dtypes[k])) for k, v in aggregated.items()}), metrics
+
+    def stop_on_broken_data(self, server_round: int) -> None:
+        """Raise, naming each client whose data is broken and the fix, unless ``tolerate_broken_data``."""
         broken = [r for r in self.rejected if r.get("broken_data")]
         if broken and not self.tolerate_broken_data:
             raise RuntimeError(
@@ -201,28 +237,21 @@ class ScreenedStrategy(Strategy):
                 f"{'; '.join(r['reason'] for r in broken)}. Nothing was aggregated. Fix those files, or leave "
                 "those clients out: --tolerate-broken-data (flwr run: --run-config 'tolerate-broken-data=true')."
             )
-        aggregated, metrics = (None, None)
-        if len(self.accepted) >= self.min_train_nodes:
-            aggregated, metrics = self.strategy.aggregate_train(server_round, self.accepted)
-        if aggregated is None:
-            kept = (
-                f"the global model of round {server_round - 1} (checkpoint_round{server_round - 1}.pt)"
-                if server_round > 1
-                else "no global model yet"
-            )
-            if len(self.accepted) >= self.min_train_nodes:  # Flower's DP accountant needs every sampled client
-                kept += "; DP accounting needs an update from every sampled client"
-            raise RuntimeError(
-                f"round {server_round}: {len(self.accepted)} usable client updates of {len(self.messages)} "
-                f"(min-train-nodes {self.min_train_nodes}); rejected: {self.rejected}. "
-                f"Nothing was aggregated: {kept}; fix the clients and {RESUME_ADVICE}."
-            )
-        optimizer = layers(self.strategy)[-1]
-        for name in ("m_t", "v_t"):
-            if getattr(optimizer, name, None):
-                setattr(optimizer, name, {k: v.astype(np.float32) for k, v in getattr(optimizer, name).items()})
-        dtypes = {k: v.dtype for k, v in self.reference.items()}
-        return ArrayRecord({k: Array(v.numpy().astype(dtypes[k])) for k, v in aggregated.items()}), metrics
+
+    def stop_without_update(self, server_round: int) -> None:
+        """Raise: the round has no aggregate (too few usable updates), naming every rejection and the fix."""
+        kept = (
+            f"the global model of round {server_round - 1} (checkpoint_round{server_round - 1}.pt)"
+            if server_round > 1
+            else "no global model yet"
+        )
+        if len(self.accepted) >= self.min_train_nodes:  # Flower's DP accountant needs every sampled client
+            kept += "; DP accounting needs an update from every sampled client"
+        raise RuntimeError(
+            f"round {server_round}: {len(self.accepted)} usable client updates of {len(self.messages)} "
+            f"(min-train-nodes {self.min_train_nodes}); rejected: {self.rejected}. "
+            f"Nothing was aggregated: {kept}; fix the clients and {RESUME_ADVICE}."
+        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

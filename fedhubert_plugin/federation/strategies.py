@@ -10,7 +10,8 @@
   the clipping norm over the number of sampled clients. With ``fedavg`` and noise, Flower's
   ``RdpAccountant`` reports the privacy spent (ε at ``dp_target_delta``) after each round.
 - Outermost, ``ScreenedStrategy`` screens every reply first (not under SecAgg+, where the
-  server never sees a single update).
+  server never sees a single update), and for the server optimizers without DP folds each into a
+  running mean as it arrives (``streaming``).
 """
 
 import json
@@ -32,6 +33,7 @@ from flwr.serverapp.strategy import (
 
 from fedhubert_plugin.federation.screening import ScreenedStrategy, layers
 from fedhubert_plugin.federation.settings import FederationSettings
+from fedhubert_plugin.federation.streaming import streams
 from fedhubert_plugin.federation.wire import UPDATES
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,7 @@ def build_strategy(settings: FederationSettings) -> Strategy:
         settings.min_train_nodes,
         settings.round_timeout,
         settings.tolerate_broken_data,
+        streams(settings),
     )
 
 
