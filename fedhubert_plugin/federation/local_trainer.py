@@ -101,6 +101,25 @@ def peak_memory_metrics() -> Dict[str, float]:
     return peak
 
 
+def master_parameters(trainer: Trainer) -> Dict[str, torch.Tensor]:
+    """fairseq's fp32 master copies of the trained parameters by name, when it trains in fp16 or bf16 and keeps
+    them (``FP16Optimizer``: a flat buffer with --fp16, one tensor per parameter with --bf16); empty otherwise
+    (fp32 training, or --memory-efficient-fp16, which keeps none)."""
+    optimizer = trainer.optimizer
+    fp32 = getattr(optimizer, "fp32_params", None)
+    if fp32 is None:
+        return {}
+    if isinstance(fp32, list):
+        masters = [p.data for p in fp32]
+    else:  # one flat buffer (a single device), in the order of the fp16 parameters
+        flat, masters, offset = next(iter(fp32.values())).data, [], 0
+        for p in optimizer.fp16_params:
+            masters.append(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+    names = {id(p): name for name, p in trainer.model.named_parameters()}
+    return {names[id(p)]: master for p, master in zip(optimizer.fp16_params, masters) if id(p) in names}
+
+
 class LocalTrainer:
     """fairseq Trainer for any client folder, from one recipe and its overrides."""
 
@@ -144,8 +163,10 @@ class LocalTrainer:
     ) -> Tuple[Trainer, DictConfig, object]:
         cfg, task = self.client_task(folder)
         self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
-        trainer = Trainer(cfg, task, self.model, self.criterion)
+        trainer = Trainer(cfg, task, self.model, self.criterion)  # with fp16/bf16: casts the model
         trainer.set_num_updates(num_updates)
+        for name, master in master_parameters(trainer).items():  # the global weights' low bits, kept
+            master.copy_(torch.from_numpy(np.asarray(arrays[name])))
         return trainer, cfg, task
 
     def fit(
@@ -193,6 +214,7 @@ class LocalTrainer:
             **peak_memory_metrics(),
         )
         state = {k: v.detach().float().cpu().numpy() for k, v in trainer.model.state_dict().items()}
+        state.update({k: v.detach().cpu().numpy().copy() for k, v in master_parameters(trainer).items()})
         return LocalResult(state, len(task.dataset("train")), result)
 
     def evaluate(self, folder: Path, arrays: Dict[str, np.ndarray], round_seed: int = 0) -> LocalResult:
