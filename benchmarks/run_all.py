@@ -16,7 +16,9 @@ Each figure is a ratio of two things measured side by side in this run, on the t
 6. GPU: 1 and 5 with the Base recipe in fp16, when there is an NVIDIA GPU (`--sections gpu` runs just that);
 7., 8. and 9.: benchmarks/distill_student.py (teacher against student),
    benchmarks/checkpoint_features.py (iteration-2 feature extraction) and benchmarks/deployment.py
-   (a round on loopback SuperLink and SuperNodes against the same round in simulation).
+   (a round on loopback SuperLink and SuperNodes against the same round in simulation);
+10. benchmarks/server_memory.py: the server's peak RSS and round time against clients per round,
+   with HuBERT Base's tensors (stand-in clients that do not train), streaming against the list of replies.
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
 """
@@ -47,6 +49,7 @@ SECTIONS = [
     "distill_student",
     "checkpoint_features",
     "deployment",
+    "server_memory",
     "gpu",
 ]
 
@@ -212,6 +215,7 @@ def markdown(results: Dict) -> str:
         ("distill_student", "7. Teacher against distilled student"),
         ("checkpoint_features", "8. Iteration-2 feature extraction"),
         ("deployment", "9. Deployment rounds against simulation rounds (benchmarks/deployment.py)"),
+        ("server_memory", "10. Server memory against clients per round, Base's tensors (benchmarks/server_memory.py)"),
     ):
         if key in results:
             lines += [f"## {title}", "", results[key]["markdown"], ""]
@@ -259,7 +263,7 @@ def main() -> None:
         prepared = prepare_vs_fairseq(args.work)
         results["prepare"] = {**prepared, "markdown": (RESULTS / "prepare_vs_fairseq_25min.md").read_text()}
         save(results)
-    for name in ("quality", "distill_student", "checkpoint_features", "deployment"):  # their own scripts
+    for name in ("quality", "distill_student", "checkpoint_features", "deployment", "server_memory"):  # own scripts
         if name in args.sections:
             run([sys.executable, str(REPO / "benchmarks" / f"{name}.py")], args.work / f"{name}.log")
             results[name] = {
