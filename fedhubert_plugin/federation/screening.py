@@ -75,6 +75,11 @@ def error_summary(reason: str) -> str:
     return message[:500]
 
 
+def is_half(arrays: ArrayRecord) -> bool:
+    """Whether a record holds float16 arrays (half-precision transport), read from its headers."""
+    return any(array.dtype == "float16" for array in arrays.values())
+
+
 def unfit_update(arrays: ArrayRecord, reference: Dict[str, np.ndarray], norm: float, model_norm: float) -> str:
     """Why an update (of L2 ``norm``) cannot be aggregated; empty when it can."""
     if set(arrays.keys()) != set(reference):
@@ -191,7 +196,7 @@ class ScreenedStrategy(Strategy):
         model_norm, answered = l2_norm(self.reference.values()), set()
         for reply in replies:
             answered.add(reply.metadata.reply_to_message_id)
-            if not reply.has_error() and ARRAYS in reply.content:
+            if not reply.has_error() and ARRAYS in reply.content and is_half(reply.content[ARRAYS]):
                 reply.content[ARRAYS] = record_of(arrays_of(reply.content[ARRAYS]))
             kept, rejection, clip = screen_reply(
                 reply, self.reference, model_norm, self.max_update_norm, self.names, self.messages

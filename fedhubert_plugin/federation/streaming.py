@@ -69,7 +69,10 @@ class RunningMean:
         self.weight += weight
 
     def as_reply(self, reply_to: Message) -> Message:
-        """One reply holding the mean (arrays in float32), weighing what every folded reply weighed together."""
-        arrays = ArrayRecord({k: Array((v / self.weight).astype(np.float32)) for k, v in self.arrays.items()})
+        """One reply holding the mean (arrays in float32), weighing what every folded reply weighed together.
+        Consumes the sums, tensor by tensor, so that they and the mean are never both whole in memory."""
+        arrays = ArrayRecord(
+            {k: Array((self.arrays.pop(k) / self.weight).astype(np.float32)) for k in list(self.arrays)}
+        )
         metrics = MetricRecord({**{k: v / self.weight for k, v in self.metrics.items()}, self.key: self.weight})
         return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=reply_to)
