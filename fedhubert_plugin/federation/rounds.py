@@ -126,19 +126,23 @@ def initial_model(settings: FederationSettings) -> Tuple[DictConfig, Weights]:
     return cfg, weights
 
 
-def client_rows(replies: List[Message], prefix: str = "") -> Dict[str, Dict[str, float]]:
-    """Each replying client's metrics, keys prefixed with ``prefix``."""
-    return {
-        client_of(r): {f"{prefix}{k}": v for k, v in r.content[METRICS].items()} for r in replies if not r.has_error()
-    }
+def client_rows(replies: List[Message]) -> Dict[str, Dict[str, float]]:
+    """Each replying client's metrics, by name."""
+    return {client_of(r): dict(r.content[METRICS]) for r in replies if not r.has_error()}
+
+
+def train_rows(rows: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
+    """Per-client training metrics as ``metrics.jsonl`` holds them: keys prefixed ``train_``."""
+    return {name: {f"train_{k}": v for k, v in row.items()} for name, row in rows.items()}
 
 
 def observed(replies: Iterable[Message], validations: Dict[str, Dict], received: List[int]) -> Iterator[Message]:
     """``replies`` passed on as they come, noting each one's validation and its bytes (as they travelled)."""
     for reply in replies:
         received[0] += message_bytes([reply])
-        if validation_of(reply):
-            validations[client_of(reply)] = validation_of(reply)
+        validation = validation_of(reply)
+        if validation:
+            validations[client_of(reply)] = validation
         yield reply
 
 
@@ -162,11 +166,10 @@ def train_round(
     # clients train while replies are folded in: "clients_train" holds the aggregation of all but the last
     timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
     new_weights = {k: v.numpy().astype(weights[k].dtype, copy=False) for k, v in aggregated.items()}
-    clients = {name: {f"train_{k}": v for k, v in row.items()} for name, row in strategy.accepted.items()}
     return TrainedRound(
         new_weights,
         dict(metrics or {}),
-        clients,
+        train_rows(strategy.accepted),
         averaged_validation(rnd - 1, validations),
         strategy.rejected,
         strategy.clipped,
@@ -188,9 +191,8 @@ def secure_train_round(
         if validation:
             validations[name] = validation
     metrics = {k: float(np.mean([row[k] for row in trains.values()])) for k in next(iter(trains.values()), {})}
-    clients = {name: {f"train_{k}": v for k, v in row.items()} for name, row in trains.items()}
     new_weights = {k: weights[k] + update[k] for k in weights}
-    return TrainedRound(new_weights, metrics, clients, averaged_validation(rnd - 1, validations))
+    return TrainedRound(new_weights, metrics, train_rows(trains), averaged_validation(rnd - 1, validations))
 
 
 def evaluate_round(
