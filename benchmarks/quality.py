@@ -41,7 +41,7 @@ from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
 from fedhubert_plugin.probe import probe, random_init_checkpoint
 from fedhubert_plugin.targets.features import feature_extractor
-from fedhubert_plugin.targets.labels import SPLITS, label_client
+from fedhubert_plugin.targets.labels import SPLITS, label_client, remove_cached_features
 from fedhubert_plugin.targets.quality import alignment_files, client_labels, label_quality, read_alignments
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
 
@@ -93,6 +93,7 @@ def heldout_shard(data: Path, librispeech: Path, out: Path) -> Path:
         meta = json.loads((data / "prepare.json").read_text())
         codebook = np.load(data / "kmeans" / "codebook.npy")
         label_client(out, codebook, feature_extractor(meta["features"]), meta["n_clusters"])
+        remove_cached_features(out)
         shutil.copy(data / "clients" / "client_000" / "labels" / "labels.json", out / "labels")
     return out
 

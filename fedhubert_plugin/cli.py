@@ -7,6 +7,7 @@ happens inside the command that needs it, so ``fedhubert --help`` stays fast.
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -141,7 +142,12 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
         "--kmeans-max-iter", type=int, default=10, help="federated k-means: Lloyd steps at most (default 10)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="parallel audio readers for the scan (default 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads for the scan and the feature extraction, shared out among clients (default: all cores)",
+    )
     p.set_defaults(run=run_prepare)
 
 

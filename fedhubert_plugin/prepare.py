@@ -7,6 +7,8 @@ Writes, under ``out``::
 
     utterances.tsv        every usable utterance (id, speaker, chapter, subset, path, samples, seconds)
     report.json           skipped and converted files with reasons, chapters without transcript
+                          (the scan reads headers; audio that does not decode is found, dropped
+                          and reported where each client makes its features)
     partition.json        clients -> speakers, hours, utterance counts
     clients/client_XXX/{train,valid}.tsv                  fairseq manifests
     clients/client_XXX/labels/{train,valid}.km, dict.km.txt, labels.json
@@ -22,16 +24,16 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Set
 
-import numpy as np
 from tensorboardX import SummaryWriter
 
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
-from fedhubert_plugin.data.scan import Utterance, scan_librispeech
+from fedhubert_plugin.data.scan import ScanReport, Utterance, scan_librispeech
 from fedhubert_plugin.federation.kmeans_app import (
     FederatedKMeansResult,
     FederatedKMeansSettings,
@@ -41,9 +43,15 @@ from fedhubert_plugin.federation.kmeans_app import (
 from fedhubert_plugin.federation.nodes import client_name, ray_backend_config, simulate
 from fedhubert_plugin.files import atomic_save_array, atomic_write_json, atomic_write_text
 from fedhubert_plugin.targets import KMEANS_MODES, LABELS_META
-from fedhubert_plugin.targets.features import feature_extractor
-from fedhubert_plugin.targets.kmeans import adaptive_clusters, local_codebook, nearest
-from fedhubert_plugin.targets.labels import cached_features, label_client
+from fedhubert_plugin.targets.features import FeatureExtractor, feature_extractor
+from fedhubert_plugin.targets.kmeans import SAMPLE_FRAMES, adaptive_clusters, cluster_statistics, local_codebook
+from fedhubert_plugin.targets.labels import (
+    FEATURES_DIR,
+    cached_features,
+    label_client,
+    remove_cached_features,
+    unusable_utterances,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +76,7 @@ class PrepareConfig:
     min_count: int = 5
     kmeans_max_iter: int = 10
     seed: int = 0
-    workers: int = 2
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # threads for the scan and features
 
 
 @dataclass
@@ -90,7 +98,10 @@ def write_utterance_table(path: Path, utterances: List[Utterance]) -> None:
 
 
 def clear_previous_run(out: Path, keep: List[str]) -> None:
-    """Remove every client's labels, and client folders not in ``keep``."""
+    """Remove every client's labels and half-written files, and client folders not in ``keep``.
+
+    Feature caches stay: each is reused only if made from the same manifest and extractor.
+    """
     clients_dir = out / "clients"
     if clients_dir.is_dir():
         for folder in clients_dir.iterdir():
@@ -98,6 +109,8 @@ def clear_previous_run(out: Path, keep: List[str]) -> None:
                 shutil.rmtree(folder)
             else:
                 shutil.rmtree(folder / "labels", ignore_errors=True)
+                for partial in folder.glob(f"{FEATURES_DIR}/.*.tmp"):
+                    partial.unlink()
 
 
 def split_summary(utterances: List[Utterance]) -> Dict:
@@ -109,19 +122,24 @@ def run_local_kmeans(cfg: PrepareConfig, folders: List[Path]) -> float:
     preset = feature_extractor(cfg.features, cfg.checkpoint, cfg.layer)
     inertia, frames = 0.0, 0
     for folder in folders:
-        feats, _ = cached_features(folder, "train", preset)
-        k = adaptive_clusters(len(feats), cfg.n_clusters)
-        codebook = local_codebook(np.asarray(feats), k, seed=cfg.seed)
-        inertia += float(nearest(feats, codebook)[1].sum())
-        frames += len(feats)
+        features = cached_features(folder, "train", preset, cfg.workers)
+        sample = features.sample(SAMPLE_FRAMES, cfg.seed)
+        k = adaptive_clusters(len(sample), cfg.n_clusters)
+        codebook = local_codebook(sample, k, seed=cfg.seed)
+        inertia += cluster_statistics(features.chunks(), codebook, min_count=0)[2]
+        frames += features.frames
         atomic_save_array(cfg.out / "kmeans" / f"{folder.name}.npy", codebook)
-        label_client(folder, codebook, preset, dictionary_size=cfg.n_clusters)
-        logger.info("local k-means %s: %d clusters on %d frames", folder.name, k, len(feats))
+        label_client(folder, codebook, preset, cfg.n_clusters, cfg.workers)
+        logger.info("local k-means %s: %d clusters on %d of %d frames", folder.name, k, len(sample), features.frames)
     return inertia / frames
 
 
 def run_federated_kmeans(cfg: PrepareConfig, num_clients: int) -> float:
-    """One shared codebook through Flower (simulation); only per-cluster sums and counts move."""
+    """One shared codebook through Flower (simulation); only per-cluster sums and counts move.
+
+    The ``workers`` cores are shared out: clients run side by side, each with an equal share.
+    """
+    cpus_per_client = max(1, cfg.workers // min(num_clients, cfg.workers))
     settings = FederatedKMeansSettings(
         data_root=str(cfg.out.resolve()),
         num_clients=num_clients,
@@ -132,9 +150,15 @@ def run_federated_kmeans(cfg: PrepareConfig, num_clients: int) -> float:
         seed=cfg.seed,
         min_count=cfg.min_count,
         max_iter=cfg.kmeans_max_iter,
+        threads=cpus_per_client,
     )
     result = FederatedKMeansResult()
-    simulate(federated_kmeans_server_app(settings, result), client_app, num_clients, ray_backend_config())
+    simulate(
+        federated_kmeans_server_app(settings, result),
+        client_app,
+        num_clients,
+        ray_backend_config(num_cpus_per_client=cpus_per_client),
+    )
     if result.codebook is None:
         raise RuntimeError("federated k-means did not finish; see the Flower log above")
     atomic_save_array(cfg.out / "kmeans" / "codebook.npy", result.codebook)
@@ -158,49 +182,93 @@ def write_kmeans_metrics(folder: Path, inertia_per_frame: List[float]) -> None:
     board.close()
 
 
-def prepare(cfg: PrepareConfig) -> PrepareSummary:
-    """Scan, partition, write manifests, learn k-means and write labels for every client."""
-    preset = feature_extractor(cfg.features, cfg.checkpoint, cfg.layer)  # fails early on a bad choice
-    if cfg.kmeans not in KMEANS_MODES:
-        raise ValueError(f"unknown --kmeans {cfg.kmeans!r}; choose one of {', '.join(KMEANS_MODES)}")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prepare.json").unlink(missing_ok=True)  # the completion marker: written again last
-    utterances, report = scan_librispeech(
-        cfg.librispeech_root, cfg.subsets, out / "converted", cfg.min_seconds, cfg.workers
+def check_disk_space(out: Path, utterances: List[Utterance], extractor: FeatureExtractor) -> None:
+    """Stop before any feature is made when ``out``'s disk cannot hold the clients' feature caches."""
+    hours = sum(u.seconds for u in utterances) / 3600
+    per_hour = extractor.label_rate * 3600 * extractor.dim * 4  # float32 frames
+    cached = sum(f.stat().st_size for f in out.glob(f"clients/*/{FEATURES_DIR}/*.f32"))
+    need, free = hours * per_hour - cached, shutil.disk_usage(out).free
+    logger.info(
+        "%.2f h of audio: the feature caches take about %.2f GB (%.0f MB per hour)", hours, need / 1e9, per_hour / 1e6
     )
-    write_utterance_table(out / "utterances.tsv", utterances)
-    atomic_write_json(out / "report.json", {**asdict(report), "usable_utterances": len(utterances)})
-    clients = partition_utterances(utterances, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
-    names = [client_name(i) for i in range(len(clients))]  # --num-clients 0: one per speaker
-    clear_previous_run(out, keep=names)
+    if need > free:
+        raise RuntimeError(
+            f"{out} has {free / 1e9:.1f} GB free, but the clients' {extractor.name} feature caches need about "
+            f"{need / 1e9:.1f} GB for {hours:.1f} h of audio ({per_hour / 1e6:.0f} MB per hour) until the labels "
+            "are written; free space there or pass an --out on a larger disk"
+        )
 
+
+def write_client_manifests(cfg: PrepareConfig, clients: Dict[str, List[Utterance]]) -> Dict[str, Dict]:
+    """Each client's ``train.tsv`` and ``valid.tsv``; returns its speakers and utterances per split."""
     root = Path(cfg.librispeech_root).resolve()
-    summary = PrepareSummary(
-        usable_utterances=len(utterances), skipped=len(report.skipped), converted=len(report.converted)
-    )
-    for index, (name, client_utts) in enumerate(zip(names, clients)):
-        splits = split_train_valid(client_utts, cfg.valid_fraction, cfg.seed + index)
-        for split, split_utts in splits.items():
+    splits_of = {}
+    for index, (name, client_utts) in enumerate(clients.items()):
+        splits_of[name] = split_train_valid(client_utts, cfg.valid_fraction, cfg.seed + index)
+        for split, split_utts in splits_of[name].items():
             write_manifest(
-                out / "clients" / name / f"{split}.tsv",
+                cfg.out / "clients" / name / f"{split}.tsv",
                 root,
                 [(os.path.relpath(u.path, root), u.samples) for u in split_utts],
             )
-        summary.clients[name] = {
-            "speakers": sorted({u.speaker for u in client_utts}),
+    return splits_of
+
+
+def report_unusable(folders: List[Path], utterances: List[Utterance], report: ScanReport) -> List[Utterance]:
+    """Add the utterances the clients' feature extraction could not decode to the report; the others."""
+    unusable = [row for folder in folders for row in unusable_utterances(folder)]
+    for row in unusable:
+        logger.warning("skipping %s: %s", row["path"], row["reason"])
+        report.skipped.append({"path": row["path"], "reason": row["reason"]})
+    dropped = {Path(row["path"]).resolve() for row in unusable}
+    return [u for u in utterances if Path(u.path).resolve() not in dropped]
+
+
+def write_partition(cfg: PrepareConfig, splits_of: Dict[str, Dict], usable_paths: Set[str]) -> Dict[str, Dict]:
+    """``partition.json``: per client its speakers, and utterances and hours per split (of the usable ones)."""
+    clients = {}
+    for name, splits in splits_of.items():
+        splits = {split: [u for u in split_utts if u.path in usable_paths] for split, split_utts in splits.items()}
+        clients[name] = {
+            "speakers": sorted({u.speaker for split_utts in splits.values() for u in split_utts}),
             **{split: split_summary(split_utts) for split, split_utts in splits.items()},
         }
     atomic_write_json(
-        out / "partition.json",
-        {"method": cfg.partition, "seed": cfg.seed, "alpha": cfg.alpha, "clients": summary.clients},
+        cfg.out / "partition.json",
+        {"method": cfg.partition, "seed": cfg.seed, "alpha": cfg.alpha, "clients": clients},
     )
+    return clients
 
-    folders = [out / "clients" / name for name in names]
+
+def prepare(cfg: PrepareConfig) -> PrepareSummary:
+    """Scan, partition, write manifests, learn k-means and write labels for every client."""
+    start = time.monotonic()
+    preset = feature_extractor(cfg.features, cfg.checkpoint, cfg.layer)  # fails early on a bad choice
+    if cfg.kmeans not in KMEANS_MODES:
+        raise ValueError(f"unknown --kmeans {cfg.kmeans!r}; choose one of {', '.join(KMEANS_MODES)}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "prepare.json").unlink(missing_ok=True)  # the completion marker: written again last
+    utterances, report = scan_librispeech(
+        cfg.librispeech_root, cfg.subsets, cfg.out / "converted", cfg.min_seconds, cfg.workers
+    )
+    check_disk_space(cfg.out, utterances, preset)
+    partition = partition_utterances(utterances, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
+    names = [client_name(i) for i in range(len(partition))]  # --num-clients 0: one per speaker
+    clear_previous_run(cfg.out, keep=names)
+    splits_of = write_client_manifests(cfg, dict(zip(names, partition)))
+
+    folders = [cfg.out / "clients" / name for name in names]
+    summary = PrepareSummary()
     if cfg.kmeans == "federated":
         summary.kmeans_inertia_per_frame = run_federated_kmeans(cfg, len(names))
     else:
         summary.kmeans_inertia_per_frame = run_local_kmeans(cfg, folders)
+    usable = report_unusable(folders, utterances, report)
+    write_utterance_table(cfg.out / "utterances.tsv", usable)
+    atomic_write_json(cfg.out / "report.json", {**asdict(report), "usable_utterances": len(usable)})
+    summary.usable_utterances, summary.skipped = len(usable), len(report.skipped)
+    summary.converted = len(report.converted)
+    summary.clients = write_partition(cfg, splits_of, {u.path for u in usable})
     summary.label_rate = preset.label_rate
     labels_meta = {
         "label_rate": preset.label_rate,
@@ -211,9 +279,10 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     }
     for folder in folders:
         atomic_write_json(folder / "labels" / LABELS_META, labels_meta)
+        remove_cached_features(folder)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     atomic_write_json(
-        out / "prepare.json",
+        cfg.out / "prepare.json",
         {
             **settings,
             "num_clients": len(names),
@@ -222,6 +291,8 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
             "feature_dim": preset.dim,
         },
     )
+    hours, minutes = sum(u.seconds for u in usable) / 3600, (time.monotonic() - start) / 60
+    logger.info("prepared %.2f h of audio in %.1f min (%.1f h per minute)", hours, minutes, hours / max(minutes, 1e-9))
     return summary
 
 

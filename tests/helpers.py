@@ -12,6 +12,7 @@ import soundfile as sf
 
 from fedhubert_plugin.federation.runlog import read_metrics, validations
 from fedhubert_plugin.federation.settings import FederationSettings
+from fedhubert_plugin.targets.feature_files import utterance_features
 from fedhubert_plugin.targets.labels import write_dictionary
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 
@@ -108,3 +109,10 @@ def pretrain_settings(prepared, save_dir, rounds, **kwargs) -> FederationSetting
         min_available_nodes=4,
     )
     return FederationSettings(save_dir=str(save_dir), num_server_rounds=rounds, **{**defaults, **kwargs})
+
+
+def pooled_features(folders, extractor) -> np.ndarray:
+    """The train features of every client folder, computed afresh and concatenated (clients delete theirs)."""
+    return np.concatenate(
+        [feats for folder in folders for _, feats, _ in utterance_features(folder / "train.tsv", extractor)]
+    )

@@ -12,10 +12,10 @@ from fedhubert_plugin.cli import main
 from fedhubert_plugin.data.manifest import read_manifest
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server_app import simulate_pretraining
-from fedhubert_plugin.targets.features import CheckpointFeatures, manifest_features
+from fedhubert_plugin.targets.features import CheckpointFeatures
 from fedhubert_plugin.targets.kmeans import nearest
 from fedhubert_plugin.toy_data import TRAIN_SUBSET
-from tests.helpers import TINY, metric_lines, prepare_argv, pretrain_settings, valid_losses
+from tests.helpers import TINY, metric_lines, pooled_features, prepare_argv, pretrain_settings, valid_losses
 from upstream.hubert_local.hubconf import hubert_local
 
 IT2_CLUSTERS = 50
@@ -88,9 +88,7 @@ def test_iteration2_labels_count_50hz_frames_and_features_are_gone(iteration2):
 def test_federated_codebook_matches_centralized_kmeans_on_the_same_features(iteration2):
     out, checkpoint = iteration2
     features = CheckpointFeatures(str(checkpoint), layer=2, device="cpu")
-    pooled = np.concatenate(
-        [manifest_features(c / "train.tsv", features)[0] for c in sorted((out / "clients").iterdir())]
-    )
+    pooled = pooled_features(sorted((out / "clients").iterdir()), features)
     federated = float(nearest(pooled, np.load(out / "kmeans" / "codebook.npy"))[1].sum())
     centralized = KMeans(n_clusters=IT2_CLUSTERS, n_init=10, random_state=0).fit(pooled).inertia_
     assert federated <= 1.05 * centralized, (federated, centralized)

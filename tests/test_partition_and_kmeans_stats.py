@@ -71,7 +71,7 @@ def test_valid_split_has_both_sides():
 def test_small_clusters_are_withheld_so_no_single_frame_is_sent():
     frames = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.1, 0.1], [0.05, 0.05], [9.0, 9.0]], dtype=np.float32)
     codebook = np.array([[0.0, 0.0], [9.0, 9.0]], dtype=np.float32)
-    sums, counts, inertia = cluster_statistics(frames, codebook, min_count=2)
+    sums, counts, inertia = cluster_statistics([frames[:4], frames[4:]], codebook, min_count=2)
     assert counts.tolist() == [5, 0] and np.allclose(sums[1], 0)  # the lone frame at (9, 9) stays home
     assert np.allclose(sums[0], frames[:5].sum(0))
     assert np.allclose(lloyd_step(codebook, sums, counts), [[0.05, 0.05], [9.0, 9.0]])

@@ -1,6 +1,7 @@
 """`fedhubert prepare` on the toy corpus, with bad files mixed in."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +9,14 @@ import pytest
 import soundfile as sf
 
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.data.manifest import read_manifest
+from fedhubert_plugin.data.manifest import read_manifest, write_manifest
 from fedhubert_plugin.prepare import PrepareConfig, prepare
-from fedhubert_plugin.targets.features import PRESETS, manifest_features
+from fedhubert_plugin.targets.feature_files import utterance_features
+from fedhubert_plugin.targets.features import PRESETS
 from fedhubert_plugin.targets.kmeans import local_codebook, nearest
+from fedhubert_plugin.targets.labels import cached_features, label_client, unusable_utterances
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
-from tests.helpers import N_CLUSTERS, prepare_argv, setup_fed_task
+from tests.helpers import N_CLUSTERS, pooled_features, prepare_argv, setup_fed_task
 
 
 def manifest_entries(out: Path):
@@ -97,9 +100,7 @@ def test_federated_kmeans_is_deterministic_for_a_seed(prepared, messy_librispeec
 
 
 def test_federated_kmeans_inertia_within_5_percent_of_centralized(prepared):
-    pooled = np.concatenate(
-        [manifest_features(c / "train.tsv", PRESETS["hubert"])[0] for c in sorted((prepared / "clients").iterdir())]
-    )
+    pooled = pooled_features(sorted((prepared / "clients").iterdir()), PRESETS["hubert"])
     federated = nearest(pooled, np.load(prepared / "kmeans" / "codebook.npy"))[1].sum()
     centralized = nearest(pooled, local_codebook(pooled, N_CLUSTERS, seed=0, n_init=20))[1].sum()
     assert federated <= 1.05 * centralized, (federated, centralized)
@@ -163,3 +164,90 @@ def test_an_interrupted_run_leaves_no_stale_labels_and_a_rerun_completes(messy_l
         assert len((client / "labels" / "train.km").read_text().splitlines()) == len(
             read_manifest(client / "train.tsv")[1]
         )
+
+
+def test_audio_that_does_not_decode_is_dropped_where_features_are_made(toy_corpus, tmp_path):
+    """The scan reads headers only: a truncated or corrupted file is caught once, at feature extraction,
+    removed from the manifest before labels are written, and listed with its reason."""
+    root = toy_corpus / "LibriSpeech"
+    flacs = sorted((root / TRAIN_SUBSET).rglob("*.flac"))[:5]
+    audio = tmp_path / "audio"
+    shutil.copytree(root / TRAIN_SUBSET, audio / TRAIN_SUBSET)
+    good, truncated, corrupted = [audio / f.relative_to(root) for f in flacs[:3]]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    data = bytearray(corrupted.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
+    corrupted.write_bytes(bytes(data))
+    client = tmp_path / "client"
+    rows = [(str(f.relative_to(root)), sf.info(str(f)).frames) for f in flacs]  # the samples the scan saw
+    write_manifest(client / "train.tsv", audio, rows)
+    write_manifest(client / "valid.tsv", audio, rows[3:])
+
+    features = cached_features(client, "train", PRESETS["hubert"])
+    _, kept = read_manifest(client / "train.tsv")
+    assert [rel for rel, _ in kept] == [rows[0][0], rows[3][0], rows[4][0]]
+    assert features.lengths.tolist() == [PRESETS["hubert"].num_frames(samples) for _, samples in kept]
+    reasons = {Path(row["path"]): row["reason"] for row in unusable_utterances(client)}
+    assert set(reasons) == {truncated, corrupted} and good not in reasons
+    assert "truncated" in reasons[truncated] or "corrupted" in reasons[truncated]
+    assert "corrupted" in reasons[corrupted]
+    # read back in bounded chunks of whole utterances, equal to a fresh in-memory extraction
+    groups = list(features.utterance_groups(max_frames=500))
+    assert len(groups) > 1 and all(len(frames) == lengths.sum() for lengths, frames in groups)
+    fresh = np.concatenate([f for _, f, _ in utterance_features(client / "train.tsv", PRESETS["hubert"])])
+    assert np.array_equal(np.concatenate([frames for _, frames in groups]), fresh)
+    assert len(features.sample(100, seed=0)) < features.frames
+
+    codebook = np.random.default_rng(0).normal(size=(N_CLUSTERS, 39)).astype(np.float32)
+    frames = label_client(client, codebook, PRESETS["hubert"], N_CLUSTERS)
+    lines = (client / "labels" / "train.km").read_text().splitlines()
+    assert len(lines) == 3 and frames["train"] == features.frames
+    assert [int(x) for x in lines[0].split()] == nearest(fresh[: features.lengths[0]], codebook)[0].tolist()
+
+
+def test_a_killed_prepare_resumes_without_redoing_finished_clients(messy_librispeech, tmp_path, monkeypatch):
+    """Killed while labelling the second client: the rerun makes only the features that were missing."""
+    import fedhubert_plugin.prepare as prepare_module
+    import fedhubert_plugin.targets.labels as labels_module
+
+    root, bad = messy_librispeech
+    cfg = PrepareConfig(root, [TRAIN_SUBSET], 2, tmp_path / "data", min_seconds=1.0, kmeans="local", n_clusters=20)
+    real_label_client, real_write_features = prepare_module.label_client, labels_module.write_features
+    labelled, extracted = [], []
+
+    def killed_at_second_client(folder, *args, **kwargs):
+        if labelled:
+            raise KeyboardInterrupt("killed")
+        labelled.append(folder.name)
+        return real_label_client(folder, *args, **kwargs)
+
+    def counted(manifest, *args, **kwargs):
+        extracted.append((manifest.parent.name, manifest.stem))
+        return real_write_features(manifest, *args, **kwargs)
+
+    monkeypatch.setattr(labels_module, "write_features", counted)
+    monkeypatch.setattr(prepare_module, "label_client", killed_at_second_client)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg)
+    assert extracted == [("client_000", "train"), ("client_000", "valid"), ("client_001", "train")]
+    monkeypatch.setattr(prepare_module, "label_client", real_label_client)
+    extracted.clear()
+    prepare(cfg)
+    assert extracted == [("client_001", "valid")]  # the rest came from the caches of the killed run
+    report = json.loads((tmp_path / "data" / "report.json").read_text())
+    assert [Path(s["path"]) for s in report["skipped"]].count(bad["corrupted"]) == 1  # found again in the cache
+    for client in (tmp_path / "data" / "clients").iterdir():
+        assert not (client / "features").exists()
+        for split in ("train", "valid"):
+            lines = (client / "labels" / f"{split}.km").read_text().splitlines()
+            assert len(lines) == len(read_manifest(client / f"{split}.tsv")[1])
+
+
+def test_prepare_stops_before_features_when_the_disk_is_too_small(toy_corpus, tmp_path, monkeypatch):
+    import fedhubert_plugin.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    out = tmp_path / "data"
+    with pytest.raises(RuntimeError, match=rf"{out} has 0.0 GB free.*MB per hour.*--out on a larger disk"):
+        prepare(PrepareConfig(toy_corpus / "LibriSpeech", [TRAIN_SUBSET], 2, out, min_seconds=1.0, kmeans="local"))
+    assert not list(out.glob("clients/*/features"))

@@ -1,9 +1,11 @@
 """Scan LibriSpeech subsets into an utterance table, deciding on purpose about every bad file.
 
-Every ``.flac`` is decoded once. A file that is unreadable, empty, corrupted, shorter than
-``min_seconds`` or sampled below 16 kHz is skipped; a stereo file or one sampled above
-16 kHz is down-mixed / resampled into ``converted_dir``. Each decision is in the report
-with the file and the reason, so nothing is dropped silently.
+Only each ``.flac``'s header is read here: a file that is empty, whose header is unreadable,
+that is shorter than ``min_seconds`` or sampled below 16 kHz is skipped; a stereo file or one
+sampled above 16 kHz is decoded and down-mixed / resampled into ``converted_dir``. Each
+decision is in the report with the file and the reason, so nothing is dropped silently.
+Audio is decoded once, where its features are made (``targets.feature_files``): a file whose
+data turns out corrupted is dropped and reported there.
 """
 
 import logging
@@ -61,10 +63,23 @@ def resample_mono(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     return mono.numpy()
 
 
+def convert(flac: Path, to: Path) -> Tuple[int, Dict[str, str]]:
+    """Write ``flac`` down-mixed to mono and resampled to 16 kHz at ``to``: its samples and the conversion record."""
+    wav, sample_rate = sf.read(flac, dtype="float32", always_2d=True)
+    reasons = []
+    if wav.shape[1] != 1:
+        reasons.append(f"down-mixed {wav.shape[1]} channels to mono")
+    if sample_rate != SAMPLE_RATE:
+        reasons.append(f"resampled {sample_rate} Hz to 16 kHz")
+    mono = resample_mono(wav, sample_rate)
+    atomic_write(to, lambda tmp: sf.write(tmp, mono, SAMPLE_RATE, format="FLAC", subtype="PCM_16"))
+    return len(mono), {"path": str(flac), "to": str(to), "reason": ", ".join(reasons)}
+
+
 def inspect_file(
     flac: Path, root: Path, converted_dir: Path, min_seconds: float
 ) -> Tuple[Optional[Utterance], Optional[Dict[str, str]], Optional[Dict[str, str]]]:
-    """Decode one file: (utterance or None, skip record or None, conversion record or None)."""
+    """Read one file's header: (utterance or None, skip record or None, conversion record or None)."""
 
     def skip(reason: str):
         return None, {"path": str(flac), "reason": reason}, None
@@ -75,28 +90,20 @@ def inspect_file(
     if flac.stat().st_size == 0:
         return skip("empty file (0 bytes)")
     try:
-        wav, sample_rate = sf.read(flac, dtype="float32", always_2d=True)
+        info = sf.info(str(flac))
     except Exception as err:  # libsndfile reports corruption with several exception types
         return skip(f"unreadable or corrupted: {err}")
-    if wav.shape[0] == 0:
+    if info.frames == 0:
         return skip("no audio samples")
-    conversion = None
-    path = flac
-    if sample_rate != SAMPLE_RATE or wav.shape[1] != 1:
-        if sample_rate < SAMPLE_RATE:
-            return skip(f"sampled at {sample_rate} Hz, below 16 kHz: upsampling cannot restore the missing band")
-        reasons = []
-        if wav.shape[1] != 1:
-            reasons.append(f"down-mixed {wav.shape[1]} channels to mono")
-        if sample_rate != SAMPLE_RATE:
-            reasons.append(f"resampled {sample_rate} Hz to 16 kHz")
-        mono = resample_mono(wav, sample_rate)
+    path, samples, conversion = flac, info.frames, None
+    if info.samplerate != SAMPLE_RATE or info.channels != 1:
+        if info.samplerate < SAMPLE_RATE:
+            return skip(f"sampled at {info.samplerate} Hz, below 16 kHz: upsampling cannot restore the missing band")
         path = converted_dir / flac.relative_to(root)
-        atomic_write(path, lambda tmp: sf.write(tmp, mono, SAMPLE_RATE, format="FLAC", subtype="PCM_16"))
-        conversion = {"path": str(flac), "to": str(path), "reason": ", ".join(reasons)}
-        samples = len(mono)
-    else:
-        samples = wav.shape[0]
+        try:
+            samples, conversion = convert(flac, path)
+        except Exception as err:  # the header was readable, the audio is not
+            return skip(f"unreadable or corrupted: {err}")
     if samples / SAMPLE_RATE < min_seconds:
         return skip(f"too short: {samples / SAMPLE_RATE:.2f} s < {min_seconds} s (--min-seconds)")
     speaker, chapter, _ = match.groups()

@@ -2,9 +2,10 @@
 
 Messages (all ``query``):
 
-- ``query.kmeans_stats`` without a codebook: the client fits MiniBatchKMeans on its own
-  frames and returns the sums and counts of those local clusters (the server's start);
-  with a codebook: the sums and counts of its frames under that codebook (a Lloyd step).
+- ``query.kmeans_stats`` without a codebook: the client fits MiniBatchKMeans on a sample of
+  its own frames (about ``SAMPLE_FRAMES`` at most) and returns the sums and counts of those
+  local clusters (the server's start); with a codebook: the sums and counts of its frames
+  under that codebook (a Lloyd step).
 - ``query.kmeans_labels``: the client labels its train and valid splits with the final
   codebook, writes ``labels/`` and deletes its cached features.
 
@@ -26,7 +27,13 @@ from fedhubert_plugin import console
 from fedhubert_plugin.federation.nodes import client_folder, wait_for_nodes
 from fedhubert_plugin.federation.wire import CONFIG, METRICS, client_of, client_reply, config_record, from_config_record
 from fedhubert_plugin.targets.features import FeatureExtractor, feature_extractor
-from fedhubert_plugin.targets.kmeans import cluster_statistics, lloyd_step, local_codebook, pooled_codebook
+from fedhubert_plugin.targets.kmeans import (
+    SAMPLE_FRAMES,
+    cluster_statistics,
+    lloyd_step,
+    local_codebook,
+    pooled_codebook,
+)
 from fedhubert_plugin.targets.labels import cached_features, label_client
 
 logger = logging.getLogger(__name__)
@@ -51,6 +58,7 @@ class FederatedKMeansSettings:
     max_iter: int = 10
     tol: float = 1e-4
     timeout: float = 3600.0
+    threads: int = 1  # a client's feature extraction threads
 
 
 @dataclass
@@ -77,15 +85,20 @@ def kmeans_stats(msg: Message, context: Context) -> Message:
     """Per-cluster sums and counts of this client's train frames."""
     settings = from_config_record(FederatedKMeansSettings, msg.content[CONFIG])
     folder = client_folder(context, settings.data_root)
-    feats, _ = cached_features(folder, "train", features_of(settings))
+    start = time.monotonic()
+    extractor = features_of(settings)
+    features = cached_features(folder, "train", extractor, settings.threads)
+    metrics = {"frames": features.frames, "hours": features.frames / extractor.label_rate / 3600}
     if CODEBOOK in msg.content:
         codebook = msg.content[CODEBOOK][CENTROIDS].numpy()
     else:
-        k = int(min(settings.n_clusters, max(1, len(feats) // settings.min_count)))
-        codebook = local_codebook(np.asarray(feats), k, seed=settings.seed, n_init=1)  # Lloyd steps refine it
-    sums, counts, inertia = cluster_statistics(feats, codebook, settings.min_count)
+        sample = features.sample(SAMPLE_FRAMES, settings.seed)
+        k = int(min(settings.n_clusters, max(1, len(sample) // settings.min_count)))
+        codebook = local_codebook(sample, k, seed=settings.seed, n_init=1)  # Lloyd steps refine it
+    sums, counts, inertia = cluster_statistics(features.chunks(), codebook, settings.min_count)
     stats = ArrayRecord({SUMS: Array(sums), COUNTS: Array(counts)})
-    return client_reply(msg, folder, {"inertia": inertia, "frames": len(feats)}, **{STATS: stats})
+    metrics.update(inertia=inertia, seconds=time.monotonic() - start)
+    return client_reply(msg, folder, metrics, **{STATS: stats})
 
 
 @client_app.query("kmeans_labels")
@@ -94,7 +107,7 @@ def kmeans_labels(msg: Message, context: Context) -> Message:
     settings = from_config_record(FederatedKMeansSettings, msg.content[CONFIG])
     folder = client_folder(context, settings.data_root)
     codebook = msg.content[CODEBOOK][CENTROIDS].numpy()
-    frames = label_client(folder, codebook, features_of(settings), dictionary_size=len(codebook))
+    frames = label_client(folder, codebook, features_of(settings), len(codebook), settings.threads)
     return client_reply(msg, folder, {"train_frames": frames["train"], "valid_frames": frames["valid"]})
 
 
@@ -109,6 +122,22 @@ def ask_all(grid: Grid, nodes: List[int], message_type: str, content: RecordDict
             f"{len(nodes)} answers. " + "; ".join(errors)
         )
     return sorted(replies, key=client_of)
+
+
+def log_throughput(replies: List[Message], seconds: float) -> None:
+    """How fast the clients made their features and local codebooks: per client at DEBUG, in all at INFO."""
+    hours = 0.0
+    for reply in replies:
+        metrics = reply.content[METRICS]
+        hours += metrics["hours"]
+        logger.debug("%s: %.2f h of train audio in %.1f s", client_of(reply), metrics["hours"], metrics["seconds"])
+    logger.info(
+        "%d clients made the features of %.2f h of train audio in %.0f s (%.1f h per minute)",
+        len(replies),
+        hours,
+        seconds,
+        60 * hours / max(seconds, 1e-9),
+    )
 
 
 def with_codebook(settings: FederatedKMeansSettings, codebook: np.ndarray) -> RecordDict:
@@ -134,6 +163,7 @@ def federated_kmeans_server_app(settings: FederatedKMeansSettings, result: Feder
             settings.seed,
         )
         result.frames = int(sum(r.content[METRICS]["frames"] for r in replies))
+        log_throughput(replies, time.monotonic() - start)
         for step in range(settings.max_iter):
             replies = ask_all(grid, nodes, "query.kmeans_stats", with_codebook(settings, codebook), settings.timeout)
             sums = np.sum([r.content[STATS][SUMS].numpy() for r in replies], axis=0)

@@ -14,15 +14,12 @@ fairseq's HuBERT dataset expects for that label rate (within its 0.1 s tolerance
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 
-from fedhubert_plugin.console import progress_bar
-from fedhubert_plugin.data.manifest import read_manifest
 from fedhubert_plugin.targets import FEATURES
 
 WINDOW = 400
@@ -35,10 +32,16 @@ class FeaturePreset:
     name: str
     dim: int
     hop: int
+    threaded = True  # utterances may be featurized on several threads at once
 
     @property
     def label_rate(self) -> int:
         return 16_000 // self.hop
+
+    @property
+    def identity(self) -> str:
+        """What the features depend on (a feature cache made with another identity is stale)."""
+        return f"{self.name} MFCC, {self.dim} dims, hop {self.hop}"
 
     def num_frames(self, samples: int) -> int:
         """Frames (= labels) for an utterance of ``samples`` samples."""
@@ -82,6 +85,8 @@ class CheckpointFeatures:
     would change their features.
     """
 
+    threaded = False  # the model's forward pass uses torch's own threads
+
     def __init__(self, checkpoint: Union[str, Path], layer: int, device: Optional[str] = None):
         from fedhubert_plugin.checkpoints import load_hubert_model
 
@@ -93,6 +98,10 @@ class CheckpointFeatures:
         self.model = model.eval().to(self.device)
         self.layer, self.normalize = layer, bool(task_cfg.normalize)
         self.name = f"layer{layer}"
+        stat = Path(checkpoint).stat()
+        self.identity = (
+            f"layer {layer} of {Path(checkpoint).resolve()} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
+        )
         self.dim = int(model.encoder.embedding_dim)
         self.convs = [(c[0].kernel_size[0], c[0].stride[0]) for c in model.feature_extractor.conv_layers]
         self.label_rate = 16_000 // int(np.prod([stride for _, stride in self.convs]))
@@ -127,25 +136,3 @@ def feature_extractor(features: str, checkpoint: str = "", layer: int = 0) -> Fe
     if features not in PRESETS:
         raise ValueError(f"unknown --features {features!r}; choose one of {', '.join(FEATURES)}")
     return PRESETS[features]
-
-
-def manifest_features(
-    manifest: Path, preset: FeatureExtractor, desc: str = "features"
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Features of every utterance of a manifest, concatenated, and frames per utterance."""
-    root, rows = read_manifest(manifest)
-    lengths = np.array([preset.num_frames(samples) for _, samples in rows], dtype=np.int64)
-    feats = np.empty((int(lengths.sum()), preset.dim), dtype=np.float32)
-    offset = 0
-    for (rel, samples), length in zip(progress_bar(rows, desc=desc, unit="utt", leave=False), lengths):
-        wav, _ = sf.read(root / rel, dtype="float32")
-        if len(wav) != samples:
-            raise ValueError(
-                f"{root / rel} has {len(wav)} samples but {manifest} says {samples}; re-run `fedhubert prepare`"
-            )
-        utt_feats = preset(wav)
-        if len(utt_feats) != length:
-            raise RuntimeError(f"{root / rel}: {len(utt_feats)} {preset.name} frames, expected {length}")
-        feats[offset : offset + length] = utt_feats
-        offset += length
-    return feats, lengths

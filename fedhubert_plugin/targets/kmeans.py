@@ -6,40 +6,52 @@ frame *is* that frame). The server starts from the count-weighted k-means of the
 local centroids (sums / counts) and refines with Lloyd steps on summed statistics.
 """
 
-from typing import Sequence, Tuple
+from typing import Iterable, Sequence, Tuple
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 FRAMES_PER_CLUSTER = 20  # local k-means: at least this many frames per cluster (adaptive K)
 CHUNK = 65_536
+SAMPLE_FRAMES = 100_000  # a client's local codebook is fitted on at most about this many frames
 
 
 def nearest(feats: np.ndarray, codebook: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Index of the nearest centroid of every frame, and the squared distance to it."""
     codebook = codebook.astype(np.float32)
+    minus_twice = -2 * codebook.T
     c_norm = (codebook**2).sum(1)
     labels = np.empty(len(feats), dtype=np.int64)
     dists = np.empty(len(feats), dtype=np.float64)
     for start in range(0, len(feats), CHUNK):
         x = np.asarray(feats[start : start + CHUNK], dtype=np.float32)
-        d = (x**2).sum(1, keepdims=True) - 2 * x @ codebook.T + c_norm
+        d = x @ minus_twice  # |x - c|^2 minus |x|^2, which does not change the nearest centroid
+        d += c_norm
         idx = d.argmin(1)
         labels[start : start + len(x)] = idx
-        dists[start : start + len(x)] = np.maximum(d[np.arange(len(x)), idx], 0)
+        best = np.take_along_axis(d, idx[:, None], axis=1)[:, 0] + np.einsum("ij,ij->i", x, x)
+        dists[start : start + len(x)] = np.maximum(best, 0)
     return labels, dists
 
 
-def cluster_statistics(feats: np.ndarray, codebook: np.ndarray, min_count: int) -> Tuple[np.ndarray, np.ndarray, float]:
-    """Per-cluster frame sums (float64) and counts, withholding clusters under ``min_count``; and the inertia."""
-    labels, dists = nearest(feats, codebook)
-    k = len(codebook)
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
-    sums = np.stack([np.bincount(labels, weights=feats[:, d], minlength=k) for d in range(feats.shape[1])], axis=1)
+def cluster_statistics(
+    chunks: Iterable[np.ndarray], codebook: np.ndarray, min_count: int
+) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Per-cluster frame sums (float64) and counts over ``chunks`` of frames, withholding clusters under
+    ``min_count``; and the inertia."""
+    k, dim = codebook.shape
+    sums = np.zeros((k, dim), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    inertia = 0.0
+    for feats in chunks:
+        labels, dists = nearest(feats, codebook)
+        counts += np.bincount(labels, minlength=k)
+        sums += np.stack([np.bincount(labels, weights=feats[:, d], minlength=k) for d in range(dim)], axis=1)
+        inertia += float(dists.sum())
     withheld = counts < min_count
     sums[withheld] = 0.0
     counts[withheld] = 0
-    return sums, counts, float(dists.sum())
+    return sums, counts, inertia
 
 
 def local_codebook(

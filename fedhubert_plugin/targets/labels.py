@@ -1,32 +1,49 @@
 """A client's k-means label files: ``labels/{train,valid}.km``, ``dict.km.txt`` and ``labels.json``.
 
-Features are computed from the client's own audio on first use, cached in its folder while
-k-means runs (``features/``), and deleted once the labels are written.
+Features are computed from the client's own audio on first use and cached in its folder
+(``features/``) until ``fedhubert prepare`` has written every client's labels, so that a
+prepare resumed after a kill reuses the clients whose features were done. An utterance whose
+audio does not decode is dropped from the client's manifest before any label is written,
+and listed with the reason in ``labels/unusable.json`` (``fedhubert prepare`` reports it).
 """
 
+import hashlib
+import json
+import logging
 import shutil
+import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 
 from fedhubert_plugin.checkpoints import cluster_dictionary
-from fedhubert_plugin.files import atomic_save_array, atomic_write, atomic_write_text
-from fedhubert_plugin.targets.features import FeatureExtractor, manifest_features
+from fedhubert_plugin.data.manifest import read_manifest, write_manifest
+from fedhubert_plugin.files import atomic_write, atomic_write_json
+from fedhubert_plugin.targets.feature_files import FeatureFile, read_feature_file, write_features
+from fedhubert_plugin.targets.features import FeatureExtractor
 from fedhubert_plugin.targets.kmeans import nearest
 
+logger = logging.getLogger(__name__)
+
 FEATURES_DIR = "features"
+UNUSABLE = "unusable.json"  # in labels/: utterances dropped because their audio does not decode
 SPLITS = ("train", "valid")
 
 
-def write_labels(path: Path, labels: np.ndarray, lengths: np.ndarray) -> None:
-    """One line of space-separated cluster ids per utterance (fairseq's ``.km`` format)."""
-    lines: List[str] = []
-    offset = 0
-    for length in lengths:
-        lines.append(" ".join(map(str, labels[offset : offset + length].tolist())))
-        offset += int(length)
-    atomic_write_text(path, "\n".join(lines) + "\n")
+def write_labels(path: Path, groups: Iterable[Tuple[np.ndarray, np.ndarray]]) -> None:
+    """One line of space-separated cluster ids per utterance (fairseq's ``.km`` format), written as they come.
+
+    ``groups`` yields (frames per utterance, those utterances' labels, concatenated).
+    """
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w") as f:
+            for lengths, labels in groups:
+                for utterance in np.split(labels, np.cumsum(lengths)[:-1]):
+                    f.write(" ".join(map(str, utterance.tolist())) + "\n")
+
+    atomic_write(path, write)
 
 
 def write_dictionary(path: Path, n_clusters: int) -> None:
@@ -34,25 +51,80 @@ def write_dictionary(path: Path, n_clusters: int) -> None:
     atomic_write(path, lambda tmp: cluster_dictionary(n_clusters).save(str(tmp)))
 
 
-def cached_features(folder: Path, split: str, preset: FeatureExtractor) -> Tuple[np.ndarray, np.ndarray]:
-    """A client's features of one split, computed on first use and kept until labelling."""
-    feats_path = folder / FEATURES_DIR / f"{split}.{preset.name}.npy"
-    lengths_path = folder / FEATURES_DIR / f"{split}.{preset.name}.lengths.npy"
-    if not (feats_path.is_file() and lengths_path.is_file()):
-        feats, lengths = manifest_features(folder / f"{split}.tsv", preset, desc=f"{folder.name} {split} {preset.name}")
-        atomic_save_array(feats_path, feats)
-        atomic_save_array(lengths_path, lengths)
-    return np.load(feats_path, mmap_mode="r"), np.load(lengths_path)
+def unusable_utterances(folder: Path) -> List[Dict[str, str]]:
+    """The utterances this client's feature extraction dropped (path, split, reason)."""
+    path = folder / "labels" / UNUSABLE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
-def label_client(folder: Path, codebook: np.ndarray, preset: FeatureExtractor, dictionary_size: int) -> Dict[str, int]:
-    """Write ``labels/{train,valid}.km`` and a ``dictionary_size`` ``labels/dict.km.txt``; drop the cached features."""
+def drop_unusable(folder: Path, split: str, unusable: List[Dict[str, str]]) -> None:
+    """Remove ``unusable`` utterances from ``<split>.tsv`` and list them in ``labels/unusable.json``."""
+    manifest = folder / f"{split}.tsv"
+    root, rows = read_manifest(manifest)
+    bad = {row["path"] for row in unusable}
+    kept = [(rel, samples) for rel, samples in rows if str(root / rel) not in bad]
+    if len(kept) < len(rows):
+        write_manifest(manifest, root, kept)
+    listed = {row["path"] for row in unusable_utterances(folder)}
+    new = [{**row, "split": split} for row in unusable if row["path"] not in listed]
+    if new:
+        atomic_write_json(folder / "labels" / UNUSABLE, unusable_utterances(folder) + new)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cached_features(folder: Path, split: str, extractor: FeatureExtractor, threads: int = 1) -> FeatureFile:
+    """A client's features of one split, computed on first use (on ``threads`` threads) and kept until
+    ``fedhubert prepare`` ends.
+
+    The cache records the manifest and the extractor it was made from: a later run with the
+    same ones (``prepare`` resumed after a kill) reuses it, any other recomputes it. Utterances
+    whose audio does not decode are removed from ``<split>.tsv`` and added to ``labels/unusable.json``.
+    """
+    frames_path = folder / FEATURES_DIR / f"{split}.{extractor.name}.f32"
+    record_path = frames_path.with_suffix(".json")
+    manifest_sha256 = file_sha256(folder / f"{split}.tsv")
+    record = json.loads(record_path.read_text()) if record_path.is_file() and frames_path.is_file() else {}
+    if record.get("extractor") == extractor.identity and manifest_sha256 in record.get("manifests_sha256", []):
+        features = read_feature_file(frames_path, extractor.dim)
+    else:
+        start = time.monotonic()
+        features, unusable = write_features(
+            folder / f"{split}.tsv", extractor, frames_path, f"{folder.name} {split}", threads
+        )
+        seconds, hours = time.monotonic() - start, features.frames / extractor.label_rate / 3600
+        logger.info(
+            "%s %s: %.2f h of audio in %.0f s (%.1f h/min)",
+            folder.name,
+            split,
+            hours,
+            seconds,
+            60 * hours / max(seconds, 1e-9),
+        )
+        record = {"extractor": extractor.identity, "manifests_sha256": [manifest_sha256], "unusable": unusable}
+    drop_unusable(folder, split, record["unusable"])
+    record["manifests_sha256"] = sorted({*record["manifests_sha256"], file_sha256(folder / f"{split}.tsv")})
+    atomic_write_json(record_path, record)
+    return features
+
+
+def remove_cached_features(folder: Path) -> None:
+    """Delete a client's feature cache (once its labels are written)."""
+    shutil.rmtree(folder / FEATURES_DIR, ignore_errors=True)
+
+
+def label_client(
+    folder: Path, codebook: np.ndarray, extractor: FeatureExtractor, dictionary_size: int, threads: int = 1
+) -> Dict[str, int]:
+    """Write ``labels/{train,valid}.km`` and a ``dictionary_size`` ``labels/dict.km.txt``."""
     frames = {}
     for split in SPLITS:
-        feats, lengths = cached_features(folder, split, preset)
-        labels, _ = nearest(feats, codebook)
-        write_labels(folder / "labels" / f"{split}.km", labels, lengths)
-        frames[split] = int(lengths.sum())
+        features = cached_features(folder, split, extractor, threads)
+        groups = ((lengths, nearest(chunk, codebook)[0]) for lengths, chunk in features.utterance_groups())
+        write_labels(folder / "labels" / f"{split}.km", groups)
+        frames[split] = features.frames
     write_dictionary(folder / "labels" / "dict.km.txt", dictionary_size)
-    shutil.rmtree(folder / FEATURES_DIR, ignore_errors=True)
     return frames

@@ -11,6 +11,10 @@
 # Iteration 2: LAYER (default 6 for base, 1 for tiny), CLUSTERS_IT2 (default 500 for base, 100 for tiny),
 # ROUNDS_IT2 (default ROUNDS), ITERATIONS=1 to stop after iteration 1. Iteration 2 starts from
 # scratch as HuBERT does; CONTINUE=1 starts it from iteration 1's weights instead.
+# A killed run resumes: rerun the same command (prepare reuses the features of the clients that
+# had finished them, pretrain --resume continues from the last saved round). Before making any
+# feature, prepare checks that WORK_DIR's disk holds the feature caches (56 MB per hour of audio
+# for MFCC, 553 MB for a Base layer) and it logs hours of audio per minute as it goes.
 # Results: WORK_DIR/save/server/ (iteration 1) and WORK_DIR/save_it2/server/best_global_model.pt
 # (iteration 2), for s3prl's -u hubert_local -k.
 set -euo pipefail
