@@ -4,37 +4,40 @@ A stand-in client keeps Base's 95 M parameters (380 MB in float32) and makes tra
 replies with the weights it received plus small noise, through the real wire format, Flower's
 simulation runtime and our screening and aggregation (`rounds.train_round`, FedAdam). Each
 configuration runs in its own process and reports the server's peak RSS during the rounds above
-its RSS before the first round (sampled every 20 ms), in units of the model's size, and the
-round's seconds: replies folded as they arrive (streaming) against the list of every reply (what
-FedMedian, Krum or DP still hold). In simulation the server process also hosts Flower's
+its RSS before the first round (sampled every 20 ms), in units of the model's size, split into
+the process's own heap (anonymous memory) and shared memory mapped into it (Ray's object store,
+through which simulation hands messages to the client actors), and the round's seconds:
+replies folded as they arrive (streaming) against the list of every reply (what FedMedian,
+Krum or DP still hold). In simulation the server process also hosts Flower's
 in-memory SuperLink, which keeps the round's messages until they are pulled.
 
-    .venv/bin/python benchmarks/server_memory.py [--clients 2 4 8] [--rounds 2]
+    .venv/bin/python benchmarks/server_memory.py [--clients 2 8 16 32] [--rounds 2]
 """
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import numpy as np
 
 CHILD = "--child"
 
 
-def rss_mb() -> float:
-    """This process's resident memory now (MB)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def rss_mb() -> Dict[str, float]:
+    """This process's resident memory now (MB): all of it, its own heap (anonymous), shared memory mapped in."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    kb = {name: int(fields[name].split()[0]) for name in ("VmRSS", "RssAnon", "RssShmem")}
+    return {"rss": kb["VmRSS"] / 1024, "anon": kb["RssAnon"] / 1024, "shmem": kb["RssShmem"] / 1024}
 
 
 class PeakSampler(threading.Thread):
-    """The highest RSS of this process while running, sampled every 20 ms (ru_maxrss would include set-up)."""
+    """The highest RSS of this process while running, of each kind, sampled every 20 ms (ru_maxrss would
+    include set-up)."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -42,7 +45,7 @@ class PeakSampler(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            self.peak_mb = max(self.peak_mb, rss_mb())
+            self.peak_mb = {kind: max(mb, self.peak_mb[kind]) for kind, mb in rss_mb().items()}
             time.sleep(0.02)
 
 
@@ -88,7 +91,7 @@ def measure(clients: int, streaming: bool, rounds: int) -> Dict:
             seconds.append(time.perf_counter() - tic)
         sampler.running = False
         sampler.join()
-        result.update(model_mb=model_mb, start_rss_mb=start_rss, peak_rss_mb=sampler.peak_mb)
+        result.update(model_mb=model_mb, start_mb=start_rss, peak_mb=sampler.peak_mb)
         result["round_seconds"] = float(np.mean(seconds))
 
     simulate(server, stand_in, clients, ray_backend_config(num_cpus_per_client=1.0))
@@ -96,20 +99,23 @@ def measure(clients: int, streaming: bool, rounds: int) -> Dict:
         "clients": clients,
         "streaming": streaming,
         **result,
-        "peak_above_start_in_models": (result["peak_rss_mb"] - result["start_rss_mb"]) / result["model_mb"],
+        **{
+            f"{kind}_above_start_in_models": (result["peak_mb"][kind] - result["start_mb"][kind]) / result["model_mb"]
+            for kind in ("rss", "anon", "shmem")
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--clients", type=int, nargs="+", default=[2, 8, 16, 32])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(CHILD, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(int(args.child[0]), args.child[1] == "stream", args.rounds)))
         return
-    from common import REPO, write_results
+    from common import REPO
 
     rows = []
     for clients in args.clients:
@@ -120,21 +126,43 @@ def main() -> None:
                 text=True,
                 cwd=REPO,
             )
-            if done.returncode:
-                raise RuntimeError(f"{clients} clients, {mode}: {done.stderr[-3000:]}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else failed(done))
+            rows[-1].update(clients=clients, streaming=mode == "stream")
             print(rows[-1], flush=True)
+    write(rows)
+
+
+def failed(done: subprocess.CompletedProcess) -> Dict:
+    """The row of a configuration that did not finish: why, in a line."""
+    if "actor was restarted" in done.stderr or "OutOfMemoryError" in done.stderr:
+        return {"failed": "out of memory: Ray's memory monitor killed a client actor"}
+    return {"failed": done.stderr.strip().splitlines()[-1][:200]}
+
+
+def write(rows: List[Dict]) -> None:
+    """results/server_memory.json and .md."""
+    from common import write_results
+
     table = [
-        "| clients per round | aggregation | server peak RSS above start | in models (380 MB) | round seconds |",
-        "| --- | --- | --- | --- | --- |",
+        "| clients per round | aggregation | server peak RSS above start | in models (380 MB) "
+        "| its own heap (anonymous), in models | shared memory mapped in, in models | round seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
+        how = "streaming" if row["streaming"] else "list of replies"
+        if "failed" in row:
+            table.append(f"| {row['clients']} | {how} | {row['failed']} | | | | |")
+            continue
         table.append(
-            f"| {row['clients']} | {'streaming' if row['streaming'] else 'list of replies'} | "
-            f"{row['peak_rss_mb'] - row['start_rss_mb']:.0f} MB | {row['peak_above_start_in_models']:.1f} | "
+            f"| {row['clients']} | {how} | "
+            f"{row['peak_mb']['rss'] - row['start_mb']['rss']:.0f} MB | {row['rss_above_start_in_models']:.1f} | "
+            f"{row['anon_above_start_in_models']:.1f} | {row['shmem_above_start_in_models']:.1f} | "
             f"{row['round_seconds']:.1f} |"
         )
-    note = "stand-in clients (no training) with HuBERT Base's tensors, FedAdam, Flower's simulation runtime."
+    note = (
+        "stand-in clients (no training) with HuBERT Base's tensors, FedAdam, Flower's simulation runtime, "
+        "2 client actors at a time."
+    )
     print(write_results("server_memory", rows, table, note))
 
 
