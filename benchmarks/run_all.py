@@ -19,7 +19,9 @@ Each figure is a ratio of two things measured side by side in this run, on the t
    benchmarks/checkpoint_features.py (iteration-2 feature extraction) and benchmarks/deployment.py
    (a round on loopback SuperLink and SuperNodes against the same round in simulation);
 10. benchmarks/server_memory.py: the server's peak RSS and round time against clients per round,
-   with HuBERT Base's tensors (stand-in clients that do not train), streaming against the list of replies.
+   with HuBERT Base's tensors (stand-in clients that do not train), streaming against the list of replies;
+11. benchmarks/activation_memory.py: Base's training memory against max_tokens, with and without
+   fairseq's activation checkpointing (CPU, fp32).
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
 """
@@ -41,6 +43,8 @@ from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.runlog import validations
 from fedhubert_plugin.toy_data import write_toy_data
 
+# sections that are a script of their own, writing results/<name>.json and .md
+OWN_SCRIPTS = ("quality", "distill_student", "checkpoint_features", "deployment", "server_memory", "activation_memory")
 RESULTS_JSON, RESULTS_MD = REPO / "benchmarks" / "results.json", REPO / "benchmarks" / "results.md"
 SECTIONS = [
     "overhead",
@@ -51,6 +55,7 @@ SECTIONS = [
     "checkpoint_features",
     "deployment",
     "server_memory",
+    "activation_memory",
     "gpu",
 ]
 
@@ -218,6 +223,7 @@ def markdown(results: Dict) -> str:
         ("checkpoint_features", "8. Iteration-2 feature extraction"),
         ("deployment", "9. Deployment rounds against simulation rounds (benchmarks/deployment.py)"),
         ("server_memory", "10. Server memory against clients per round, Base's tensors (benchmarks/server_memory.py)"),
+        ("activation_memory", "11. Base's training memory against max_tokens, activation checkpointing"),
     ):
         if key in results:
             lines += [f"## {title}", "", results[key]["markdown"], ""]
@@ -265,7 +271,7 @@ def main() -> None:
         prepared = prepare_vs_fairseq(args.work)
         results["prepare"] = {**prepared, "markdown": (RESULTS / "prepare_vs_fairseq.md").read_text()}
         save(results)
-    for name in ("quality", "distill_student", "checkpoint_features", "deployment", "server_memory"):  # own scripts
+    for name in OWN_SCRIPTS:
         if name in args.sections:
             run([sys.executable, str(REPO / "benchmarks" / f"{name}.py")], args.work / f"{name}.log")
             results[name] = {
