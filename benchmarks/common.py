@@ -46,12 +46,25 @@ def write_results(name: str, rows: List[Dict], table: List[str], note: str) -> s
 
 
 PEAK_RSS = (
-    "import resource, runpy, sys; sys.argv = sys.argv[1:]\n"
+    "import resource, runpy, sys, torch; sys.argv = sys.argv[1:]\n"
     "try:\n"
     "    runpy.run_module('fairseq_cli.hydra_train', run_name='__main__')\n"
     "finally:\n"
-    "    print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)"
+    "    print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)\n"
+    "    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0\n"
+    "    print('PEAK_GPU_MB', gpu, flush=True)"
 )
+
+
+def logged(log: Path, name: str) -> float:
+    """The number a ``NAME value`` line of ``log`` gives."""
+    return float(next(line.split()[1] for line in log.read_text().splitlines() if line.startswith(name + " ")))
+
+
+def samples_per_second(log: Path) -> float:
+    """Utterances per second of fairseq's last JSON train summary (batch size × updates per second)."""
+    summaries = [json.loads(line[line.index("{") :]) for line in log.read_text().splitlines() if '"train_ups"' in line]
+    return float(summaries[-1]["train_bsz"]) * float(summaries[-1]["train_ups"]) if summaries else float("nan")
 
 
 def run(cmd: List[str], log: Path, cwd: Path = REPO) -> float:
@@ -65,7 +78,7 @@ def run(cmd: List[str], log: Path, cwd: Path = REPO) -> float:
 
 
 def fairseq_train(shard: Path, save: Path, updates: int, recipe: str = "tiny", extra: List[str] = ()) -> Dict:
-    """Plain fairseq-hydra-train on one shard: wall seconds and peak RSS (MB)."""
+    """Plain fairseq-hydra-train on one shard: wall seconds, peak RSS and GPU memory (MB), samples per second."""
     save.mkdir(parents=True, exist_ok=True)
     log = save / "train.log"
     wall = run(
@@ -90,8 +103,13 @@ def fairseq_train(shard: Path, save: Path, updates: int, recipe: str = "tiny", e
         log,
         cwd=save,
     )
-    peak = float(next(line.split()[1] for line in log.read_text().splitlines() if line.startswith("PEAK_RSS_MB")))
-    return {"wall_seconds": wall, "peak_rss_mb": peak, "checkpoint": str(save / "checkpoints" / "checkpoint_last.pt")}
+    return {
+        "wall_seconds": wall,
+        "peak_rss_mb": logged(log, "PEAK_RSS_MB"),
+        "peak_gpu_mb": logged(log, "PEAK_GPU_MB"),
+        "samples_per_second": samples_per_second(log),
+        "checkpoint": str(save / "checkpoints" / "checkpoint_last.pt"),
+    }
 
 
 def prepare(toy: Path, out: Path, clients: int, kmeans: str = "federated", *options: str) -> Path:

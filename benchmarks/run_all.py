@@ -14,7 +14,8 @@ Each figure is a ratio of two things measured side by side in this run, on the t
    updates on a corpus large enough to learn from, 3 seeds: masked accuracy on held-out
    speakers, phone probe, KS; and iteration 2's target quality;
 5. memory: peak RSS of a federated client against plain fairseq on the same recipe;
-6. GPU: 1 and 5 with the Base recipe in fp16, when there is an NVIDIA GPU (`--sections gpu` runs just that);
+6. GPU: 1 and 5 with the Base recipe in fp16 (GPU memory and samples per second too), and a round of two
+   clients sharing the GPU, when there is an NVIDIA GPU (`--sections gpu` runs just that);
 7., 8. and 9.: benchmarks/distill_student.py (teacher against student),
    benchmarks/checkpoint_features.py (iteration-2 feature extraction) and benchmarks/deployment.py
    (a round on loopback SuperLink and SuperNodes against the same round in simulation);
@@ -95,7 +96,67 @@ def overhead_and_memory(work: Path, toy: Path, updates: int, recipe: str = "tiny
         "plain_fairseq_peak_rss_mb": plain["peak_rss_mb"],
         "client_peak_rss_mb": client["train_peak_rss_mb"],
         "memory_ratio": client["train_peak_rss_mb"] / plain["peak_rss_mb"],
+        "plain_fairseq_peak_gpu_mb": plain["peak_gpu_mb"],
+        "client_peak_gpu_mb": client.get("train_peak_gpu_mb", 0.0),
+        "plain_fairseq_samples_per_second": plain["samples_per_second"],
+        "client_samples_per_second": client["train_samples_per_second"],
     }
+
+
+def gpu(work: Path, toy: Path, updates: int, recipe: str, overrides: List[str], gpus_per_client: float) -> Dict:
+    """6: 1 and 5 with ``recipe`` on the GPU (GPU memory, samples per second too), and one round of two clients
+    sharing it (``gpus_per_client`` each). On a CPU, ``run_all.gpu(..., "tiny", ["common.cpu=true"], 0.0)`` runs
+    the same steps."""
+    one = overhead_and_memory(work, toy, updates, recipe, overrides)
+    two = prepare(toy, work / "two_clients", 2)
+    extra = ["--gpus-per-client", str(gpus_per_client)]
+    shared = federated(two, work / f"shared_gpu_{recipe}", 1, updates, recipe, extra=extra, overrides=overrides)
+    clients = shared["rounds"][0]["clients"]
+    return {
+        **one,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "gpu_memory_ratio": one["client_peak_gpu_mb"] / one["plain_fairseq_peak_gpu_mb"]
+        if one["plain_fairseq_peak_gpu_mb"]
+        else float("nan"),
+        "samples_per_second_ratio": one["client_samples_per_second"] / one["plain_fairseq_samples_per_second"],
+        "shared_gpu_round_seconds": shared["rounds"][0]["round_seconds"],
+        "shared_gpu_client_peak_gpu_mb": {name: c.get("train_peak_gpu_mb", 0.0) for name, c in clients.items()},
+    }
+
+
+def gpu_markdown(g: Dict) -> List[str]:
+    """Section 6's table."""
+    return [
+        f"{g['device']}, {g['updates']} updates of the Base recipe in fp16.",
+        "",
+        "| measure | plain fairseq-hydra-train | one federated round, one client | ratio (target) |",
+        "| --- | --- | --- | --- |",
+        row(
+            "wall",
+            f"{g['plain_fairseq_seconds']:.1f} s",
+            f"{g['federated_one_round_seconds']:.1f} s",
+            f"{g['overhead_ratio']:.2f} (≤ 1.05 at 200 updates)",
+        ),
+        row(
+            "peak GPU memory allocated",
+            f"{g['plain_fairseq_peak_gpu_mb']:.0f} MB",
+            f"{g['client_peak_gpu_mb']:.0f} MB",
+            f"{g['gpu_memory_ratio']:.2f} (≤ 1.05)",
+        ),
+        row(
+            "samples per second",
+            f"{g['plain_fairseq_samples_per_second']:.1f}",
+            f"{g['client_samples_per_second']:.1f}",
+            f"{g['samples_per_second_ratio']:.2f} (≥ 0.95)",
+        ),
+        row(
+            "two clients sharing the GPU, one round",
+            "",
+            f"{g['shared_gpu_round_seconds']:.1f} s; peak GPU MB per client "
+            + ", ".join(f"{v:.0f}" for v in g["shared_gpu_client_peak_gpu_mb"].values()),
+            "",
+        ),
+    ]
 
 
 def communication(work: Path, toy: Path, rounds: int, updates: int) -> Dict:
@@ -216,7 +277,7 @@ def markdown(results: Dict) -> str:
         lines += [title, "", p["markdown"], ""]
     g = results.get("gpu")
     if g:
-        lines += ["## 6. GPU (Base recipe, fp16)", "", g["note"] if "note" in g else json.dumps(g, indent=1), ""]
+        lines += ["## 6. GPU (Base recipe, fp16)", "", *([g["note"]] if "note" in g else gpu_markdown(g)), ""]
     for key, title in (
         ("quality", "4. Quality: federated against centralized, over seeds (benchmarks/quality.py)"),
         ("distill_student", "7. Teacher against distilled student"),
@@ -282,13 +343,13 @@ def main() -> None:
     if "gpu" in args.sections and torch.cuda.is_available():
         results["gpu"] = {
             "date": results["meta"]["date"],
-            "device": torch.cuda.get_device_name(),
-            **overhead_and_memory(args.work, toy, args.local_updates, "base", ["common.fp16=true"]),
+            **gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true"], 0.5),
         }
     elif "gpu" not in results:
         results["gpu"] = {
             "note": "not run: no NVIDIA GPU on this machine. "
-            "On one, run `.venv/bin/python benchmarks/run_all.py --sections gpu`."
+            "On one, run `.venv/bin/python benchmarks/run_all.py --sections gpu checkpoint_features "
+            "--local-updates 200`."
         }
     save(results)
     print(RESULTS_MD.read_text())

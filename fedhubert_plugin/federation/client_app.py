@@ -19,8 +19,8 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedhubert_plugin import console
-from fedhubert_plugin.federation.local_trainer import local_trainer, train_locally
-from fedhubert_plugin.federation.nodes import client_folder, use_node_threads
+from fedhubert_plugin.federation.client_training import local_trainer, train_locally
+from fedhubert_plugin.federation.nodes import client_folder, site_processes, use_node_threads
 from fedhubert_plugin.federation.secure import is_secure_round, secure_aggregation_mod, secure_train
 from fedhubert_plugin.federation.wire import (
     ARRAYS,
@@ -67,6 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     if is_secure_round(msg):
         return secure_train(msg, context)
     config = from_config_record(ClientConfig, msg.content[CONFIG])
+    config.site_processes = site_processes(context, config.site_processes)
     folder = client_folder(context, config.data_root)
     start = time.perf_counter()
     arrays = arrays_of(msg.content[ARRAYS])
@@ -92,6 +93,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Validation of the global weights on the client's valid split."""
     use_node_threads(context)
     config = from_config_record(ClientConfig, msg.content[CONFIG])
+    config.site_processes = site_processes(context, config.site_processes)
     folder = client_folder(context, config.data_root)
     try:
         result = local_trainer(config).evaluate(folder, arrays_of(msg.content[ARRAYS]), round_seed=config.server_round)

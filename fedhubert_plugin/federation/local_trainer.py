@@ -27,7 +27,7 @@ from fairseq.data.data_utils import numpy_seed
 from fairseq.trainer import Trainer
 from omegaconf import DictConfig, open_dict
 
-from fedhubert_plugin.federation.wire import NUM_EXAMPLES, UPDATES, ClientConfig
+from fedhubert_plugin.federation.wire import UPDATES
 from fedhubert_plugin.recipes import compose_recipe
 
 logger = logging.getLogger(__name__)
@@ -225,39 +225,3 @@ class LocalTrainer:
                 trainer.valid_step(sample)
             result = hubert_metrics(agg)
         return LocalResult({}, len(task.dataset("valid")), result)
-
-
-_TRAINERS: Dict[tuple, LocalTrainer] = {}
-
-
-def local_trainer(config: ClientConfig) -> LocalTrainer:
-    """This process's trainer for the run's recipe, overrides, label rate and client lr (built once, reused
-    by every client it serves)."""
-    key = (config.recipe, tuple(config.overrides), config.label_rate, config.eta_l)
-    if key not in _TRAINERS:
-        _TRAINERS.clear()
-        _TRAINERS[key] = LocalTrainer(
-            config.recipe, config.overrides, label_rate=config.label_rate, lr=config.eta_l or None
-        )
-    return _TRAINERS[key]
-
-
-def train_locally(config: ClientConfig, folder: Path, arrays: Dict[str, np.ndarray]) -> LocalResult:
-    """One round of local training as the server's message ``config`` asks (updates or epochs, round),
-    after validating the received weights when it asks for that too."""
-    trainer, start = local_trainer(config), time.perf_counter()
-    # masks seeded by the model's round (the one before), as a separate evaluation of that model would be
-    validated = trainer.evaluate(folder, arrays, round_seed=config.server_round - 1) if config.validate else None
-    validation_seconds = time.perf_counter() - start
-    result = trainer.fit(
-        folder,
-        arrays,
-        num_updates=config.num_updates,
-        local_updates=config.local_updates,
-        local_epochs=config.local_epochs,
-        round_seed=config.server_round,
-    )
-    if validated is not None:
-        result.validation = {**validated.metrics, NUM_EXAMPLES: validated.num_examples}
-        result.metrics["validation_seconds"] = validation_seconds
-    return result

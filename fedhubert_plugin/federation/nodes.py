@@ -50,6 +50,12 @@ def use_node_threads(context: Context) -> None:
         torch.set_num_threads(int(context.node_config["num-threads"]))
 
 
+def site_processes(context: Context, configured: int) -> int:
+    """``--node-config 'gpus=N'``: this node's client trains on N data-parallel ranks, one per GPU (see
+    ``site_trainer``); otherwise what the run configured."""
+    return int(context.node_config.get("gpus", configured))
+
+
 def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> List[int]:
     """The ids of the connected nodes once ``needed`` are; raise after ``timeout`` seconds
     (Flower would wait forever)."""

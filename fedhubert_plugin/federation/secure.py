@@ -35,8 +35,8 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from fedhubert_plugin.federation.local_trainer import train_locally
-from fedhubert_plugin.federation.nodes import client_folder
+from fedhubert_plugin.federation.client_training import train_locally
+from fedhubert_plugin.federation.nodes import client_folder, site_processes
 from fedhubert_plugin.federation.settings import RESUME_ADVICE, FederationSettings
 from fedhubert_plugin.federation.wire import NUM_EXAMPLES, ClientConfig, from_config_record
 
@@ -62,6 +62,7 @@ def secure_train(msg: Message, context: Context) -> Message:
     """Client: train like any round, reply with the update (not the weights) for SecAgg+ to mask."""
     record = msg.content.config_records[FITINS_CONFIG]
     config = from_config_record(ClientConfig, record)
+    config.site_processes = site_processes(context, config.site_processes)
     folder = client_folder(context, config.data_root)
     names = [str(name) for name in record["param-names"]]
     arrays = dict(zip(names, (a.numpy() for a in msg.content.array_records[FITINS_PARAMETERS].values())))

@@ -57,6 +57,7 @@ class ClientConfig:
     local_updates: int = 0
     local_epochs: int = 0
     validate: bool = False  # train: validate the received weights first, reply with ``validation``
+    site_processes: int = 1  # data-parallel ranks per client (--gpus-per-client N >= 2; a node's gpus=N wins)
     server_round: int = 0  # set by Flower's strategies
 
     @classmethod
@@ -73,6 +74,7 @@ class ClientConfig:
             local_updates=settings.updates_per_round,
             local_epochs=settings.local_epochs,
             validate=validate,
+            site_processes=max(1, int(settings.gpus_per_client)),
         )
 
 

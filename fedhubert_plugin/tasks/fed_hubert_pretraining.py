@@ -56,6 +56,13 @@ class FedHubertPretrainingTask(HubertPretrainingTask):
 
     cfg: FedHubertPretrainingConfig
 
+    @staticmethod
+    def logging_outputs_can_be_summed(criterion) -> bool:
+        """True: the HuBERT criteria log sums (losses, frame counts, correct counts), so fairseq's data-parallel
+        ranks all-reduce them, which also runs on CPU with gloo, instead of gathering lists (CUDA-only in
+        fairseq 0.12). Extra ``log_keys`` of the model (e.g. ``features_pen``) are then summed over ranks."""
+        return True
+
     def load_dictionaries(self) -> List[Dictionary]:
         label_dir = Path(self.get_label_dir())
         for label in self.cfg.labels:
