@@ -217,6 +217,8 @@ def write_client_manifests(cfg: PrepareConfig, clients: Dict[str, List[Utterance
 def report_unusable(folders: List[Path], utterances: List[Utterance], report: ScanReport) -> List[Utterance]:
     """Add the utterances the clients' feature extraction could not decode to the report; the others."""
     unusable = [row for folder in folders for row in unusable_utterances(folder)]
+    if not unusable:
+        return utterances
     for row in unusable:
         logger.warning("skipping %s: %s", row["path"], row["reason"])
         report.skipped.append({"path": row["path"], "reason": row["reason"]})

@@ -7,10 +7,10 @@ Messages (all ``query``):
   local clusters (the server's start); with a codebook: the sums and counts of its frames
   under that codebook (a Lloyd step).
 - ``query.kmeans_labels``: the client labels its train and valid splits with the final
-  codebook, writes ``labels/`` and deletes its cached features.
+  codebook and writes ``labels/``.
 
-Features are computed by the client from its own audio, cached in its folder while the
-k-means runs, and never sent.
+Features are computed by the client from its own audio, cached in its folder until
+``fedhubert prepare`` ends (so that a killed run resumes), and never sent.
 """
 
 import logging

@@ -57,18 +57,22 @@ def unusable_utterances(folder: Path) -> List[Dict[str, str]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def drop_unusable(folder: Path, split: str, unusable: List[Dict[str, str]]) -> None:
-    """Remove ``unusable`` utterances from ``<split>.tsv`` and list them in ``labels/unusable.json``."""
+def drop_unusable(folder: Path, split: str, unusable: List[Dict[str, str]]) -> bool:
+    """Remove ``unusable`` utterances from ``<split>.tsv`` and list them in ``labels/unusable.json``;
+    whether the manifest changed."""
+    if not unusable:
+        return False
     manifest = folder / f"{split}.tsv"
     root, rows = read_manifest(manifest)
     bad = {row["path"] for row in unusable}
     kept = [(rel, samples) for rel, samples in rows if str(root / rel) not in bad]
     if len(kept) < len(rows):
         write_manifest(manifest, root, kept)
-    listed = {row["path"] for row in unusable_utterances(folder)}
-    new = [{**row, "split": split} for row in unusable if row["path"] not in listed]
+    listed = unusable_utterances(folder)
+    new = [{**row, "split": split} for row in unusable if row["path"] not in {done["path"] for done in listed}]
     if new:
-        atomic_write_json(folder / "labels" / UNUSABLE, unusable_utterances(folder) + new)
+        atomic_write_json(folder / "labels" / UNUSABLE, listed + new)
+    return len(kept) < len(rows)
 
 
 def file_sha256(path: Path) -> str:
@@ -84,17 +88,17 @@ def cached_features(folder: Path, split: str, extractor: FeatureExtractor, threa
     same ones (``prepare`` resumed after a kill) reuses it, any other recomputes it. Utterances
     whose audio does not decode are removed from ``<split>.tsv`` and added to ``labels/unusable.json``.
     """
+    manifest = folder / f"{split}.tsv"
     frames_path = folder / FEATURES_DIR / f"{split}.{extractor.name}.f32"
     record_path = frames_path.with_suffix(".json")
-    manifest_sha256 = file_sha256(folder / f"{split}.tsv")
+    manifest_sha256 = file_sha256(manifest)
     record = json.loads(record_path.read_text()) if record_path.is_file() and frames_path.is_file() else {}
-    if record.get("extractor") == extractor.identity and manifest_sha256 in record.get("manifests_sha256", []):
+    fresh = record.get("extractor") != extractor.identity or manifest_sha256 not in record.get("manifests_sha256", [])
+    if not fresh:
         features = read_feature_file(frames_path, extractor.dim)
     else:
         start = time.monotonic()
-        features, unusable = write_features(
-            folder / f"{split}.tsv", extractor, frames_path, f"{folder.name} {split}", threads
-        )
+        features, unusable = write_features(manifest, extractor, frames_path, f"{folder.name} {split}", threads)
         seconds, hours = time.monotonic() - start, features.frames / extractor.label_rate / 3600
         logger.info(
             "%s %s: %.2f h of audio in %.0f s (%.1f h/min)",
@@ -105,9 +109,11 @@ def cached_features(folder: Path, split: str, extractor: FeatureExtractor, threa
             60 * hours / max(seconds, 1e-9),
         )
         record = {"extractor": extractor.identity, "manifests_sha256": [manifest_sha256], "unusable": unusable}
-    drop_unusable(folder, split, record["unusable"])
-    record["manifests_sha256"] = sorted({*record["manifests_sha256"], file_sha256(folder / f"{split}.tsv")})
-    atomic_write_json(record_path, record)
+    rewritten = drop_unusable(folder, split, record["unusable"])
+    if rewritten:  # the manifest as it is now also matches the cache
+        record["manifests_sha256"] = sorted({*record["manifests_sha256"], file_sha256(manifest)})
+    if fresh or rewritten:
+        atomic_write_json(record_path, record)
     return features
 
 
