@@ -3,32 +3,40 @@
 Importing this package, or passing ``common.user_dir=<path to fedhubert_plugin>`` to
 fairseq, registers the fairseq task ``fed_hubert_pretraining`` and the criterion
 ``hubert_distillation``, and allow-lists the classes that fairseq HuBERT checkpoints hold,
-so that fairseq loads them with ``weights_only=True`` on torch >= 2.6.
+so that fairseq loads them with ``weights_only=True`` on torch >= 2.6 (everywhere but in Flower's
+one-message ClientApp processes, see below).
 """
 
 import logging
 import os
+import sys
+from pathlib import Path
 
 # Flower's telemetry and update check stay off in every process that runs our code, unless set
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+# Flower's SuperNode starts a `flwr-clientapp` process for every message. Ours hands the work to the node's
+# kept trainer (federation.trainer_service) and needs neither torch nor fairseq: it skips the registration.
+ONE_MESSAGE_PROCESS = Path(sys.argv[0] if sys.argv else "").name == "flwr-clientapp"
 
 # Before torchaudio is imported: its FFmpeg probe logs a traceback per missing FFmpeg version
 # at DEBUG, and Flower's SuperLink database (alembic) logs each plugin at INFO.
 for _noisy in ("torio", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
-# fairseq.tasks.frm_text_to_speech calls logging.basicConfig(level=DEBUG) when imported: keep the
-# root logger as the application left it (otherwise every client logs each batch at DEBUG).
-_root = logging.getLogger()
-_root_level, _root_handlers = _root.level, list(_root.handlers)
+if not ONE_MESSAGE_PROCESS:
+    # fairseq.tasks.frm_text_to_speech calls logging.basicConfig(level=DEBUG) when imported: keep the
+    # root logger as the application left it (otherwise every client logs each batch at DEBUG).
+    _root = logging.getLogger()
+    _root_level, _root_handlers = _root.level, list(_root.handlers)
 
-from fedhubert_plugin import checkpoints, criterions, tasks  # noqa: E402,F401  (registration with fairseq)
+    from fedhubert_plugin import checkpoints, criterions, tasks  # noqa: E402,F401  (registration with fairseq)
 
-_root.setLevel(_root_level)
-for _handler in [h for h in _root.handlers if h not in _root_handlers]:
-    _root.removeHandler(_handler)
+    _root.setLevel(_root_level)
+    for _handler in [h for h in _root.handlers if h not in _root_handlers]:
+        _root.removeHandler(_handler)
 
-checkpoints.allow_fairseq_checkpoint_classes()
+    checkpoints.allow_fairseq_checkpoint_classes()
 
 __version__ = "0.1.0"

@@ -12,6 +12,10 @@ class ManifestError(ValueError):
     """A manifest is empty or has a line that is not ``path<TAB>samples``."""
 
 
+class ShardError(ValueError):
+    """A client's manifest, labels or dictionary are missing or disagree (raised by the fairseq task)."""
+
+
 def read_manifest(manifest: Union[str, Path]) -> Tuple[Path, List[ManifestRow]]:
     """The audio root and the (relative path, samples) rows of a fairseq manifest."""
     lines = [line for line in Path(manifest).read_text().splitlines() if line.strip()]

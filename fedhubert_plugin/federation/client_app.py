@@ -1,6 +1,7 @@
 """The Flower ClientApp: local fairseq training and validation of the global weights on a client's shard.
 
-``train`` loads the global weights into this process's fairseq trainer (``local_trainer``),
+``train`` loads the global weights into the node's fairseq trainer (``client_training``: in this
+process for a simulation's Ray actor, in the node's kept ``trainer_service`` for a SuperNode),
 validates them on the client's valid split when the message asks for it, trains on the client's
 own shard and replies with the new weights, the round's metrics and that validation;
 ``evaluate`` (a separate message, on the rounds that ask for one) validates the global weights. A client whose files
@@ -19,9 +20,10 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedhubert_plugin import console
-from fedhubert_plugin.federation.client_training import local_trainer, train_locally
-from fedhubert_plugin.federation.nodes import client_folder, site_processes, use_node_threads
+from fedhubert_plugin.data.manifest import ShardError
+from fedhubert_plugin.federation.nodes import client_folder, site_processes
 from fedhubert_plugin.federation.secure import is_secure_round, secure_aggregation_mod, secure_train
+from fedhubert_plugin.federation.trainer_service import run_on_node_trainer
 from fedhubert_plugin.federation.wire import (
     ARRAYS,
     CONFIG,
@@ -33,7 +35,6 @@ from fedhubert_plugin.federation.wire import (
     from_config_record,
     record_of,
 )
-from fedhubert_plugin.tasks.fed_hubert_pretraining import ShardError
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
@@ -53,7 +54,7 @@ _started = {"process": psutil.Process().create_time(), "served": False}
 
 def startup_seconds() -> float:
     """Seconds from this process's start to its first message (imports included); 0 for every later message
-    (a Ray actor serves many; a SuperNode starts a process per message)."""
+    (a Ray actor serves many; a SuperNode starts a process per message, its trainer service is kept)."""
     first = not _started["served"]
     _started["served"] = True
     return time.time() - _started["process"] if first else 0.0
@@ -63,7 +64,6 @@ def startup_seconds() -> float:
 def train(msg: Message, context: Context) -> Message:
     """Local fairseq training from the global weights."""
     startup = startup_seconds()
-    use_node_threads(context)
     if is_secure_round(msg):
         return secure_train(msg, context)
     config = from_config_record(ClientConfig, msg.content[CONFIG])
@@ -73,7 +73,7 @@ def train(msg: Message, context: Context) -> Message:
     arrays = arrays_of(msg.content[ARRAYS])
     decode_seconds = time.perf_counter() - start
     try:
-        result = train_locally(config, folder, arrays)
+        result, trainer_start = run_on_node_trainer(context, "train", config, folder, arrays)
     except ShardError as error:
         return broken_data_reply(msg, folder, error)
     start = time.perf_counter()
@@ -83,6 +83,7 @@ def train(msg: Message, context: Context) -> Message:
         **result.metrics,
         "serialize_seconds": serialize_seconds,
         "startup_seconds": startup,
+        "trainer_start_seconds": trainer_start,
         NUM_EXAMPLES: result.num_examples,
     }
     return client_reply(msg, folder, metrics, result.validation, **{ARRAYS: reply_arrays})
@@ -91,12 +92,11 @@ def train(msg: Message, context: Context) -> Message:
 @client_app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Validation of the global weights on the client's valid split."""
-    use_node_threads(context)
     config = from_config_record(ClientConfig, msg.content[CONFIG])
     config.site_processes = site_processes(context, config.site_processes)
     folder = client_folder(context, config.data_root)
     try:
-        result = local_trainer(config).evaluate(folder, arrays_of(msg.content[ARRAYS]), round_seed=config.server_round)
+        result, _ = run_on_node_trainer(context, "evaluate", config, folder, arrays_of(msg.content[ARRAYS]))
     except ShardError as error:
         return broken_data_reply(msg, folder, error)
     return client_reply(msg, folder, {**result.metrics, NUM_EXAMPLES: result.num_examples})

@@ -1,8 +1,8 @@
-"""The trainer a client's messages use in this process, and one round of local training with it.
+"""The trainer a client's messages use in this process, and one round of local training or validation with it.
 
 One process (``LocalTrainer``) or, for a site of several GPUs, data-parallel ranks
 (``SiteTrainer``); either is built once per process and run configuration and reused by every
-client the process serves.
+client the process serves (a simulation's Ray actor, or a SuperNode's trainer service).
 """
 
 import time
@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Dict, Union
 
 import numpy as np
+import torch
 
-from fedhubert_plugin.federation.local_trainer import LocalResult, LocalTrainer
+from fedhubert_plugin.federation.local_trainer import LocalTrainer
 from fedhubert_plugin.federation.site_trainer import SiteTrainer
-from fedhubert_plugin.federation.wire import NUM_EXAMPLES, ClientConfig
+from fedhubert_plugin.federation.wire import NUM_EXAMPLES, ClientConfig, LocalResult
 
 _TRAINERS: Dict[tuple, Union[LocalTrainer, SiteTrainer]] = {}
 
@@ -55,3 +56,20 @@ def train_locally(config: ClientConfig, folder: Path, arrays: Dict[str, np.ndarr
         result.validation = {**validated.metrics, NUM_EXAMPLES: validated.num_examples}
         result.metrics["validation_seconds"] = validation_seconds
     return result
+
+
+def evaluate_locally(config: ClientConfig, folder: Path, arrays: Dict[str, np.ndarray]) -> LocalResult:
+    """Validation of the received weights on the client's valid split (an evaluate message)."""
+    return local_trainer(config).evaluate(folder, arrays, round_seed=config.server_round)
+
+
+CALLS = {"train": train_locally, "evaluate": evaluate_locally}
+
+
+def run_call(function: str, threads: int, *args) -> LocalResult:
+    """``CALLS[function](*args)`` on ``threads`` torch threads (0: as set). SuperNodes sharing one machine
+    should split its cores with ``--node-config 'num-threads=N'`` (each would take them all: training slows
+    ~20x on 2 cores shared by 4 nodes)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return CALLS[function](*args)

@@ -15,7 +15,6 @@ import resource
 import time
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -27,7 +26,7 @@ from fairseq.data.data_utils import numpy_seed
 from fairseq.trainer import Trainer
 from omegaconf import DictConfig, open_dict
 
-from fedhubert_plugin.federation.wire import UPDATES
+from fedhubert_plugin.federation.wire import UPDATES, LocalResult
 from fedhubert_plugin.recipes import compose_recipe
 
 logger = logging.getLogger(__name__)
@@ -81,16 +80,6 @@ def hubert_metrics(agg) -> Dict[str, float]:
     """The hubert criterion's smoothed figures under our names (loss, ppl, acc_masked, acc_unmasked)."""
     stats = agg.get_smoothed_values()
     return {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
-
-
-@dataclass
-class LocalResult:
-    """What a client returns after a round."""
-
-    arrays: Dict[str, np.ndarray]
-    num_examples: int
-    metrics: Dict[str, float]
-    validation: Dict[str, float] = field(default_factory=dict)  # of the received weights, with num-examples
 
 
 def peak_memory_metrics() -> Dict[str, float]:

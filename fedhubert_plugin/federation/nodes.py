@@ -40,16 +40,6 @@ def client_folder(context: Context, data_root: str) -> Path:
     return folder
 
 
-def use_node_threads(context: Context) -> None:
-    """``--node-config 'num-threads=N'``: torch's threads in this node's ClientApp. SuperNodes sharing one machine
-    should split its cores (each would take them all: training slows ~20x on 2 cores shared by 4 nodes);
-    a node alone keeps torch's default, every core."""
-    if "num-threads" in context.node_config:
-        import torch
-
-        torch.set_num_threads(int(context.node_config["num-threads"]))
-
-
 def site_processes(context: Context, configured: int) -> int:
     """``--node-config 'gpus=N'``: this node's client trains on N data-parallel ranks, one per GPU (see
     ``site_trainer``); otherwise what the run configured."""

@@ -35,9 +35,9 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from fedhubert_plugin.federation.client_training import train_locally
 from fedhubert_plugin.federation.nodes import client_folder, site_processes
 from fedhubert_plugin.federation.settings import RESUME_ADVICE, FederationSettings
+from fedhubert_plugin.federation.trainer_service import run_on_node_trainer
 from fedhubert_plugin.federation.wire import NUM_EXAMPLES, ClientConfig, from_config_record
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def secure_train(msg: Message, context: Context) -> Message:
     folder = client_folder(context, config.data_root)
     names = [str(name) for name in record["param-names"]]
     arrays = dict(zip(names, (a.numpy() for a in msg.content.array_records[FITINS_PARAMETERS].values())))
-    result = train_locally(config, folder, arrays)
+    result, _ = run_on_node_trainer(context, "train", config, folder, arrays)
     update = [result.arrays[name] - arrays[name] for name in names]
     reply = FitRes(
         Status(Code.OK, "ok"),

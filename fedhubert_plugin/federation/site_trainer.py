@@ -2,8 +2,8 @@
 
 ``SiteTrainer`` has ``LocalTrainer``'s ``fit`` and ``evaluate``. It starts one process per
 rank (``torch.multiprocessing``, spawn) when it is built and keeps them until the process that
-built it ends (a Ray actor serves every round with the same ranks; a SuperNode's ClientApp
-process lives for one message, so there they start per message). Each rank builds a
+built it ends (a Ray actor, or a SuperNode's ``trainer_service``, serves every round with the
+same ranks). Each rank builds a
 ``LocalTrainer`` whose config joins fairseq's process group (``distributed_training.*``, then
 ``fairseq.distributed.utils.distributed_init``): fairseq shards the client's batches across
 the ranks and averages their gradients, so the site makes ``local_updates`` updates of
@@ -27,8 +27,9 @@ import torch.multiprocessing as mp
 from fairseq.distributed import utils as distributed_utils
 from omegaconf import open_dict
 
-from fedhubert_plugin.federation.local_trainer import LocalResult, LocalTrainer
+from fedhubert_plugin.federation.local_trainer import LocalTrainer
 from fedhubert_plugin.federation.loopback import free_port
+from fedhubert_plugin.federation.wire import LocalResult
 
 logger = logging.getLogger(__name__)
 

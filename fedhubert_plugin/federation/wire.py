@@ -44,6 +44,16 @@ def from_config_record(cls: Type[Config], record: Mapping[str, Any]) -> Config:
 
 
 @dataclass
+class LocalResult:
+    """What a client's trainer returns after a round (the reply is made of it)."""
+
+    arrays: Dict[str, np.ndarray]
+    num_examples: int
+    metrics: Dict[str, float]
+    validation: Dict[str, float] = field(default_factory=dict)  # of the received weights, with num-examples
+
+
+@dataclass
 class ClientConfig:
     """What a train or evaluate message tells a client: the model to build, where data lives, what to do."""
 

@@ -18,17 +18,13 @@ from fairseq.data import Dictionary
 from fairseq.tasks import register_task
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 
-from fedhubert_plugin.data.manifest import ManifestError, ManifestRow, read_manifest
+from fedhubert_plugin.data.manifest import ManifestError, ManifestRow, ShardError, read_manifest
 from fedhubert_plugin.targets import LABELS_META
 
 logger = logging.getLogger(__name__)
 
 LABEL_TOLERANCE_SECONDS = 0.1  # fairseq's HubertDataset tolerance
 FIX_HINT = "re-run `fedhubert prepare` for this client, or point task.data / task.label_dir at a prepared client folder"
-
-
-class ShardError(ValueError):
-    """A client's manifest, labels or dictionary are missing or disagree."""
 
 
 @dataclass
