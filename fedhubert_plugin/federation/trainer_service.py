@@ -88,14 +88,14 @@ def run_on_node_trainer(context: Context, function: str, *args: Any) -> Tuple[Lo
 def call_service(owner: int, call: Tuple) -> Tuple[LocalResult, float]:
     """Run ``call`` on the service of the process ``owner`` (started when there is none); its result and
     the seconds its start took."""
-    address = runtime_dir() / f"trainer-{owner}-{APP_COPY}.sock"
+    address, key = runtime_dir() / f"trainer-{owner}-{APP_COPY}.sock", authkey()
     start = time.perf_counter()
     with open(address.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one ClientApp process of this node starts a missing service
-        connection = connect(address)
+        connection = connect(address, key)
         started = connection is None
         if started:
-            connection = start_service(address, owner)
+            connection = start_service(address, key, owner)
     start_seconds = time.perf_counter() - start if started else 0.0
     with connection:
         connection.send(call)
@@ -108,15 +108,16 @@ def call_service(owner: int, call: Tuple) -> Tuple[LocalResult, float]:
     return outcome, start_seconds
 
 
-def connect(address: Path) -> Optional[Connection]:
-    """A connection to the service listening at ``address``; None when none listens there."""
+def connect(address: Path, key: bytes) -> Optional[Connection]:
+    """A connection (authenticated with ``key``) to the service listening at ``address``; None when none
+    listens there."""
     try:
-        return Client(str(address), family="AF_UNIX", authkey=authkey())
+        return Client(str(address), family="AF_UNIX", authkey=key)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
 
 
-def start_service(address: Path, owner: int) -> Connection:
+def start_service(address: Path, key: bytes, owner: int) -> Connection:
     """Start a service for ``owner`` at ``address`` and connect to it once it listens."""
     address.unlink(missing_ok=True)  # a service that died leaves its socket behind
     path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
@@ -124,7 +125,7 @@ def start_service(address: Path, owner: int) -> Connection:
     service = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": path})
     logger.info("started the node's trainer service (pid %d)", service.pid)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while (connection := connect(address)) is None:
+    while (connection := connect(address, key)) is None:
         if service.poll() is not None:
             raise RuntimeError(f"the node's trainer service ended at start (exit code {service.returncode})")
         if time.monotonic() > deadline:

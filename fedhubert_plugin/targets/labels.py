@@ -69,7 +69,8 @@ def drop_unusable(folder: Path, split: str, unusable: List[Dict[str, str]]) -> b
     if len(kept) < len(rows):
         write_manifest(manifest, root, kept)
     listed = unusable_utterances(folder)
-    new = [{**row, "split": split} for row in unusable if row["path"] not in {done["path"] for done in listed}]
+    listed_paths = {row["path"] for row in listed}
+    new = [{**row, "split": split} for row in unusable if row["path"] not in listed_paths]
     if new:
         atomic_write_json(folder / "labels" / UNUSABLE, listed + new)
     return len(kept) < len(rows)
