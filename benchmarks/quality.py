@@ -39,6 +39,7 @@ from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.federation.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.schedule import scheduled_overrides
 from fedhubert_plugin.probe import probe, random_init_checkpoint
 from fedhubert_plugin.targets.features import feature_extractor
 from fedhubert_plugin.targets.labels import SPLITS, label_client, remove_cached_features
@@ -115,8 +116,8 @@ def train(name: str, spec, seed: int, data: Dict[str, Path], args: argparse.Name
     overrides = ["common.cpu=true", f"common.seed={seed}", *args.recipe_overrides]
     if spec is None:
         shard = union_shard(data["speaker"], args.work / "central_data")
-        warmup = f"lr_scheduler.warmup_updates={10 * args.clients}"  # the clients' 10, on the union's clock
-        result = fairseq_train(shard, save, total, "tiny", [*overrides, warmup])
+        # the schedule the federated clients get, sized to this run's updates (the recipe's share of warm-up)
+        result = fairseq_train(shard, save, total, "tiny", scheduled_overrides("tiny", overrides, total))
     else:
         prepared, flags = spec
         run_flags = [*flags, "--seed", str(seed), "--min-train-nodes", str(args.clients)]

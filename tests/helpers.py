@@ -23,6 +23,9 @@ TINY = str(RECIPES / "tiny.yaml")
 LABEL_RATE = 100
 ENERGY_BINS = 8
 N_CLUSTERS = 100
+# the lr schedule that a run of 3 rounds x 3 local updates derives (the ``federated_run`` fixture): a shorter run
+# compared with it, or resumed to its length, names it, since the schedule is otherwise sized to each run's own length
+SCHEDULE_OF_3_ROUNDS = ["optimization.max_update=9", "lr_scheduler.warmup_updates=1"]
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")

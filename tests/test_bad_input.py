@@ -6,6 +6,7 @@ import pytest
 
 from fedhubert_plugin.checkpoints import CheckpointError
 from fedhubert_plugin.federation.rounds import initial_model
+from fedhubert_plugin.federation.schedule import plan_schedule
 from fedhubert_plugin.federation.server_app import simulate_pretraining
 from fedhubert_plugin.recipes import RecipeError, compose_recipe
 from tests.helpers import TINY, pretrain_settings
@@ -29,7 +30,7 @@ def test_an_unreadable_checkpoint_to_start_from_is_named(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     settings = pretrain_settings("unused", tmp_path, rounds=1, init_from=str(broken))
     with pytest.raises(CheckpointError, match=rf"cannot read checkpoint {broken}"):
-        initial_model(settings)
+        initial_model(settings, plan_schedule(settings))
 
 
 @pytest.mark.e2e

@@ -14,7 +14,15 @@ from fedhubert_plugin.criterions.hubert_distillation import (
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server_app import simulate_pretraining
 from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS
-from tests.helpers import REPO, TINY, metric_lines, pretrain_settings, setup_fed_task, valid_losses
+from tests.helpers import (
+    REPO,
+    SCHEDULE_OF_3_ROUNDS,
+    TINY,
+    metric_lines,
+    pretrain_settings,
+    setup_fed_task,
+    valid_losses,
+)
 
 TINY_STUDENT = str(REPO / "recipes" / "librispeech" / "distill" / "tiny_student.yaml")
 
@@ -125,7 +133,8 @@ def test_student_loads_in_stock_s3prl_hubert_local(distilled):
 @pytest.mark.e2e
 def test_distillation_resumes_like_pretraining(distilled, prepared, tmp_path):
     save, teacher = distilled
-    overrides = [f"criterion.teacher_checkpoint={teacher}", "common.cpu=true"]
+    # planned for the 3 rounds of the `distilled` run from the start, so the 2-round run can be resumed to 3
+    overrides = [f"criterion.teacher_checkpoint={teacher}", "common.cpu=true", *SCHEDULE_OF_3_ROUNDS]
 
     def settings(rounds, resume):
         return pretrain_settings(

@@ -7,7 +7,7 @@ import torch
 
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.server_app import simulate_pretraining
-from tests.helpers import REPO, metric_lines, pretrain_settings, valid_losses
+from tests.helpers import REPO, SCHEDULE_OF_3_ROUNDS, metric_lines, pretrain_settings, valid_losses
 
 
 @pytest.mark.e2e
@@ -79,7 +79,9 @@ def test_checkpoints_load_in_fairseq_and_stock_s3prl_with_the_same_features(fede
 
 @pytest.mark.e2e
 def test_float16_transport_halves_the_traffic_and_keeps_the_loss(federated_run, prepared, tmp_path):
-    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=1, transport_dtype="float16"), num_clients=4)
+    overrides = ["common.cpu=true", *SCHEDULE_OF_3_ROUNDS]  # round 1 of federated_run's schedule
+    settings = pretrain_settings(prepared, tmp_path, rounds=1, transport_dtype="float16", overrides=overrides)
+    simulate_pretraining(settings, num_clients=4)
     half, full = metric_lines(tmp_path)[0], metric_lines(federated_run)[-1]  # both a final round, with its evaluation
     assert half["bytes_received"] < 0.55 * full["bytes_received"] and half["bytes_sent"] < 0.55 * full["bytes_sent"]
     # model 1, validated by its round's evaluation here and by round 2's clients there, with the same masks
@@ -91,24 +93,28 @@ def test_float16_transport_halves_the_traffic_and_keeps_the_loss(federated_run, 
 
 @pytest.mark.e2e
 def test_local_epochs_continue_the_update_count_and_lr_schedule(prepared, tmp_path):
-    simulate_pretraining(
-        pretrain_settings(prepared, tmp_path, rounds=2, local_updates=0, local_epochs=1), num_clients=4
-    )
+    warming = ["common.cpu=true", "lr_scheduler.warmup_updates=100"]  # longer than the run: lr rises throughout
+    settings = pretrain_settings(prepared, tmp_path, rounds=2, local_updates=0, local_epochs=1, overrides=warming)
+    simulate_pretraining(settings, num_clients=4)
     lines = metric_lines(tmp_path)
     per_round = [round(line["train"]["updates"]) for line in lines]
     assert all(n > 0 for n in per_round)
     assert load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"] == sum(
         per_round
     )
-    assert (
-        lines[1]["train"]["lr"] > lines[0]["train"]["lr"]
-    )  # still warming up from where round 1 stopped, not restarted
+    for name, client in lines[1]["clients"].items():
+        # each client's schedule spans its own 2 epochs: half-way after round 1, at its end after round 2
+        assert lines[0]["clients"][name]["train_schedule_position"] == pytest.approx(0.5)
+        assert client["train_schedule_position"] == pytest.approx(1.0)
+        assert client["train_lr"] > lines[0]["clients"][name]["train_lr"]  # continued from round 1, not restarted
 
 
 @pytest.mark.e2e
 def test_resume_gives_the_weights_of_an_uninterrupted_run(federated_run, prepared, tmp_path):
-    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=2), num_clients=4)
-    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=3, resume=True), num_clients=4)
+    overrides = ["common.cpu=true", *SCHEDULE_OF_3_ROUNDS]  # planned for 3 rounds from the start: resumable to 3
+    simulate_pretraining(pretrain_settings(prepared, tmp_path, rounds=2, overrides=overrides), num_clients=4)
+    settings = pretrain_settings(prepared, tmp_path, rounds=3, resume=True, overrides=overrides)
+    simulate_pretraining(settings, num_clients=4)
     assert [line["round"] for line in metric_lines(tmp_path)] == [1, 2, 3]
     resumed = load_checkpoint(tmp_path / "server" / "checkpoint_last.pt")["model"]
     straight = load_checkpoint(federated_run / "server" / "checkpoint_round3.pt")["model"]

@@ -109,5 +109,6 @@ def test_local_epochs_replace_local_updates_in_the_messages():
     settings = FederationSettings(local_epochs=2)
     config = from_config_record(ClientConfig, config_record(ClientConfig.of(settings, updates_done=5)))
     assert (config.local_updates, config.local_epochs, config.num_updates) == (0, 2, 5)
-    message_keys = {"num-updates", "server-round", "validate", "site-processes"}
+    assert config.epoch_rounds == 3 * 2  # each client sizes its lr schedule to rounds x local epochs of its data
+    message_keys = {"num-updates", "server-round", "validate", "site-processes", "epoch-rounds"}
     assert set(config_record(config)) <= set(run_config_defaults()) | message_keys

@@ -50,7 +50,8 @@ def train_locally(config: ClientConfig, folder: Path, arrays: Dict[str, np.ndarr
         num_updates=config.num_updates,
         local_updates=config.local_updates,
         local_epochs=config.local_epochs,
-        round_seed=config.server_round,
+        server_round=config.server_round,
+        epoch_rounds=config.epoch_rounds,
     )
     if validated is not None:
         result.validation = {**validated.metrics, NUM_EXAMPLES: validated.num_examples}

@@ -5,12 +5,13 @@ labels and the label rate are filled in. Model and criterion are built once per 
 and kept (a Ray worker serving many virtual clients reuses them); a client's task and
 dataset index are kept per client folder, for the ``CACHED_CLIENTS`` served last. Each round
 builds a fresh fairseq ``Trainer`` around them, so the optimizer state never leaks between clients,
-and sets its update count so the recipe's learning-rate schedule runs across rounds.
+and sets its update count so the learning-rate schedule runs across rounds (sized to the run: ``schedule``).
 """
 
 import contextlib
 import copy
 import logging
+import math
 import resource
 import time
 import zlib
@@ -26,6 +27,7 @@ from fairseq.data.data_utils import numpy_seed
 from fairseq.trainer import Trainer
 from omegaconf import DictConfig, open_dict
 
+from fedhubert_plugin.federation.schedule import client_schedule
 from fedhubert_plugin.federation.wire import UPDATES, LocalResult
 from fedhubert_plugin.recipes import compose_recipe
 
@@ -109,6 +111,29 @@ def master_parameters(trainer: Trainer) -> Dict[str, torch.Tensor]:
     return {names[id(p)]: master for p, master in zip(optimizer.fp16_params, masters) if id(p) in names}
 
 
+def train_steps(
+    trainer: Trainer, cfg: DictConfig, server_round: int, local_updates: int, local_epochs: int
+) -> Tuple[int, int, float]:
+    """``local_updates`` updates, or ``local_epochs`` epochs, of fairseq's ``trainer`` on its task's train split;
+    the updates made, the utterances they saw and the learning rate of the last one."""
+    done, utterances, epoch, lr = 0, 0, 1, float(trainer.get_lr())
+    while (local_updates and done < local_updates) or (local_epochs and epoch <= local_epochs):
+        epoch_itr = trainer.get_train_iterator(
+            epoch=server_round * 1000 + epoch, load_dataset=False, disable_iterator_cache=True
+        )
+        batches = iterators.GroupedIterator(epoch_itr.next_epoch_itr(shuffle=True), cfg.optimization.update_freq[0])
+        for samples in batches:
+            lr = float(trainer.get_lr())  # the rate this update trains with
+            if trainer.train_step(samples) is None:
+                continue  # fp16 overflow: fairseq skipped the update
+            done += 1
+            utterances += sum(len(s["id"]) for s in samples if s)
+            if local_updates and done >= local_updates:
+                break
+        epoch += 1
+    return done, utterances, lr
+
+
 class LocalTrainer:
     """fairseq Trainer for any client folder, from one recipe and its overrides."""
 
@@ -117,13 +142,15 @@ class LocalTrainer:
     ):
         extra = [f"task.label_rate={label_rate}"] if label_rate else []
         extra += [f"optimization.lr=[{lr}]"] if lr else []
-        self.cfg = compose_recipe(recipe, list(overrides) + extra)
+        self.recipe, self.overrides = recipe, list(overrides) + extra
+        self.cfg = compose_recipe(recipe, self.overrides)
         # a fresh fairseq Trainer per round and client: its start-up notes (shared parameters,
         # memory) would repeat every round in every client's log
         logging.getLogger("fairseq.trainer").setLevel(logging.WARNING)
         self.model = None
         self.criterion = None
         self.tasks: "OrderedDict[Path, Tuple[DictConfig, object]]" = OrderedDict()
+        self.epoch_schedules: Dict[Tuple[Path, int], Tuple[DictConfig, int]] = {}
 
     def client_task(self, folder: Path):
         """The client's config and task with train and valid loaded (kept for later rounds: the
@@ -144,13 +171,31 @@ class LocalTrainer:
                 self.criterion = task.build_criterion(cfg.criterion)
             self.tasks[folder] = (cfg, task)
             if len(self.tasks) > CACHED_CLIENTS:
-                self.tasks.popitem(last=False)
+                dropped, _ = self.tasks.popitem(last=False)
+                self.epoch_schedules = {k: v for k, v in self.epoch_schedules.items() if k[0] != dropped}
         return self.tasks[folder]
 
-    def trainer_with(
-        self, folder: Path, arrays: Dict[str, np.ndarray], num_updates: int
-    ) -> Tuple[Trainer, DictConfig, object]:
+    def epoch_schedule(self, folder: Path, epoch_rounds: int) -> Tuple[DictConfig, int]:
+        """With local epochs: the client's config with its lr schedule sized to ``epoch_rounds`` epochs of its
+        data (``schedule.client_schedule``), and its updates per epoch."""
         cfg, task = self.client_task(folder)
+        key = (Path(folder).resolve(), epoch_rounds)
+        if key not in self.epoch_schedules:
+            counting = Trainer(cfg, task, self.model, self.criterion)
+            batches = len(counting.get_train_iterator(epoch=1, load_dataset=False, disable_iterator_cache=True))
+            per_epoch = math.ceil(batches / cfg.optimization.update_freq[0])
+            name = Path(folder).name
+            scheduled = client_schedule(cfg, self.recipe, self.overrides, epoch_rounds, per_epoch, name)
+            self.epoch_schedules[key] = (scheduled, per_epoch)
+        return self.epoch_schedules[key]
+
+    def trainer_with(
+        self, folder: Path, arrays: Dict[str, np.ndarray], num_updates: int, cfg: Optional[DictConfig] = None
+    ) -> Tuple[Trainer, DictConfig, object]:
+        """A fresh fairseq Trainer for ``folder`` holding ``arrays``, at update ``num_updates`` of its schedule
+        (``cfg``: the client's config with its own schedule, else the run's)."""
+        client_cfg, task = self.client_task(folder)
+        cfg = cfg or client_cfg
         self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
         trainer = Trainer(cfg, task, self.model, self.criterion)  # with fp16/bf16: casts the model
         trainer.set_num_updates(num_updates)
@@ -165,32 +210,25 @@ class LocalTrainer:
         num_updates: int,
         local_updates: int = 0,
         local_epochs: int = 0,
-        round_seed: int = 0,
+        server_round: int = 0,
+        epoch_rounds: int = 0,
     ) -> LocalResult:
-        """Train from ``arrays`` for ``local_updates`` updates, or ``local_epochs`` epochs."""
+        """Train from ``arrays`` for ``local_updates`` updates, or ``local_epochs`` epochs, at update
+        ``num_updates`` of the lr schedule. ``server_round`` seeds the round's masks and batches; with local
+        epochs it also places the round on the client's own schedule of ``epoch_rounds`` epochs (its update
+        count is then ``(server_round - 1) × local_epochs × its updates per epoch``)."""
         if (local_updates > 0) == (local_epochs > 0):
             raise ValueError("give exactly one of local_updates and local_epochs")
         start = time.perf_counter()
-        trainer, cfg, task = self.trainer_with(folder, arrays, num_updates)
+        cfg = None
+        if local_epochs:
+            cfg, per_epoch = self.epoch_schedule(folder, epoch_rounds or local_epochs)
+            num_updates = max(0, server_round - 1) * local_epochs * per_epoch
+        trainer, cfg, task = self.trainer_with(folder, arrays, num_updates, cfg)
         setup_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        done, utterances, epoch = 0, 0, 1
-        with reproducible_round(cfg.common.seed, round_seed, folder) as agg:
-            while (local_updates and done < local_updates) or (local_epochs and epoch <= local_epochs):
-                epoch_itr = trainer.get_train_iterator(
-                    epoch=round_seed * 1000 + epoch, load_dataset=False, disable_iterator_cache=True
-                )
-                batches = iterators.GroupedIterator(
-                    epoch_itr.next_epoch_itr(shuffle=True), cfg.optimization.update_freq[0]
-                )
-                for samples in batches:
-                    if trainer.train_step(samples) is None:
-                        continue  # fp16 overflow: fairseq skipped the update
-                    done += 1
-                    utterances += sum(len(s["id"]) for s in samples if s)
-                    if local_updates and done >= local_updates:
-                        break
-                epoch += 1
+        with reproducible_round(cfg.common.seed, server_round, folder) as agg:
+            done, utterances, lr = train_steps(trainer, cfg, server_round, local_updates, local_epochs)
             result = hubert_metrics(agg)
         seconds = time.perf_counter() - start
         result.update(
@@ -198,7 +236,8 @@ class LocalTrainer:
             seconds=seconds,
             setup_seconds=setup_seconds,
             samples_per_second=utterances / seconds,
-            lr=float(trainer.get_lr()),
+            lr=lr,  # of the round's last update
+            schedule_position=trainer.get_num_updates() / max(1, cfg.optimization.max_update),
             cached_clients=len(self.tasks),
             **peak_memory_metrics(),
         )

@@ -49,9 +49,10 @@ from fedhubert_plugin.federation.runlog import (
     read_metrics,
     round_postfix,
 )
+from fedhubert_plugin.federation.schedule import Schedule, plan_schedule
 from fedhubert_plugin.federation.screening import ScreenedStrategy
 from fedhubert_plugin.federation.secure import secure_average_update, split_report
-from fedhubert_plugin.federation.settings import FederationSettings
+from fedhubert_plugin.federation.settings import FederationSettings, SettingsError
 from fedhubert_plugin.federation.strategies import evaluation_strategy, privacy_spent
 from fedhubert_plugin.federation.streaming import replies_as_they_come
 from fedhubert_plugin.federation.wire import (
@@ -116,10 +117,11 @@ class TrainedRound:
     bytes_received: int = 0
 
 
-def initial_model(settings: FederationSettings) -> Tuple[DictConfig, Weights]:
-    """The recipe's config and seeded initial weights, built on the server without client data."""
+def initial_model(settings: FederationSettings, schedule: Schedule) -> Tuple[DictConfig, Weights]:
+    """The recipe's config (with the run's lr schedule) and seeded initial weights, built on the server without
+    client data."""
     cfg, weights = recipe_initial_model(
-        settings.recipe, settings.overrides, settings.label_rate, settings.n_clusters, settings.data_root
+        settings.recipe, schedule.overrides, settings.label_rate, settings.n_clusters, settings.data_root
     )
     if settings.init_from:
         weights = copy_fitting_tensors(weights, settings.init_from)
@@ -278,13 +280,14 @@ def run_round(
     strategy: Strategy,
     cfg: DictConfig,
     weights: Weights,
+    schedule: Schedule,
     progress: Progress,
     log: RunLog,
 ) -> Tuple[Weights, Dict]:
     """One round (see the module docstring); returns the new global weights and the round's line."""
     start, timing = time.monotonic(), {}
     validate = rnd == 1 or not settings.evaluates(rnd - 1)  # else the evaluation of round rnd - 1 did
-    config = ClientConfig.of(settings, progress.updates_done, validate=validate)
+    config = ClientConfig.of(settings, progress.updates_done, validate, schedule.overrides)
     wait_for_nodes(grid, settings.min_available_nodes, settings.round_timeout)
     if settings.secure_aggregation:
         trained = secure_train_round(grid, rnd, weights, config, settings, timing)
@@ -307,17 +310,36 @@ def run_round(
     return trained.weights, line
 
 
-def resume(settings: FederationSettings, strategy: Strategy, log: RunLog, weights: Weights) -> Tuple[Progress, Weights]:
+def check_same_schedule(settings: FederationSettings, saved: Dict[str, int], schedule: Schedule) -> None:
+    """A resumed run must train on the lr schedule its completed rounds trained on: resuming then equals an
+    uninterrupted run. ``SettingsError`` naming both schedules and the fixes when it would change (a state saved
+    before schedules were sized to the run has none to compare)."""
+    if saved and saved != schedule.key:
+        raise SettingsError(
+            f"resume: the rounds in {settings.server_dir} trained on the lr schedule {saved}; these settings give "
+            f"{schedule.key} (the schedule is sized to num-server-rounds x local-updates). Resuming would change the "
+            f"schedule under the rounds already trained. Resume with the first run's --num-server-rounds and "
+            f"--local-updates; to train further, start a new run from its weights (--init-from "
+            f"{settings.server_dir / 'checkpoint_last.pt'}); to plan for extending a run, give "
+            f"optimization.max_update for the longest run from its start"
+        )
+
+
+def resume(
+    settings: FederationSettings, strategy: Strategy, log: RunLog, weights: Weights, schedule: Schedule
+) -> Tuple[Progress, Weights]:
     """With ``resume`` and a saved state: the progress and the weights of the last completed round."""
     if not settings.resume or not log.state_path.is_file():
         if settings.resume:
             logger.info("resume: no server state in %s, starting at round 1", settings.server_dir)
-        return Progress(), weights
+        return Progress(schedule=schedule.key), weights
     progress = log.restore_state(strategy)
     # the round's own checkpoint: checkpoint_last.pt may already hold a round killed before its state was saved
     last = settings.server_dir / f"checkpoint_round{progress.round_done}.pt"
     resumed = load_checkpoint(last)["model"]
     check_architecture(weights, resumed, last, f"{settings.recipe} {' '.join(settings.overrides)}".strip())
+    check_same_schedule(settings, progress.schedule, schedule)
+    progress.schedule = schedule.key
     logger.info(
         "resuming after round %d (best valid loss %.4f at round %d)",
         progress.round_done,
@@ -330,16 +352,18 @@ def resume(settings: FederationSettings, strategy: Strategy, log: RunLog, weight
 def run_rounds(grid: Grid, settings: FederationSettings, strategy: Strategy) -> None:
     """Rounds until ``settings.num_server_rounds``, after those a resumed run already completed."""
     log = RunLog(settings.server_dir)
+    schedule = plan_schedule(settings)
+    logger.info("%s", schedule.describe(settings))
+    cfg, weights = initial_model(settings, schedule)
+    progress, weights = resume(settings, strategy, log, weights, schedule)
     settings.save(settings.server_dir / "settings.json")
-    cfg, weights = initial_model(settings)
-    progress, weights = resume(settings, strategy, log, weights)
     stopped: List[Dict] = []  # a round that raised: its rejections, for the participation table
     bar = progress_bar(total=settings.num_server_rounds, initial=progress.round_done, desc="rounds", unit="round")
     try:
         with logging_redirect_tqdm():
             for rnd in range(progress.round_done + 1, settings.num_server_rounds + 1):
                 stopped = [{"round": rnd, "participants": [], "rejected": []}]
-                weights, line = run_round(grid, rnd, settings, strategy, cfg, weights, progress, log)
+                weights, line = run_round(grid, rnd, settings, strategy, cfg, weights, schedule, progress, log)
                 stopped = []
                 bar.set_postfix(round_postfix(line), refresh=False)
                 bar.update()

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -88,8 +88,9 @@ def model_name(model_round: int) -> str:
 
 def round_summary(line: Dict) -> str:
     """One line for the log: the round's training, then each validation it made and of which model."""
+    train = line["train"]
     parts = [
-        f"round {line['round']}: train loss {line['train'].get('loss', math.nan):.4f} "
+        f"round {line['round']}: train loss {train.get('loss', math.nan):.4f}, lr {train.get('lr', math.nan):.3g} "
         f"({len(line['participants'])} clients, {line['round_seconds']:.1f} s)"
     ]
     for validation in line["validations"]:
@@ -101,6 +102,12 @@ def round_summary(line: Dict) -> str:
     if line["privacy"]:
         parts.append(f"privacy spent epsilon {line['privacy']['epsilon']:.3f}")
     return "; ".join(parts)
+
+
+def zero_update(line: Dict) -> bool:
+    """Whether every client of the round sent its weights back unchanged (update norm 0), i.e. learnt nothing."""
+    norms = [row.get("train_update_norm") for row in line["clients"].values()]
+    return bool(norms) and all(norm == 0 for norm in norms)
 
 
 def round_postfix(line: Dict) -> Dict[str, str]:
@@ -122,6 +129,7 @@ class Progress:
     updates_done: int = 0
     best_loss: float = math.inf
     best_round: int = 0
+    schedule: Dict[str, int] = field(default_factory=dict)  # the clients' lr schedule (``Schedule.key``)
 
 
 class RunLog:
@@ -143,6 +151,13 @@ class RunLog:
         with open(self.server_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(line) + "\n")
         logger.info("%s", round_summary(line))
+        if zero_update(line):
+            logger.warning(
+                "round %d: every client's update is zero (lr %g): the round learnt nothing and the server applied "
+                "only its momentum. Did the clients' lr schedule end (optimization.max_update)? See docs/federation.md",
+                line["round"],
+                line["train"].get("lr", math.nan),
+            )
         privacy = {"epsilon": line["privacy"]["epsilon"]} if line["privacy"] else {}
         traffic = {"bytes_sent": line["bytes_sent"], "bytes_received": line["bytes_received"]}
         for key, value in {**line["train"], **privacy, **traffic}.items():
@@ -168,6 +183,7 @@ class RunLog:
             "updates": progress.updates_done,
             "best_loss": progress.best_loss,
             "best_round": progress.best_round,
+            "schedule": progress.schedule,
             "random": random.getstate(),
             "accountant": accountant_state(strategy),
             **moments,
@@ -185,7 +201,11 @@ class RunLog:
                 setattr(optimizer, name, {k: v.numpy() for k, v in state[name].items()})
         restore_accountant(strategy, state.get("accountant", ""))
         progress = Progress(
-            int(state["round"]), int(state["updates"]), float(state["best_loss"]), int(state["best_round"])
+            int(state["round"]),
+            int(state["updates"]),
+            float(state["best_loss"]),
+            int(state["best_round"]),
+            dict(state.get("schedule", {})),  # none in a state saved before schedules were sized to the run
         )
         for stale in self.server_dir.glob(".*.tmp"):  # a write cut short by a kill; its target is whole or absent
             logger.warning("removing %s, left by a server killed while writing", stale)

@@ -15,10 +15,11 @@ import json
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from fedhubert_plugin.files import atomic_write_json
 
+MAX_UPDATE, WARMUP = "optimization.max_update", "lr_scheduler.warmup_updates"  # the schedule's recipe keys
 STRATEGIES = ("fedadam", "fedavg", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
 TRANSPORT_DTYPES = ("float32", "float16")
 
@@ -73,6 +74,12 @@ def spelled(name: str) -> str:
 # over 3 rounds in tests/test_distill.py); 1e-3 does not
 DISTILL_DEFAULTS = {"recipe": "student", "eta": 1e-3}
 RESUME_ADVICE = "run again with --resume (flwr run: --run-config 'resume=true')"
+
+
+def override_value(overrides: Sequence[str], key: str) -> Optional[str]:
+    """The value a hydra override in ``overrides`` gives ``key`` (the last one wins); None when none does."""
+    values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == key and "=" in o]
+    return values[-1] if values else None
 
 
 def run_config_key(name: str) -> str:
@@ -199,6 +206,11 @@ class FederationSettings:
         """The local updates a client makes per round; 0 when it trains ``local_epochs`` epochs instead."""
         return 0 if self.local_epochs > 0 else self.local_updates
 
+    @property
+    def planned_updates(self) -> int:
+        """The updates each client makes over the run; 0 with ``local_epochs`` (they depend on its data)."""
+        return self.num_server_rounds * self.updates_per_round
+
     def evaluates(self, rnd: int) -> bool:
         """Whether round ``rnd`` ends with a separate evaluation of its model on every node."""
         every = self.evaluate_every
@@ -236,6 +248,7 @@ class FederationSettings:
                 local,
                 "give local-updates > 0, or local-epochs > 0",
             ),
+            self.schedule_check(),
             (0.0 < self.fraction_train <= 1.0, "fraction_train", str(self.fraction_train), "use a share in (0, 1]"),
             (self.min_train_nodes >= 1, "min_train_nodes", str(self.min_train_nodes), "a round needs an update"),
             (
@@ -259,6 +272,20 @@ class FederationSettings:
                 "give an existing checkpoint (e.g. SAVE_DIR/server/checkpoint_best.pt)",
             ),
         ]
+
+    def schedule_check(self) -> Check:
+        """A user's own ``optimization.max_update`` must not end the clients' schedule before the run ends."""
+        explicit = override_value(self.overrides, MAX_UPDATE)
+        planned = self.planned_updates
+        return (
+            explicit is None or not explicit.isdigit() or int(explicit) >= planned,
+            "overrides",
+            f"{MAX_UPDATE}={explicit} ends the clients' lr schedule before the run: {self.num_server_rounds} rounds "
+            f"x {self.local_updates} local updates = {planned} updates per client, and from update {explicit} on "
+            f"they would train with lr 0",
+            f"remove the override (the schedule is then sized to the run), set it to at least {planned}, or run "
+            f"fewer rounds",
+        )
 
     def protection_checks(self) -> List[Check]:
         """What secure aggregation and differential privacy rule out."""

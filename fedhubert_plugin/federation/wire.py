@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Type, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Type, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -66,16 +66,21 @@ class ClientConfig:
     num_updates: int = 0  # updates done before this round: the clients' LR schedules continue from there
     local_updates: int = 0
     local_epochs: int = 0
+    epoch_rounds: int = 0  # local epochs: rounds x local epochs, which each client sizes its lr schedule to
     validate: bool = False  # train: validate the received weights first, reply with ``validation``
     site_processes: int = 1  # data-parallel ranks per client (--gpus-per-client N >= 2; a node's gpus=N wins)
     server_round: int = 0  # set by Flower's strategies
 
     @classmethod
-    def of(cls, settings, updates_done: int = 0, validate: bool = False) -> "ClientConfig":
-        """The config of a round of the run ``settings`` (``FederationSettings``) after ``updates_done`` updates."""
+    def of(
+        cls, settings, updates_done: int = 0, validate: bool = False, overrides: Optional[Sequence[str]] = None
+    ) -> "ClientConfig":
+        """The config of a round of the run ``settings`` (``FederationSettings``) after ``updates_done`` updates;
+        ``overrides``: the recipe overrides with the run's lr schedule (``schedule.plan_schedule``), default the
+        settings' own."""
         return cls(
             recipe=settings.recipe,
-            overrides=list(settings.overrides),
+            overrides=list(settings.overrides if overrides is None else overrides),
             label_rate=float(settings.label_rate),
             eta_l=float(settings.eta_l),
             data_root=settings.data_root,
@@ -83,6 +88,7 @@ class ClientConfig:
             num_updates=updates_done,
             local_updates=settings.updates_per_round,
             local_epochs=settings.local_epochs,
+            epoch_rounds=settings.num_server_rounds * settings.local_epochs,
             validate=validate,
             site_processes=max(1, int(settings.gpus_per_client)),
         )
