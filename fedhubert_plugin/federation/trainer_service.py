@@ -16,7 +16,8 @@ after an hour without a call, serves one call at a time, and keeps its trainer
 (``client_training``) between them. A service that dies fails
 the message like a crashed ClientApp (Flower's error reply; the server's rules apply); the next
 message starts a new one. The socket and the key that authenticates each connection
-(``multiprocessing.connection``) live in a folder only this user may open.
+(``multiprocessing.connection``: after it, calls and results are pickles) live in a folder only this user
+may open (``runtime_dir``; docs/deployment.md's threat model).
 
 A process that serves many messages (a simulation's Ray actor) runs the calls itself.
 """
@@ -27,12 +28,14 @@ import hashlib
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -52,13 +55,50 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the service runs this co
 APP_COPY = hashlib.sha1(str(PACKAGE_PARENT).encode()).hexdigest()[:8]  # version Flower installs has its own
 
 
+class UnsafeFolderError(PermissionError):
+    """The services' folder is a symlink, another user's, or open to others."""
+
+
+def folder_problem(folder: Path) -> Optional[str]:
+    """What keeps ``folder`` from being private (None when it is a real directory of this user with mode 0700);
+    symlinks are not followed."""
+    try:
+        info = os.lstat(folder)
+    except OSError as error:
+        return f"it cannot be read ({error.strerror})"
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symlink"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory"
+    if info.st_uid != os.getuid():
+        return f"its owner is uid {info.st_uid}, not ours ({os.getuid()})"
+    if info.st_mode & 0o777 != 0o700:
+        return f"its mode is {oct(info.st_mode & 0o777)}, not 0o700"
+    return None
+
+
 def runtime_dir() -> Path:
-    """This user's folder for services' sockets and key (mode 0700; refused when anyone else could open it)."""
-    folder = Path(tempfile.gettempdir()) / f"fedhubert-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise PermissionError(f"{folder} must belong to this user with mode 0700: remove it and retry")
+    """This user's private folder for the services' sockets and key: ``$XDG_RUNTIME_DIR/fedhubert`` when that
+    runtime folder is private, else ``fedhubert-<uid>`` in the temp folder; made (mode 0700) when missing.
+
+    Raises UnsafeFolderError, naming the folder, when it is a symlink, another user's or open to others."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    problem = folder_problem(Path(runtime)) if runtime else "it is not set"
+    if problem:
+        logger.debug("XDG_RUNTIME_DIR %r is not used: %s", runtime, problem)
+        folder = Path(tempfile.gettempdir()) / f"fedhubert-{os.getuid()}"
+    else:
+        folder = Path(runtime) / "fedhubert"
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:  # ours from before, or someone else's: checked below
+        pass
+    problem = folder_problem(folder)
+    if problem:
+        raise UnsafeFolderError(
+            f"the trainer service's folder {folder} is not private: {problem}. Remove it, or set XDG_RUNTIME_DIR "
+            "or TMPDIR to a folder of yours with mode 0700"
+        )
     return folder
 
 
@@ -145,7 +185,7 @@ def serve(address: Path, owner: int, idle_seconds: float = IDLE_LIMIT_SECONDS) -
         while True:
             try:
                 connection = listener.accept()
-            except OSError as error:  # a caller that failed authentication, or left before it
+            except (AuthenticationError, OSError) as error:  # a caller that failed authentication, or left before it
                 logger.warning("trainer service: refused a connection: %s", error)
                 continue
             activity["busy"] = True
