@@ -27,12 +27,28 @@ from tests.helpers import (
     write_split,
 )
 
+# Fixtures of tests that train, run Flower or run `fedhubert prepare` (tens of seconds to minutes on 2 cores)
+HEAVY_FIXTURES = {"messy_librispeech", "prepared", "trained_run", "federated_run"}
+
 
 def pytest_collection_modifyitems(items):
-    """Every test not marked ``e2e`` is a unit test: ``-m unit`` runs them alone, ``-m e2e`` the rest."""
+    """Every test not marked ``e2e`` is a unit test: ``-m unit`` runs them alone, ``-m e2e`` the rest.
+
+    Unit tests are fast: one that needs a heavy fixture (directly or through another) stops the collection.
+    """
+    slow = []
     for item in items:
-        if "e2e" not in item.keywords:
-            item.add_marker(pytest.mark.unit)
+        if "e2e" in item.keywords:
+            continue
+        item.add_marker(pytest.mark.unit)
+        heavy = sorted(HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if heavy:
+            slow.append(f"{item.nodeid} (uses {', '.join(heavy)})")
+    if slow:
+        raise pytest.UsageError(
+            "unit tests must not train or run Flower; mark these @pytest.mark.e2e or drop the fixture "
+            f"(heavy fixtures: {', '.join(sorted(HEAVY_FIXTURES))}):\n  " + "\n  ".join(slow)
+        )
 
 
 @pytest.fixture(scope="session")

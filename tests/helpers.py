@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "fedhubert_plugin"
 RECIPES = REPO / "recipes" / "librispeech" / "pretrain"
 TINY = str(RECIPES / "tiny.yaml")
+TINY_STUDENT = str(REPO / "recipes" / "librispeech" / "distill" / "tiny_student.yaml")
 LABEL_RATE = 100
 ENERGY_BINS = 8
 N_CLUSTERS = 100
@@ -29,6 +30,14 @@ SCHEDULE_OF_3_ROUNDS = ["optimization.max_update=9", "lr_scheduler.warmup_update
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+def teacher_tensors_in_tiny_student(names) -> set:
+    """The tiny student's tensors that the tiny teacher's fit (same name and shape; width 64 against 128):
+    the conv extractor, its layer norm, the label embeddings, the final projection's bias (final_dim 64 in
+    both) and the positional convolution's gain (1x1x16 at any width)."""
+    fitting = {k for k in names if k.startswith(("feature_extractor.", "layer_norm."))}
+    return fitting | {"label_embs_concat", "final_proj.bias", "encoder.pos_conv.0.weight_g"}
 
 
 def energy_labels(wav: np.ndarray) -> list:

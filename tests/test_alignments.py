@@ -98,6 +98,7 @@ def fairseq_measures(client: Path, toy_corpus: Path) -> dict:
     return dict(zip([n.strip() for n in names if n.strip()], values.split()))
 
 
+@pytest.mark.e2e
 def test_label_quality_gives_fairseqs_figures(prepared, toy_corpus, tmp_path, capsys):
     client = prepared / "clients" / "client_001"
     out = tmp_path / "quality.json"
@@ -146,6 +147,7 @@ def write_textgrids(alignments: Path, out: Path, rate: int) -> None:
         grid.save(str(speaker / f"{uid}.TextGrid"), format="long_textgrid", includeBlankSpaces=True)
 
 
+@pytest.mark.e2e
 def test_label_quality_reads_montreal_forced_aligner_textgrids(prepared, toy_corpus, tmp_path):
     grids = tmp_path / "mfa"
     for subset in (TRAIN_SUBSET, DEV_SUBSET):

@@ -1,13 +1,17 @@
-"""Checkpoints load with weights_only=True and an allow-list; crafted ones are refused unrun."""
+"""Checkpoints load with weights_only=True and an allow-list; crafted ones are refused unrun; --init-from
+copies exactly the tensors that fit."""
 
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 import fedhubert_plugin  # noqa: F401  (registers the allow-list with torch)
-from fedhubert_plugin.checkpoints import CheckpointError, load_checkpoint
+from fedhubert_plugin.checkpoints import CheckpointError, copy_fitting_tensors, load_checkpoint, save_s3prl_checkpoint
+from fedhubert_plugin.recipes import recipe_initial_model
+from tests.helpers import TINY, TINY_STUDENT, teacher_tensors_in_tiny_student
 
 
 class TouchOnUnpickle:
@@ -59,6 +63,51 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:300])
     with pytest.raises(CheckpointError, match=str(truncated)):
         load_checkpoint(truncated)
+
+
+def source_checkpoint(path, n_clusters):
+    """A 2-layer tiny model with every tensor moved by 1 (unlike any fresh one), saved; its weights."""
+    cfg, weights = recipe_initial_model(TINY, ["common.cpu=true"], 100, n_clusters)
+    weights = {k: v + 1 for k, v in weights.items()}
+    save_s3prl_checkpoint(path, cfg, weights, n_clusters)
+    return weights
+
+
+def check_copied(result, fresh, source, copied, origin=lambda name: name):
+    """The names in ``copied`` hold their ``origin``'s source tensor, every other name its fresh value."""
+    assert result.keys() == fresh.keys()
+    for name in fresh:
+        expected = source[origin(name)] if name in copied else fresh[name]
+        np.testing.assert_array_equal(result[name], expected, err_msg=name)
+        assert result[name].dtype == fresh[name].dtype
+
+
+def test_init_from_a_deeper_model_copies_every_fitting_tensor_from_the_mapped_layer(tmp_path):
+    """1 layer from 2: layer 0 takes layer 1; the label embeddings of another cluster count stay fresh."""
+    source = source_checkpoint(tmp_path / "source.pt", n_clusters=50)
+    _, fresh = recipe_initial_model(TINY, ["common.cpu=true", "model.encoder_layers=1"], 100, 20)
+    assert fresh["label_embs_concat"].shape != source["label_embs_concat"].shape  # 24 rows against 54
+    result = copy_fitting_tensors(fresh, tmp_path / "source.pt")
+    copied = set(fresh) - {"label_embs_concat"}
+    check_copied(result, fresh, source, copied, lambda name: name.replace("encoder.layers.0.", "encoder.layers.1."))
+
+
+def test_init_from_teacher_copies_only_what_fits_a_narrower_student(tmp_path):
+    """Width 64 against 128: 14 tensors are the teacher's (the conv extractor among them); the encoder stays fresh."""
+    source = source_checkpoint(tmp_path / "teacher.pt", n_clusters=20)
+    overrides = ["common.cpu=true", "criterion.teacher_checkpoint=unused"]
+    _, fresh = recipe_initial_model(TINY_STUDENT, overrides, 100, 20)
+    result = copy_fitting_tensors(fresh, tmp_path / "teacher.pt")
+    copied = teacher_tensors_in_tiny_student(fresh)
+    assert len(copied) == 14 and "encoder.layers.0.fc1.weight" in fresh and "post_extract_proj.weight" in fresh
+    check_copied(result, fresh, source, copied)
+
+
+def test_init_from_a_model_with_nothing_in_common_is_refused(tmp_path):
+    cfg, weights = recipe_initial_model(TINY, ["common.cpu=true"], 100, 20)
+    save_s3prl_checkpoint(tmp_path / "other.pt", cfg, {f"other.{k}": v for k, v in weights.items()}, 20)
+    with pytest.raises(ValueError, match="no tensor of .*other.pt fits the model"):
+        copy_fitting_tensors(weights, tmp_path / "other.pt")
 
 
 @pytest.mark.e2e

@@ -1,5 +1,8 @@
 """Federated knowledge distillation: criterion hubert_distillation, fedhubert distill, the student in s3prl."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -12,19 +15,21 @@ from fedhubert_plugin.criterions.hubert_distillation import (
     student_pass,
 )
 from fedhubert_plugin.export import export_initial
+from fedhubert_plugin.federation.rounds import initial_model
 from fedhubert_plugin.federation.server_app import simulate_pretraining
-from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS
+from fedhubert_plugin.federation.schedule import plan_schedule
+from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS, FederationSettings
+from fedhubert_plugin.recipes import recipe_initial_model
 from tests.helpers import (
-    REPO,
     SCHEDULE_OF_3_ROUNDS,
     TINY,
+    TINY_STUDENT,
     metric_lines,
     pretrain_settings,
     setup_fed_task,
+    teacher_tensors_in_tiny_student,
     valid_losses,
 )
-
-TINY_STUDENT = str(REPO / "recipes" / "librispeech" / "distill" / "tiny_student.yaml")
 
 
 def test_student_layers_map_evenly_onto_teacher_layers():
@@ -115,8 +120,23 @@ def test_distillation_loss_goes_down_and_the_student_is_smaller(distilled):
     assert count(student["model"]) < count(teacher_state["model"])
     assert student["cfg"]["criterion"]["_name"] == "hubert_distillation"
     assert not any(k.startswith("teacher") for k in student["model"])  # only the student travels and is saved
-    # init-from-teacher: the conv extractor is the teacher's as round 1 started
     assert student["cfg"]["model"]["encoder_embed_dim"] == 64
+
+
+@pytest.mark.e2e
+def test_init_from_teacher_starts_the_student_from_the_teachers_fitting_tensors(distilled):
+    """The run's own settings rebuild the student it started from: the tensors that fit are the teacher's."""
+    save, teacher = distilled
+    settings = FederationSettings(**json.loads((save / "server" / "settings.json").read_text()))
+    assert settings.init_from == str(teacher.resolve())
+    _, started = initial_model(settings, plan_schedule(settings))
+    _, fresh = recipe_initial_model(settings.recipe, settings.overrides, settings.label_rate, settings.n_clusters)
+    teacher_weights = {k: v.numpy() for k, v in load_checkpoint(teacher)["model"].items()}
+    from_teacher = teacher_tensors_in_tiny_student(started)
+    for name, value in started.items():
+        expected = teacher_weights[name] if name in from_teacher else fresh[name]
+        np.testing.assert_array_equal(value, expected, err_msg=name)
+        assert name not in from_teacher or not np.array_equal(value, fresh[name]), name
 
 
 @pytest.mark.e2e

@@ -20,6 +20,11 @@ def keyword_paths(toy_corpus) -> str:
     )
 
 
+# The toy test set: 30 files of s3prl's 12 classes (_unknown_ 6, _silence_ 4, each keyword 2). A spotter that
+# always gives one answer (features that carry nothing, a head that learnt nothing) scores 6/30 at best.
+BEST_CONSTANT_ANSWER = 6 / 30
+
+
 def accuracy_in(text: str) -> float:
     found = re.findall(r"test acc: ([0-9.]+)", text)
     assert found, text[-2000:]
@@ -56,7 +61,7 @@ def test_ks_train_evaluate_and_resume_on_the_federated_checkpoint(federated_run,
     capsys.readouterr()
     # torch >= 2.6 refuses s3prl's own checkpoint (argparse.Namespace) without our allow-list
     assert main(["downstream", "-m", "evaluate", "-e", str(exp / "dev-best.ckpt")]) == 0
-    assert 0.0 <= accuracy_in(capsys.readouterr().out) <= 1.0
+    assert accuracy_in(capsys.readouterr().out) > BEST_CONSTANT_ANSWER
     assert (
         main(["downstream", "-m", "train", "-e", str(exp / "states-50.ckpt"), "-o", "config.runner.total_steps=75"])
         == 0
@@ -86,7 +91,7 @@ def test_run_superb_script_on_a_fairseq_format_checkpoint(federated_run, toy_cor
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 0.0 <= accuracy_in((tmp_path / "exp" / "test.log").read_text()) <= 1.0
+    assert accuracy_in((tmp_path / "exp" / "test.log").read_text()) > BEST_CONSTANT_ANSWER
 
 
 def test_run_superb_script_names_what_a_task_needs(tmp_path):

@@ -29,6 +29,7 @@ def manifest_entries(out: Path):
     return rows
 
 
+@pytest.mark.e2e
 def test_bad_files_are_reported_not_fatal(prepared, messy_librispeech):
     _, bad = messy_librispeech
     report = json.loads((prepared / "report.json").read_text())
@@ -46,6 +47,7 @@ def test_bad_files_are_reported_not_fatal(prepared, messy_librispeech):
     assert bad["corrupted"].resolve() not in listed and bad["empty"].resolve() not in listed
 
 
+@pytest.mark.e2e
 def test_speakers_are_disjoint_and_clients_balanced_by_duration(prepared):
     partition = json.loads((prepared / "partition.json").read_text())
     speaker_sets = [set(c["speakers"]) for c in partition["clients"].values()]
@@ -56,6 +58,7 @@ def test_speakers_are_disjoint_and_clients_balanced_by_duration(prepared):
     assert max(hours) / min(hours) < 1.6
 
 
+@pytest.mark.e2e
 def test_every_usable_utterance_is_in_exactly_one_manifest(prepared):
     table = (prepared / "utterances.tsv").read_text().splitlines()[1:]
     usable = {Path(line.split("\t")[4]).resolve() for line in table}
@@ -64,6 +67,7 @@ def test_every_usable_utterance_is_in_exactly_one_manifest(prepared):
     assert set(listed) == usable
 
 
+@pytest.mark.e2e
 def test_labels_line_up_with_manifests_and_load_in_fairseq(prepared):
     for client in sorted((prepared / "clients").iterdir()):
         assert len((client / "labels" / "dict.km.txt").read_text().splitlines()) == N_CLUSTERS
@@ -83,6 +87,7 @@ def test_labels_line_up_with_manifests_and_load_in_fairseq(prepared):
         assert not (client / "features").exists()  # features are gone once labels are written
 
 
+@pytest.mark.e2e
 def test_federated_kmeans_is_deterministic_for_a_seed(prepared, messy_librispeech, tmp_path):
     root, _ = messy_librispeech
     again = prepare(
@@ -99,6 +104,7 @@ def test_federated_kmeans_is_deterministic_for_a_seed(prepared, messy_librispeec
             ).read_text()
 
 
+@pytest.mark.e2e
 def test_federated_kmeans_inertia_within_5_percent_of_centralized(prepared):
     pooled = pooled_features(sorted((prepared / "clients").iterdir()), PRESETS["hubert"])
     federated = nearest(pooled, np.load(prepared / "kmeans" / "codebook.npy"))[1].sum()
@@ -111,6 +117,7 @@ def test_federated_kmeans_inertia_within_5_percent_of_centralized(prepared):
     assert list((prepared / "kmeans" / "tb").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.e2e
 def test_local_kmeans_with_the_seed_preset(messy_librispeech, tmp_path, capsys):
     root, _ = messy_librispeech
     out = tmp_path / "local"
@@ -131,6 +138,7 @@ def test_local_kmeans_with_the_seed_preset(messy_librispeech, tmp_path, capsys):
             assert max(labels) < len(codebook)
 
 
+@pytest.mark.e2e
 def test_an_interrupted_run_leaves_no_stale_labels_and_a_rerun_completes(messy_librispeech, tmp_path, monkeypatch):
     import fedhubert_plugin.prepare as prepare_module
 
@@ -205,6 +213,7 @@ def test_audio_that_does_not_decode_is_dropped_where_features_are_made(toy_corpu
     assert [int(x) for x in lines[0].split()] == nearest(fresh[: features.lengths[0]], codebook)[0].tolist()
 
 
+@pytest.mark.e2e
 def test_a_killed_prepare_resumes_without_redoing_finished_clients(messy_librispeech, tmp_path, monkeypatch):
     """Killed while labelling the second client: the rerun makes only the features that were missing."""
     import fedhubert_plugin.prepare as prepare_module

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -19,6 +19,7 @@ from fedhubert_plugin.federation.client_app import client_app
 from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
 from fedhubert_plugin.federation.rounds import secure_train_round, train_round
 from fedhubert_plugin.federation.screening import ScreenedStrategy
+from fedhubert_plugin.federation.strategies import build_strategy
 from fedhubert_plugin.federation.wire import ClientConfig, config_record, record_of
 from fedhubert_plugin.recipes import recipe_initial_model
 from tests.helpers import TINY, fairseq_env, metric_lines, pretrain_settings, valid_losses
@@ -58,10 +59,55 @@ def test_a_client_sends_only_weights_of_the_model_and_scalar_metrics(prepared, t
         assert any(not np.array_equal(arrays[k].numpy(), v) for k, v in initial.items())  # it did train
 
 
+def test_the_dp_server_adds_gaussian_noise_of_z_times_c_over_the_sampled_clients(in_a_run):
+    """The same replies aggregated with noise and without (same seed) differ by the noise alone: about
+    std * sqrt(parameters), std = z * C / 4 sampled clients per coordinate."""
+
+    class FourNodes:  # stands in for Flower's Grid
+        def get_node_ids(self):
+            return [1, 2, 3, 4]
+
+    rng = np.random.default_rng(0)
+    reference = {"w": rng.standard_normal(20000).astype(np.float32), "b": np.ones(10, np.float32)}
+    # client-clipped updates: norm about 0.04, under C = 0.1
+    local = [
+        {k: v + 3e-4 * rng.standard_normal(v.shape).astype(np.float32) for k, v in reference.items()} for _ in range(4)
+    ]
+
+    def aggregate(noise_multiplier: float) -> dict:
+        settings = pretrain_settings(
+            "unused", "unused", 1, strategy="fedavg", dp_clipping_norm=0.1, dp_noise_multiplier=noise_multiplier
+        )
+        strategy = build_strategy(settings)
+        messages = list(strategy.configure_train(1, record_of(reference), ConfigRecord({}), FourNodes()))
+        replies = []
+        for i, (message, weights) in enumerate(zip(messages, local)):
+            content = RecordDict(
+                {
+                    "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
+                    "metrics": MetricRecord({"num-examples": 10 + i, "updates": 3}),
+                    "client": ConfigRecord({"name": f"client_00{i}"}),
+                }
+            )
+            replies.append(Message(content, reply_to=message))
+        np.random.seed(0)  # Flower draws the noise from numpy's global generator
+        aggregated, _ = strategy.aggregate_train(1, replies)
+        return {k: aggregated[k].numpy() for k in reference}
+
+    clean, noisy = aggregate(0.0), aggregate(2.0)
+    for k in reference:  # without noise: the plain average (DP weighs every client the same)
+        np.testing.assert_allclose(clean[k], np.mean([w[k] for w in local], axis=0), rtol=0, atol=1e-6)
+    std = 2.0 * 0.1 / 4
+    parameters = sum(v.size for v in reference.values())
+    distance = float(np.sqrt(sum(np.square(noisy[k] - clean[k], dtype=np.float64).sum() for k in reference)))
+    assert 0.9 * std * np.sqrt(parameters) < distance < 1.1 * std * np.sqrt(parameters)
+
+
 @pytest.mark.e2e
 def test_dp_run_killed_mid_round_resumes_with_its_privacy_spent_and_converges(prepared, tmp_path):
     """The server (a `fedhubert pretrain` process) is killed in round 2 and resumed: no round lost or repeated,
-    no half-written file, the accountant continues; clients clip (Flower's fixedclipping_mod), the server adds noise."""
+    no half-written file, the accountant continues; clients clip (Flower's fixedclipping_mod), the server adds
+    noise (its size: test_the_dp_server_adds_gaussian_noise_of_z_times_c_over_the_sampled_clients)."""
     save = tmp_path / "save"
     clip = 0.05  # below the tiny recipe's update norms (0.03 to 0.15 in rounds 1-2): every update is clipped
     cmd = [
@@ -136,7 +182,13 @@ def test_secure_aggregation_gives_the_plain_average_update_and_trains(prepared, 
     secure, plain, second = results["secure"], results["plain"], results["second"]
     assert sorted(secure.clients) == sorted(plain.clients) == [f"client_00{i}" for i in range(4)]
     update = max(float(np.abs(plain.weights[k] - initial[k]).max()) for k in initial)
-    gap = max(float(np.abs(secure.weights[k] - plain.weights[k]).max()) for k in initial)
-    step = 2 * settings.secagg_clipping_range / 2**22  # SecAgg+'s quantisation step
-    assert gap < 8 * step < update / 10
+    step = 2 * settings.secagg_clipping_range / 2**22  # SecAgg+'s quantisation step, 4.8e-7
+    assert 100 * step < update
+    # A client adds the clipping range to its float32 update in float32 (a grid of 1/4 step, 1/8 below 0: 1/16
+    # step off at most) and rounds stochastically to a step on that grid (7/8 step off at most): within 15/16
+    # step, and so is the average. Each model then rounds to float32: half a unit in the last place each.
+    for k in initial:
+        gap = np.abs(secure.weights[k] - plain.weights[k])
+        ulp = np.spacing(np.maximum(np.abs(secure.weights[k]), np.abs(plain.weights[k])))
+        assert (gap <= 15 / 16 * step + ulp).all(), f"{k}: {gap.max() / step:.2f} steps apart"
     assert second.metrics["loss"] < secure.metrics["loss"]

@@ -145,8 +145,10 @@ commands = ["toy-data", "prepare", "pretrain", "distill", "label-quality", "prob
 for command in [[]] + [[name] for name in commands]:
     try:
         build_parser().parse_args(command + ["--help"])
-    except SystemExit:
-        pass
+    except SystemExit as done:
+        assert done.code == 0, f"fedhubert {' '.join(command + ['--help'])} exited with {done.code}"
+    else:
+        raise AssertionError(f"fedhubert {' '.join(command + ['--help'])} printed no help")
 added = {m.split(".")[0] for m in sys.modules} - floor - set(sys.stdlib_module_names)
 print("ADDED", sorted(added))
 """

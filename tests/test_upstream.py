@@ -33,6 +33,7 @@ def assert_same_states(ours, theirs):
         assert torch.equal(mine, stock)
 
 
+@pytest.mark.e2e
 def test_fairseq_checkpoint_loads_directly_with_s3prl_hidden_states(trained_run, wavs, tmp_path):
     fairseq_ckpt = trained_run["checkpoint"]  # fairseq-hydra-train's checkpoint_last.pt
     converted = export_s3prl(fairseq_ckpt, tmp_path / "converted.pt")
