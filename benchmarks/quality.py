@@ -11,7 +11,8 @@ held-out speakers), every run makes the same number of fairseq updates in all, o
 
 Each model is scored on the held-out speakers: masked accuracy (fairseq's validation, on labels
 from the codebook it trained on; local k-means has none shared), the best layer's linear phone
-accuracy and k-means PNMI (``fedhubert probe``), and s3prl keyword spotting. Then iteration 2:
+accuracy and k-means PNMI (``fedhubert probe``), the same for the best transformer layer (layer
+1 and up; layer 0 is the conv front end), and s3prl keyword spotting. Then iteration 2:
 PNMI of k-means targets made from the trained models' features, federated and centralized
 k-means, against the MFCC targets they replace. ``--sweep`` instead tries server learning rates,
 tau and local updates for FedAdam at one seed. Results: ``results/quality.{json,md}`` (or
@@ -65,6 +66,7 @@ RUNS = {
 SWEEP = {"eta": [0.001, 0.003, 0.01, 0.03], "tau": [1e-6, 1e-3], "local_updates": [10, 20]}
 KS_CONFIG = RECIPES.parents[1] / "superb" / "ks_tiny.yaml"
 PROBE_FRAMES = 20_000
+LAYER_KEYS = ("best_layer", "transformer_layer")  # scores that are layer numbers, not measures
 
 
 def union_shard(data: Path, out: Path) -> Path:
@@ -136,6 +138,11 @@ def score(models: Dict[str, Path], heldout: Dict[str, Path], toy: Path, work: Pa
     for result in probed:
         scores[result.name] = {"phone_accuracy": result.best.phone_accuracy, "best_layer": result.best.layer}
         scores[result.name]["pnmi"] = result.best_pnmi
+        transformer = result.best_transformer
+        if transformer is not None:  # MFCC has no transformer layer
+            scores[result.name]["transformer_phone_accuracy"] = transformer.phone_accuracy
+            scores[result.name]["transformer_layer"] = transformer.layer
+            scores[result.name]["transformer_pnmi"] = result.best_transformer_pnmi
         if result.name in models:
             ks = keyword_spotting(
                 models[result.name],
@@ -176,13 +183,14 @@ def spread(values: Sequence[float]) -> Dict[str, float]:
 
 
 def summarize(per_seed: Dict[int, Dict[str, Dict]]) -> Dict[str, Dict[str, Dict]]:
-    """For every model and measure: its spread over the seeds."""
+    """For every model and measure that every seed has (scores from before a measure existed lack it): its spread
+    over the seeds."""
     models = next(iter(per_seed.values()))
     return {
         model: {
             measure: spread([per_seed[seed][model][measure] for seed in per_seed])
             for measure in models[model]
-            if measure != "best_layer"
+            if measure not in LAYER_KEYS and all(measure in per_seed[seed][model] for seed in per_seed)
         }
         for model in models
     }
@@ -200,7 +208,9 @@ def targets(per_seed: Dict[int, Dict[str, Dict]], summary: Dict) -> List[str]:
             f"- {name} beats random init on the phone probe by ≥ 0.05 on every seed pair: "
             f"worst seed {worst:.3f} − best random seed {random_max:.3f} = {gain:+.3f}, {verdict}"
         )
-    for measure in ("masked_accuracy", "phone_accuracy"):
+    for measure in ("masked_accuracy", "phone_accuracy", "transformer_phone_accuracy"):
+        if measure not in summary["fedadam"]:  # scores from before the transformer layer was scored
+            continue
         ratio = summary["fedadam"][measure]["mean"] / summary["centralized"][measure]["mean"]
         ratios = [scores["fedadam"][measure] / scores["centralized"][measure] for scores in per_seed.values()]
         verdict = "met" if ratio >= 0.95 else "**missed**"
@@ -218,16 +228,27 @@ def cell(measure: Dict[str, Dict], key: str) -> str:
     return f"{measure[key]['mean']:.3f} ± {measure[key]['sd']:.3f}"
 
 
-def table(summary: Dict, walls: Dict[str, List[float]]) -> List[str]:
-    """Markdown: one row per model, mean ± sd over the seeds."""
+def best_layers(per_seed: Dict[int, Dict[str, Dict]], model: str) -> str:
+    """Each seed's best layer, then its best transformer layer where scored: ``0 / 2, 0 / 1``."""
+    cells = []
+    for scores in per_seed.values():
+        found = scores[model]
+        cells.append(" / ".join(str(found[key]) for key in LAYER_KEYS if key in found))
+    return ", ".join(cells)
+
+
+def table(summary: Dict, walls: Dict[str, List[float]], per_seed: Dict[int, Dict[str, Dict]]) -> List[str]:
+    """Markdown: one row per model, mean ± sd over the seeds; the best layers of each seed."""
+    keys = ("masked_accuracy", "phone_accuracy", "pnmi", "transformer_phone_accuracy", "transformer_pnmi")
     lines = [
-        "| model | masked accuracy, held-out speakers | phone accuracy, best layer | PNMI, best layer | KS accuracy | "
-        "train wall s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | masked accuracy, held-out speakers | phone accuracy, best layer | PNMI, best layer | "
+        "phone accuracy, best transformer layer | PNMI, best transformer layer | best layer / best transformer "
+        "layer, per seed | KS accuracy | train wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model, measure in summary.items():
         wall = f"{statistics.fmean(walls[model]):.0f}" if model in walls else "—"
-        cells = [cell(measure, key) for key in ("masked_accuracy", "phone_accuracy", "pnmi", "ks_accuracy")]
+        cells = [cell(measure, key) for key in keys] + [best_layers(per_seed, model), cell(measure, "ks_accuracy")]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {wall} |")
     return lines
 
@@ -270,7 +291,7 @@ def benchmark(args: argparse.Namespace, toy: Path, data: Dict[str, Path]) -> Dic
         "walls": walls,
         "targets": targets(per_seed, summary),
         "iteration2_pnmi": iteration2(toy, args.work, first, data["speaker"], args),
-        "table": table(summary, walls),
+        "table": table(summary, walls, per_seed),
     }
 
 
@@ -302,14 +323,18 @@ def sweep(args: argparse.Namespace, data: Dict[str, Path], toy: Path) -> Dict:
     for row in rows:
         row["phone_accuracy"] = probed[row["name"]].best.phone_accuracy
         row["pnmi"] = probed[row["name"]].best_pnmi
+        transformer = probed[row["name"]].best_transformer
+        row["transformer_phone_accuracy"], row["transformer_layer"] = transformer.phone_accuracy, transformer.layer
     lines = [
-        "| server lr (eta) | tau | local updates × rounds | phone accuracy, best layer | PNMI | masked accuracy |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| server lr (eta) | tau | local updates × rounds | phone accuracy, best layer | PNMI | "
+        "phone accuracy, best transformer layer (layer) | masked accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sorted(rows, key=lambda r: -r["phone_accuracy"]):
         lines.append(
             f"| {r['eta']:g} | {r['tau']:g} | {r['local_updates']} × {r['rounds']} | {r['phone_accuracy']:.3f} | "
-            f"{r['pnmi']:.3f} | {r['masked_accuracy']:.4f} |"
+            f"{r['pnmi']:.3f} | {r['transformer_phone_accuracy']:.3f} ({r['transformer_layer']}) | "
+            f"{r['masked_accuracy']:.4f} |"
         )
     return {"rows": rows, "table": lines}
 

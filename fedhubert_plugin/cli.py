@@ -305,7 +305,9 @@ def add_probe_parser(subparsers: argparse._SubParsersAction) -> None:
         help="what each layer of a checkpoint knows about phones: linear phone accuracy and k-means PNMI",
         description="For every layer of each checkpoint (s3prl's hidden_states of hubert_local) and for MFCC: a "
         "frame-level linear phone classifier fitted on --train-subset's speakers and scored on --test-subset's, "
-        "and PNMI of k-means (100 clusters) on the same frames. Writes OUT/probe.{json,md,png}.",
+        "and PNMI of k-means (100 clusters) on the same frames. Prints and writes each model's best layer and its "
+        "best transformer layer (layer 0 is the encoder's input, the conv front end; 1 and up come after transformer "
+        "layers). Writes OUT/probe.{json,md,png}.",
     )
     p.add_argument(
         "--checkpoint",

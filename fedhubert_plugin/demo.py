@@ -231,6 +231,8 @@ def pretraining_verdict(probed: List[ProbeResult], downstream: Dict[str, Dict]) 
     teacher, random_init = (next(result for result in probed if result.name == name) for name in (TEACHER, RANDOM_INIT))
     gains = {
         "phone accuracy": teacher.best.phone_accuracy - random_init.best.phone_accuracy,
+        "transformer layers' phone accuracy": teacher.best_transformer.phone_accuracy
+        - random_init.best_transformer.phone_accuracy,
         "PNMI": teacher.best_pnmi - random_init.best_pnmi,
         "KS accuracy": downstream[teacher.name]["test_acc"] - downstream[random_init.name]["test_acc"],
     }
@@ -274,7 +276,8 @@ def make_report(
         "run `fedhubert probe` with your alignments (docs/quality.md)."
         if probed is None
         else f"{probe_table(probed)}\n\n![probe](probe/probe.png)\n\nA linear phone classifier and k-means "
-        f"(PNMI) on each layer, fitted on the train speakers and scored on held-out speakers; the best layer "
-        f"of each model. {pretraining_verdict(probed, results)}",
+        f"(PNMI) on each layer, fitted on the train speakers and scored on held-out speakers; each model's best "
+        f"layer, and its best transformer layer (layer 0 is the encoder's input, the conv front end's features; "
+        f"layers 1 and up come after transformer layers). {pretraining_verdict(probed, results)}",
     }
     return write_report(cfg.out, sections, seconds)

@@ -10,6 +10,11 @@ encoder layer, then the encoder's output) and for the MFCC baseline (39-dim, 100
 
 ``random_init`` also probes each checkpoint's architecture with freshly initialised weights:
 what pretraining bought is the difference.
+
+Layer 0 is the encoder's input: the conv front end's features, projected, plus the convolutional
+positional embedding; layer n ≥ 1 has been through n transformer layers. Each model's best layer
+is reported beside its best transformer layer (n ≥ 1), since a best layer 0 says little about
+what the transformer learned.
 """
 
 import logging
@@ -35,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 CLUSTERS = 100
 TRAIN_FRAMES = 100_000  # frames the probes are fitted on at most (a random, seeded subset of the train subset)
+FIRST_TRANSFORMER_LAYER = 1  # hidden_states[0] is the encoder's input (conv front end); n ≥ 1: after n layers
 
 
 @dataclass
@@ -47,7 +53,7 @@ class Split:
 
 @dataclass
 class LayerScore:
-    layer: int  # 0: the encoder's input (after the conv extractor); MFCC: 0
+    layer: int  # 0: the encoder's input (after the conv extractor); n ≥ 1: after n transformer layers; MFCC: 0
     phone_accuracy: float
     pnmi: float
 
@@ -61,12 +67,28 @@ class ProbeResult:
 
     @property
     def best(self) -> LayerScore:
+        """The layer of highest phone accuracy."""
         return max(self.layers, key=lambda score: score.phone_accuracy)
 
     @property
     def best_pnmi(self) -> float:
         """The highest PNMI of any layer."""
         return max(score.pnmi for score in self.layers)
+
+    @property
+    def transformer_layers(self) -> List[LayerScore]:
+        """The layers after at least one transformer layer; none for MFCC."""
+        return [score for score in self.layers if score.layer >= FIRST_TRANSFORMER_LAYER]
+
+    @property
+    def best_transformer(self) -> Optional[LayerScore]:
+        """The transformer layer of highest phone accuracy; None without transformer layers."""
+        return max(self.transformer_layers, key=lambda score: score.phone_accuracy, default=None)
+
+    @property
+    def best_transformer_pnmi(self) -> Optional[float]:
+        """The highest PNMI of any transformer layer; None without transformer layers."""
+        return max((score.pnmi for score in self.transformer_layers), default=None)
 
 
 def read_split(librispeech_root: Path, subset: str, alignments: Path, rate: str) -> Split:
@@ -130,7 +152,10 @@ def score_layers(
         layer_train = subsample(frames_and_phones([u[layer] for u in train], train_split.phones), train_frames, seed)
         layer_test = frames_and_phones([u[layer] for u in test], test_split.phones)
         result.layers.append(score_layer(layer, layer_train, layer_test, seed))
-    logger.info("probe %s: best layer %d, phone accuracy %.3f", name, result.best.layer, result.best.phone_accuracy)
+    best, transformer = result.best, result.best_transformer
+    logger.info("probe %s: best layer %d, phone accuracy %.3f", name, best.layer, best.phone_accuracy)
+    if transformer is not None:
+        logger.info("probe %s: best transformer layer %d, %.3f", name, transformer.layer, transformer.phone_accuracy)
     return result
 
 
@@ -203,19 +228,37 @@ def probe(
 
 
 def probe_table(results: Sequence[ProbeResult]) -> str:
-    """Markdown: each model's best layer (by phone accuracy), its accuracy and that layer's PNMI."""
-    rows = ["| features | best layer | phone accuracy | PNMI (k-means, 100 clusters) |", "| --- | --- | --- | --- |"]
+    """Markdown: each model's best layer and best transformer layer (by phone accuracy), with their accuracy and
+    PNMI; dashes where there is no transformer layer (MFCC)."""
+    rows = [
+        "| features | best layer | phone accuracy | PNMI (k-means, 100 clusters) | best transformer layer | "
+        "phone accuracy | PNMI |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for result in results:
-        best = result.best
-        rows.append(f"| {result.name} | {best.layer} | {best.phone_accuracy:.3f} | {best.pnmi:.3f} |")
+        rows.append(f"| {result.name} | {score_cells(result.best)} | {score_cells(result.best_transformer)} |")
     return "\n".join(rows)
 
 
+def score_cells(score: Optional[LayerScore]) -> str:
+    """``layer | phone accuracy | PNMI`` of one layer's score; dashes for none."""
+    return "— | — | —" if score is None else f"{score.layer} | {score.phone_accuracy:.3f} | {score.pnmi:.3f}"
+
+
 def write_probe(results: Sequence[ProbeResult], out: Path) -> Dict[str, Path]:
-    """``out/probe.json`` (every layer), ``probe.md`` (best layers) and ``probe.png`` (accuracy and PNMI by layer)."""
+    """``out/probe.json`` (every layer; the best layer and best transformer layer, null for MFCC), ``probe.md``
+    (those two) and ``probe.png`` (accuracy and PNMI by layer)."""
     from fedhubert_plugin.report import plot_probe
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "probe.json", [asdict(result) for result in results])
+    rows = []
+    for result in results:
+        transformer = result.best_transformer
+        best = {
+            "best_layer": result.best.layer,
+            "best_transformer_layer": None if transformer is None else transformer.layer,
+        }
+        rows.append({**asdict(result), **best})
+    atomic_write_json(out / "probe.json", rows)
     atomic_write_text(out / "probe.md", probe_table(results) + "\n")
     return {"json": out / "probe.json", "md": out / "probe.md", "png": plot_probe(results, out / "probe.png")}

@@ -111,7 +111,7 @@ def plot_probe(results, out: Path) -> Path:
             else:
                 ax.plot(range(len(values)), values, "-o", label=result.name)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("layer (0: encoder input)")
+        ax.set_xlabel("layer (0: conv front end; n ≥ 1: after n transformer layers)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
     fig.suptitle("what the layers know about phones (held-out speakers)")

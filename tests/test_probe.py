@@ -34,7 +34,8 @@ def test_probe_scores_every_layer_against_mfcc_and_a_random_init_twin(toy_corpus
         str(tmp_path / "probe"),
     ]
     assert main(args) == 0
-    results = {r["name"]: r["layers"] for r in json.loads((tmp_path / "probe" / "probe.json").read_text())}
+    written = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    results = {r["name"]: r["layers"] for r in written}
     assert list(results) == ["MFCC", "tiny", "tiny (random init)"]
     assert len(results["MFCC"]) == 1 and len(results["tiny"]) == 3  # the encoder's input and its 2 layers
     phones = {
@@ -47,7 +48,22 @@ def test_probe_scores_every_layer_against_mfcc_and_a_random_init_twin(toy_corpus
     for scores in results.values():
         assert all(0 <= s["phone_accuracy"] <= 1 and 0 <= s["pnmi"] <= 1 for s in scores)
     assert (tmp_path / "probe" / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| MFCC | 0 |" in capsys.readouterr().out
+    # the best layer, and the best transformer layer: the most accurate of those after at least one transformer
+    # layer (s3prl's hidden_states[0] is the encoder's input, the conv front end); MFCC has none
+    table, printed = (tmp_path / "probe" / "probe.md").read_text(), capsys.readouterr().out
+    assert table in printed and "| MFCC | 0 |" in table and table.count("| — | — | — |") == 1
+    for result in written:
+        best = max(result["layers"], key=lambda s: s["phone_accuracy"])
+        assert result["best_layer"] == best["layer"]
+        transformer = [s for s in result["layers"] if s["layer"] >= 1]
+        if not transformer:
+            assert result["name"] == "MFCC" and result["best_transformer_layer"] is None
+            continue
+        top = max(transformer, key=lambda s: s["phone_accuracy"])
+        assert result["best_transformer_layer"] == top["layer"] >= 1
+        assert top["phone_accuracy"] <= best["phone_accuracy"]
+        row = f"| {top['layer']} | {top['phone_accuracy']:.3f} | {top['pnmi']:.3f} |"
+        assert any(line.startswith(f"| {result['name']} |") and line.endswith(row) for line in table.splitlines())
 
 
 def test_the_probe_fits_on_a_seeded_subset_of_frames_with_their_own_phones():
