@@ -77,11 +77,12 @@ def main() -> None:
                         "frames": frames,
                         "seconds": seconds,
                         "seconds_per_audio_hour": seconds / audio * 3600,
-                        "disk_mb_per_audio_hour": extractor.dim * 4 * extractor.label_rate * 3600 / 1e6,
+                        # the bytes prepare's feature cache (features/*.f32) takes for the frames made here
+                        "disk_mb_per_audio_hour": frames * extractor.dim * 4 / audio * 3600 / 1e6,
                     }
                 )
     table = [
-        "| model (layer) | device | s per hour of audio | real-time factor | disk per hour of audio |",
+        "| model (layer) | device | s per hour of audio | real-time factor | float32 features per hour of audio |",
         "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:

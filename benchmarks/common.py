@@ -2,13 +2,14 @@
 
 import datetime
 import json
+import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -21,26 +22,51 @@ RECIPES = REPO / "recipes" / "librispeech" / "pretrain"
 RESULTS = Path(__file__).parent / "results"
 
 
+def git_commit() -> str:
+    """The commit this run's code is at (short hash), ``+changes`` when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    if head.returncode:
+        return "unknown (not a git checkout)"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO
+    )
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def memory_of_this_machine_gib() -> float:
+    """This machine's physical memory in GiB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
 def machine_meta() -> Dict:
-    """Date, machine, CPU threads, GPU and torch version of this run."""
+    """Where this run comes from: date, machine, CPU threads, GPU, torch, the commit and the command."""
     return {
         "date": datetime.date.today().isoformat(),
         "machine": platform.platform(),
         "threads": torch.get_num_threads(),
+        "memory_gib": round(memory_of_this_machine_gib(), 1),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
+        "commit": git_commit(),
+        "command": " ".join(["python", str(Path(sys.argv[0]).resolve().relative_to(REPO)), *sys.argv[1:]]),
     }
 
 
-def write_results(name: str, rows: List[Dict], table: List[str], note: str) -> str:
-    """``results/<name>.json`` (meta and rows) and ``results/<name>.md`` (table, then the machine and ``note``)."""
-    meta = machine_meta()
+def provenance(meta: Dict) -> str:
+    """The line that opens every results file and section: when, where, from which commit and command."""
+    return (
+        f"_Run {meta['date']} on {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}, torch "
+        f"{meta['torch']}; commit {meta['commit']}; `{meta['command']}`._"
+    )
+
+
+def write_results(name: str, rows: List[Dict], table: List[str], note: str, meta: Optional[Dict] = None) -> str:
+    """``results/<name>.json`` (meta and rows) and ``results/<name>.md`` (where it comes from, the table, then
+    ``note``); ``meta``: this run's (``machine_meta``) unless given, e.g. to render stored rows again."""
+    meta = meta or machine_meta()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    text = "\n".join(table) + (
-        f"\n\n{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}, "
-        f"torch {meta['torch']}; {note}\n"
-    )
+    text = "\n".join([provenance(meta), "", *table, "", note]) + "\n"
     (RESULTS / f"{name}.md").write_text(text)
     return text
 

@@ -34,7 +34,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import soundfile as sf
-from common import RECIPES, RESULTS, fairseq_train, federated, machine_meta, prepare
+from common import RECIPES, RESULTS, fairseq_train, federated, machine_meta, prepare, provenance
 
 from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint
 from fedhubert_plugin.data.manifest import write_manifest
@@ -343,13 +343,13 @@ def sweep_markdown(result: Dict, args: argparse.Namespace) -> str:
     """results/quality_sweep.md: the runs, best first by the phone probe."""
     meta, total = result["meta"], args.rounds * args.local_updates * args.clients
     lines = [
+        provenance(meta),
+        "",
         f"FedAdam, speaker non-IID, {args.clients} clients, {total} fairseq updates per run, seed {args.seeds[0]}; "
         f"corpus of {args.speakers} train speakers, {args.minutes:g} min; tiny recipe "
         f"{' '.join(args.recipe_overrides) or 'as it is'}. Probe and masked accuracy on 4 held-out speakers.",
         "",
         *result["table"],
-        "",
-        f"{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}, torch {meta['torch']}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -359,6 +359,8 @@ def markdown(result: Dict, args: argparse.Namespace) -> str:
     meta = result["meta"]
     total = args.rounds * args.local_updates * args.clients
     lines = [
+        provenance(meta),
+        "",
         f"Corpus: {args.speakers} train speakers, {args.minutes:g} min, 4 held-out speakers; {args.clients} clients; "
         f"{total} fairseq updates per run ({args.rounds} rounds × {args.local_updates} local updates × "
         f"{args.clients} clients); tiny recipe, {' '.join(args.recipe_overrides) or 'as it is'}; "
@@ -373,8 +375,6 @@ def markdown(result: Dict, args: argparse.Namespace) -> str:
         "| targets | PNMI |",
         "| --- | --- |",
         *[f"| {name} | {value:.3f} |" for name, value in result["iteration2_pnmi"].items()],
-        "",
-        f"{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}, torch {meta['torch']}.",
     ]
     return "\n".join(lines) + "\n"
 

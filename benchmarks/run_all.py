@@ -1,64 +1,70 @@
-"""Every benchmark on this machine, in one command: benchmarks/results.md and benchmarks/results.json.
+"""Every benchmark on this machine, in one command: each writes ``benchmarks/results/<name>.{json,md}``, and
+``benchmarks/results.md`` gathers them.
 
-Each figure is a ratio of two things measured side by side in this run, on the toy corpus:
+Each figure is a ratio of two things measured side by side in one run, on the toy corpus, and
+every results file opens with where it comes from: date, machine, commit and command
+(``common.provenance``). ``--sections`` reruns some; the others keep their own files, dates and
+commits, so a reader sees which figures are older.
 
 1. overhead: K local updates of the tiny recipe under plain `fairseq-hydra-train` against one
    federated round with one client (`fedhubert pretrain`, the same shard), with the server's
-   and the client's breakdown, and rounds 2+ against round 1;
+   and the client's breakdown, and rounds 2+ against round 1; 5. memory: peak RSS of that
+   client against plain fairseq;
 2. communication: bytes per client per round against 4 x parameters, and float16 transport
    against float32 (bytes, and validation loss after the same rounds);
-3. data preparation against fairseq's simple_kmeans scripts at 0.5, 2 and 8 h of audio: time, peak
-   memory, inertia (benchmarks/prepare_vs_fairseq.py);
-4. quality (benchmarks/quality.py): centralized `fairseq-hydra-train` against federated runs
-   (speaker non-IID FedAdam and FedAvg, IID, local k-means) and random init, at equal total
-   updates on a corpus large enough to learn from, 3 seeds: masked accuracy on held-out
-   speakers, phone probe, KS; and iteration 2's target quality;
-5. memory: peak RSS of a federated client against plain fairseq on the same recipe;
-6. GPU: 1 and 5 with the Base recipe in fp16 (GPU memory and samples per second too), and a round of two
-   clients sharing the GPU, when there is an NVIDIA GPU (`--sections gpu` runs just that);
-7., 8. and 9.: benchmarks/distill_student.py (teacher against student),
-   benchmarks/checkpoint_features.py (iteration-2 feature extraction) and benchmarks/deployment.py
-   (a round on loopback SuperLink and SuperNodes against the same round in simulation);
-10. benchmarks/server_memory.py: the server's peak RSS and round time against clients per round,
-   with HuBERT Base's tensors (stand-in clients that do not train), streaming against the list of replies;
-11. benchmarks/activation_memory.py: Base's training memory against max_tokens, with and without
-   fairseq's activation checkpointing (CPU, fp32).
+3. data preparation against fairseq's simple_kmeans scripts at 0.5, 2 and 8 h of audio
+   (benchmarks/prepare_vs_fairseq.py);
+4. quality (benchmarks/quality.py): centralized against federated runs and random init, 3 seeds;
+6. GPU: 1 and 5 with the Base recipe in fp16, and a round of two clients sharing the GPU, when
+   there is an NVIDIA GPU (`--sections gpu`);
+7.-13. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
+   activation_memory.py, faults_privacy.py and demo.py, each a script of its own.
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
 """
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import Dict, List
 
-import fairseq
-import flwr
-import s3prl
 import torch
-from common import REPO, RESULTS, fairseq_train, federated, machine_meta, prepare, run
+from common import REPO, RESULTS, fairseq_train, federated, prepare, run, write_results
 
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.runlog import validations
 from fedhubert_plugin.toy_data import write_toy_data
 
-# sections that are a script of their own, writing results/<name>.json and .md
-OWN_SCRIPTS = ("quality", "distill_student", "checkpoint_features", "deployment", "server_memory", "activation_memory")
-RESULTS_JSON, RESULTS_MD = REPO / "benchmarks" / "results.json", REPO / "benchmarks" / "results.md"
-SECTIONS = [
-    "overhead",
-    "communication",
-    "quality",
-    "prepare",
-    "distill_student",
-    "checkpoint_features",
-    "deployment",
-    "server_memory",
-    "activation_memory",
-    "gpu",
-]
+RESULTS_MD = REPO / "benchmarks" / "results.md"
+# every section: its results file's name and its title in results.md, in order
+SECTIONS = {
+    "overhead": "1. Federation overhead (target ≤ 1.10) and 5. memory (target ≤ 1.10)",
+    "communication": "2. Communication",
+    "prepare_vs_fairseq": "3. Data preparation against fairseq simple_kmeans, 0.5 to 8 h",
+    "quality": "4. Quality: federated against centralized, over seeds",
+    "quality_sweep": "4b. FedAdam's server lr, tau and local updates (quality.py --sweep)",
+    "gpu": "6. GPU (Base recipe, fp16)",
+    "distill_student": "7. Teacher against distilled student",
+    "checkpoint_features": "8. Iteration-2 feature extraction",
+    "deployment": "9. Deployment rounds against simulation rounds",
+    "server_memory": "10. Server memory against clients per round, Base's tensors",
+    "activation_memory": "11. Base's training memory against max_tokens, activation checkpointing",
+    "faults_privacy": "12. Robust aggregation, differential privacy, secure aggregation",
+    "demo": "13. The demo (`fedhubert demo`)",
+}
+# sections that are a script of their own (benchmarks/<name>.py), with the arguments run_all gives it
+OWN_SCRIPTS = {
+    "prepare_vs_fairseq": ["--hours", "0.5", "2", "8"],
+    "quality": [],
+    "quality_sweep": [],
+    "distill_student": [],
+    "checkpoint_features": [],
+    "deployment": [],
+    "server_memory": [],
+    "activation_memory": [],
+    "faults_privacy": [],
+    "demo": [],
+}
 
 
 def overhead_and_memory(work: Path, toy: Path, updates: int, recipe: str = "tiny", overrides: List[str] = ()) -> Dict:
@@ -186,115 +192,91 @@ def communication(work: Path, toy: Path, rounds: int, updates: int) -> Dict:
     }
 
 
-def prepare_vs_fairseq(work: Path) -> Dict:
-    """3: benchmarks/prepare_vs_fairseq.py at 0.5, 2 and 8 hours of audio."""
-    run(
-        [sys.executable, str(REPO / "benchmarks" / "prepare_vs_fairseq.py"), "--hours", "0.5", "2", "8"],
-        work / "prepare_vs_fairseq.log",
-    )
-    return json.loads((RESULTS / "prepare_vs_fairseq.json").read_text())
-
-
 def row(*cells: str) -> str:
     """A markdown table row."""
     return "| " + " | ".join(cells) + " |"
 
 
-def markdown(results: Dict) -> str:
-    """results.md: one table per benchmark, ratios first."""
-    meta, lines = results["meta"], ["# fedhubert benchmarks", ""]
-    lines.append(
-        f"{meta['date']}, {meta['machine']}, {meta['threads']} CPU threads, GPU: {meta['gpu']}; torch {meta['torch']}, "
-        f"fairseq {meta['fairseq']}, flwr {meta['flwr']}, s3prl {meta['s3prl']}. "
-        "Toy corpus, tiny recipe unless named.\n"
-    )
-    o = results.get("overhead")
-    if o:
-        lines += [
-            "## 1. Federation overhead (target ≤ 1.10) and 5. memory (target ≤ 1.10)",
+def overhead_table(o: Dict) -> List[str]:
+    """Sections 1 and 5: plain fairseq against one federated round, and the round's breakdown."""
+    lines = [
+        "| measure | plain fairseq-hydra-train | one federated round, one client | ratio |",
+        "| --- | --- | --- | --- |",
+        row(
+            f"wall, {o['updates']} updates (process start to end)",
+            f"{o['plain_fairseq_seconds']:.1f} s",
+            f"{o['federated_one_round_seconds']:.1f} s",
+            f"{o['overhead_ratio']:.2f}",
+        ),
+        row(
+            "peak RSS of the training process",
+            f"{o['plain_fairseq_peak_rss_mb']:.0f} MB",
+            f"{o['client_peak_rss_mb']:.0f} MB",
+            f"{o['memory_ratio']:.2f}",
+        ),
+        row(
+            "rounds 2+ against round 1 (3-round run)",
             "",
-            "| measure | plain fairseq-hydra-train | one federated round, one client | ratio |",
-            "| --- | --- | --- | --- |",
-            row(
-                f"wall, {o['updates']} updates (process start to end)",
-                f"{o['plain_fairseq_seconds']:.1f} s",
-                f"{o['federated_one_round_seconds']:.1f} s",
-                f"{o['overhead_ratio']:.2f}",
-            ),
-            row(
-                "peak RSS of the training process",
-                f"{o['plain_fairseq_peak_rss_mb']:.0f} MB",
-                f"{o['client_peak_rss_mb']:.0f} MB",
-                f"{o['memory_ratio']:.2f}",
-            ),
-            row(
-                "rounds 2+ against round 1 (3-round run)",
-                "",
-                f"{o['round1_seconds']:.1f} s → {o['rounds2plus_mean_seconds']:.1f} s",
-                f"{o['rounds2plus_over_round1']:.2f}",
-            ),
-            "",
-            "Breakdown of the federated round (seconds):",
-            "",
-            "| part | seconds |",
-            "| --- | --- |",
-        ]
-        lines += [f"| {k.replace('_', ' ')} | {v:.2f} |" for k, v in o["breakdown_seconds"].items()]
-        lines.append("")
-    c = results.get("communication")
-    if c:
-        lines += [
-            "## 2. Communication",
-            "",
-            "| measure | value | ratio |",
-            "| --- | --- | --- |",
-            row(
-                "bytes per client per round, float32",
-                f"{c['bytes_per_client_round_float32'] / 1e6:.2f} MB",
-                f"{c['ratio_to_4x_parameters']:.3f} of 4 × {c['parameters']} parameters",
-            ),
-            row(
-                "bytes sent to each client per round (rounds before the last), float32",
-                f"{c['sent_per_client_round_float32'] / 1e6:.2f} MB",
-                f"{c['sent_ratio_to_model']:.3f} of the model (target ≤ 1.02); last round with the final "
-                f"evaluation {c['sent_last_round_ratio_to_model']:.2f}",
-            ),
-            row(
-                "bytes per client per round, float16 transport",
-                f"{c['bytes_per_client_round_float16'] / 1e6:.2f} MB",
-                f"{c['float16_bytes_ratio']:.3f} of float32 (target ≤ 0.5)",
-            ),
-            row(
-                "validation loss of the final model, float16 against float32",
-                f"{c['valid_loss_float16']:.4f} vs {c['valid_loss_float32']:.4f}",
-                f"{c['float16_valid_loss_ratio']:.4f} (target within 1 %)",
-            ),
-            "",
-        ]
-    p = results.get("prepare")
-    if p:
-        title = "## 3. Data preparation against fairseq simple_kmeans, 0.5 to 8 h (benchmarks/prepare_vs_fairseq.py)"
-        lines += [title, "", p["markdown"], ""]
-    g = results.get("gpu")
-    if g:
-        lines += ["## 6. GPU (Base recipe, fp16)", "", *([g["note"]] if "note" in g else gpu_markdown(g)), ""]
-    for key, title in (
-        ("quality", "4. Quality: federated against centralized, over seeds (benchmarks/quality.py)"),
-        ("distill_student", "7. Teacher against distilled student"),
-        ("checkpoint_features", "8. Iteration-2 feature extraction"),
-        ("deployment", "9. Deployment rounds against simulation rounds (benchmarks/deployment.py)"),
-        ("server_memory", "10. Server memory against clients per round, Base's tensors (benchmarks/server_memory.py)"),
-        ("activation_memory", "11. Base's training memory against max_tokens, activation checkpointing"),
-    ):
-        if key in results:
-            lines += [f"## {title}", "", results[key]["markdown"], ""]
+            f"{o['round1_seconds']:.1f} s → {o['rounds2plus_mean_seconds']:.1f} s",
+            f"{o['rounds2plus_over_round1']:.2f}",
+        ),
+        "",
+        "Breakdown of the federated round (seconds):",
+        "",
+        "| part | seconds |",
+        "| --- | --- |",
+    ]
+    return lines + [f"| {k.replace('_', ' ')} | {v:.2f} |" for k, v in o["breakdown_seconds"].items()]
+
+
+def communication_table(c: Dict) -> List[str]:
+    """Section 2: bytes on the wire, float32 against float16."""
+    return [
+        "| measure | value | ratio |",
+        "| --- | --- | --- |",
+        row(
+            "bytes per client per round, float32",
+            f"{c['bytes_per_client_round_float32'] / 1e6:.2f} MB",
+            f"{c['ratio_to_4x_parameters']:.3f} of 4 × {c['parameters']} parameters",
+        ),
+        row(
+            "bytes sent to each client per round (rounds before the last), float32",
+            f"{c['sent_per_client_round_float32'] / 1e6:.2f} MB",
+            f"{c['sent_ratio_to_model']:.3f} of the model (target ≤ 1.02); last round with the final "
+            f"evaluation {c['sent_last_round_ratio_to_model']:.2f}",
+        ),
+        row(
+            "bytes per client per round, float16 transport",
+            f"{c['bytes_per_client_round_float16'] / 1e6:.2f} MB",
+            f"{c['float16_bytes_ratio']:.3f} of float32 (target ≤ 0.5)",
+        ),
+        row(
+            "validation loss of the final model, float16 against float32",
+            f"{c['valid_loss_float16']:.4f} vs {c['valid_loss_float32']:.4f}",
+            f"{c['float16_valid_loss_ratio']:.4f} (target within 1 %)",
+        ),
+    ]
+
+
+def gather() -> str:
+    """results.md: every section's results file under its title, or a line saying it has not run."""
+    lines = [
+        "# fedhubert benchmarks",
+        "",
+        "Gathered from `benchmarks/results/<section>.md` by `benchmarks/run_all.py`. Each section says when, where, "
+        "from which commit and with which command it ran; sections run at different times. Toy corpus, tiny recipe "
+        "unless named.",
+        "",
+    ]
+    for name, title in SECTIONS.items():
+        path = RESULTS / f"{name}.md"
+        body = (
+            path.read_text().strip()
+            if path.is_file()
+            else f"Not run yet: `python benchmarks/run_all.py --sections {name}`."
+        )
+        lines += [f"## {title}", "", body, ""]
     return "\n".join(lines)
-
-
-def save(results: Dict) -> None:
-    """Write results.json and results.md (after every section, so a failure keeps what was measured)."""
-    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
-    RESULTS_MD.write_text(markdown(results))
 
 
 def main() -> None:
@@ -305,53 +287,37 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         nargs="+",
-        choices=SECTIONS,
-        default=SECTIONS,
-        help="run only these (the others are kept from the existing results.json), e.g. --sections gpu",
+        choices=list(SECTIONS),
+        default=[name for name in SECTIONS if name != "quality_sweep"],
+        help="run only these; the others keep their results files, e.g. --sections gpu",
     )
+    parser.add_argument("--gather", action="store_true", help="only rewrite results.md from the results files")
     args = parser.parse_args()
+    if args.gather:
+        args.sections = []
     args.work.mkdir(parents=True, exist_ok=True)
     toy = args.work / "toy"
-    if not (toy / "toy_data.json").is_file():
+    if args.sections and not (toy / "toy_data.json").is_file():
         write_toy_data(toy, force=True)
-    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() and args.sections != SECTIONS else {}
-    results["meta"] = {
-        **machine_meta(),
-        "python": platform.python_version(),
-        "fairseq": fairseq.__version__,
-        "flwr": flwr.__version__,
-        "s3prl": s3prl.__version__,
-    }
-    if "overhead" in args.sections:
-        results["overhead"] = overhead_and_memory(args.work, toy, args.local_updates, overrides=["common.cpu=true"])
-        save(results)
-    if "communication" in args.sections:
-        results["communication"] = communication(args.work, toy, args.rounds, args.local_updates)
-        save(results)
-    if "prepare" in args.sections:
-        prepared = prepare_vs_fairseq(args.work)
-        results["prepare"] = {**prepared, "markdown": (RESULTS / "prepare_vs_fairseq.md").read_text()}
-        save(results)
-    for name in OWN_SCRIPTS:
-        if name in args.sections:
-            run([sys.executable, str(REPO / "benchmarks" / f"{name}.py")], args.work / f"{name}.log")
-            results[name] = {
-                **json.loads((RESULTS / f"{name}.json").read_text()),
-                "markdown": (RESULTS / f"{name}.md").read_text(),
-            }
-            save(results)
-    if "gpu" in args.sections and torch.cuda.is_available():
-        results["gpu"] = {
-            "date": results["meta"]["date"],
-            **gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true"], 0.5),
-        }
-    elif "gpu" not in results:
-        results["gpu"] = {
-            "note": "not run: no NVIDIA GPU on this machine. "
-            "On one, run `.venv/bin/python benchmarks/run_all.py --sections gpu checkpoint_features "
-            "--local-updates 200`."
-        }
-    save(results)
+    note = "Toy corpus, tiny recipe, one client on all cores."
+    for name in args.sections:
+        if name == "overhead":
+            o = overhead_and_memory(args.work, toy, args.local_updates, overrides=["common.cpu=true"])
+            write_results("overhead", [o], overhead_table(o), note)
+        elif name == "communication":
+            c = communication(args.work, toy, args.rounds, args.local_updates)
+            write_results("communication", [c], communication_table(c), f"Toy corpus, 4 clients, {args.rounds} rounds.")
+        elif name == "gpu" and torch.cuda.is_available():
+            g = gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true"], 0.5)
+            write_results("gpu", [g], gpu_markdown(g), "Base recipe in fp16 on the GPU.")
+        elif name == "gpu":
+            print("gpu: not run, no NVIDIA GPU on this machine; results/gpu.md is left as it is", flush=True)
+        else:
+            script = "quality" if name == "quality_sweep" else name
+            extra = ["--sweep"] if name == "quality_sweep" else OWN_SCRIPTS[name]
+            run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *extra], args.work / f"{name}.log")
+        RESULTS_MD.write_text(gather())  # after every section: a failure keeps what was measured
+    RESULTS_MD.write_text(gather())
     print(RESULTS_MD.read_text())
 
 

@@ -1,6 +1,6 @@
 """Server memory and round time against clients per round, with HuBERT Base's tensors.
 
-A stand-in client keeps Base's 95 M parameters (380 MB in float32) and makes training free: it
+A stand-in client keeps Base's 95 M parameters (361 MiB in float32) and makes training free: it
 replies with the weights it received plus small noise, through the real wire format, Flower's
 simulation runtime and our screening and aggregation (`rounds.train_round`, FedAdam). Each
 configuration runs in its own process and reports the server's peak RSS during the rounds above
@@ -12,6 +12,7 @@ Krum or DP still hold). In simulation the server process also hosts Flower's
 in-memory SuperLink, which keeps the round's messages until they are pulled.
 
     .venv/bin/python benchmarks/server_memory.py [--clients 2 8 16 32 64] [--rounds 2]
+    .venv/bin/python benchmarks/server_memory.py --render   # results/server_memory.md again from its .json
 """
 
 import argparse
@@ -22,9 +23,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
+from common import REPO, RESULTS, machine_meta, memory_of_this_machine_gib, write_results
 
 CHILD = "--child"
 
@@ -112,12 +114,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[2, 8, 16, 32, 64])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(CHILD, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--render", action="store_true", help="write the .md again from the stored .json (no run)")
     args = parser.parse_args()
+    if args.render:
+        stored = json.loads((RESULTS / "server_memory.json").read_text())
+        write(stored["rows"], stored["meta"])
+        return
     if args.child:
         print(json.dumps(measure(int(args.child[0]), args.child[1] == "stream", args.rounds)))
         return
-    from common import REPO
-
     rows, list_ran_out_at = [], None
     for clients in args.clients:
         for mode in ("stream", "list"):
@@ -146,12 +151,12 @@ def failed(done: subprocess.CompletedProcess) -> Dict:
     return {"failed": done.stderr.strip().splitlines()[-1][:200]}
 
 
-def write(rows: List[Dict]) -> None:
-    """results/server_memory.json and .md."""
-    from common import write_results
-
+def write(rows: List[Dict], meta: Optional[Dict] = None) -> None:
+    """results/server_memory.json and .md (``meta``: of the run that measured ``rows``; default this one)."""
+    meta = meta or machine_meta()
+    model_mib = next(row["model_mb"] for row in rows if "model_mb" in row)
     table = [
-        "| clients per round | aggregation | server peak RSS above start | in models (380 MB) "
+        f"| clients per round | aggregation | server peak RSS above start | in model sizes ({model_mib:.0f} MiB) "
         "| its own heap (anonymous), in models | shared memory mapped in, in models | round seconds |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -162,20 +167,23 @@ def write(rows: List[Dict]) -> None:
             continue
         table.append(
             f"| {row['clients']} | {how} | "
-            f"{row['peak_mb']['rss'] - row['start_mb']['rss']:.0f} MB | {row['rss_above_start_in_models']:.1f} | "
+            f"{row['peak_mb']['rss'] - row['start_mb']['rss']:.0f} MiB | {row['rss_above_start_in_models']:.1f} | "
             f"{row['anon_above_start_in_models']:.1f} | {row['shmem_above_start_in_models']:.1f} | "
             f"{row['round_seconds']:.1f} |"
         )
-    table += ["", extrapolation([row for row in rows if row["streaming"] and "failed" not in row])]
+    streamed = [row for row in rows if row["streaming"] and "failed" not in row]
+    table += ["", extrapolation(streamed, meta)]
     note = (
-        "stand-in clients (no training) with HuBERT Base's tensors, FedAdam, Flower's simulation runtime, "
+        "Stand-in clients (no training) with HuBERT Base's tensors, FedAdam, Flower's simulation runtime, "
         "2 client actors at a time."
     )
-    print(write_results("server_memory", rows, table, note))
+    print(write_results("server_memory", rows, table, note, meta))
 
 
-def extrapolation(streamed: List[Dict], clients: int = 1000) -> str:
-    """Streaming at ``clients`` per round, extended linearly from the smallest and the largest run measured."""
+def extrapolation(streamed: List[Dict], meta: Dict, clients: int = 1000) -> str:
+    """Streaming at ``clients`` per round, extended linearly from the smallest and the largest run measured, against
+    the memory and cores of the machine that measured them (``meta``; runs stored before it recorded its memory:
+    this machine's)."""
     first, last = streamed[0], streamed[-1]
 
     def at(key: str) -> float:
@@ -184,13 +192,14 @@ def extrapolation(streamed: List[Dict], clients: int = 1000) -> str:
 
     heap, seconds = at("anon_above_start_in_models"), at("round_seconds")
     shared = last["shmem_above_start_in_models"] + math.log2(clients / last["clients"])  # ~1 more per doubling
-    gigabytes = (heap + shared) * last["model_mb"] / 1024
+    gib = (heap + shared) * last["model_mb"] / 1024
+    memory_gib = meta.get("memory_gib") or memory_of_this_machine_gib()
+    fits = "fits in" if gib < memory_gib else "does not fit in"
     return (
         f"At {clients} clients per round, streaming (linear from {first['clients']} and {last['clients']} clients): "
         f"a heap of {heap:.1f} model sizes plus Ray's store, {shared:.0f} (one more per doubling of the clients), "
-        f"about {gigabytes:.0f} GB, which fits in 24 GB; "
-        f"{seconds / 60:.0f} min a round on these 2 cores, so time runs out first. A 16-core GPU node "
-        "holds the same memory and runs 8 times the actors at a time."
+        f"about {gib:.0f} GiB, which {fits} this machine's {memory_gib:.0f} GiB; "
+        f"{seconds / 60:.0f} min a round on its {meta['threads']} CPU threads."
     )
 
 
