@@ -22,15 +22,18 @@ RECIPES = REPO / "recipes" / "librispeech" / "pretrain"
 RESULTS = Path(__file__).parent / "results"
 
 
+CODE = ("fedhubert_plugin", "upstream", "recipes", "requirements", "setup.cfg", "pyproject.toml", "benchmarks/*.py")
+
+
 def git_commit() -> str:
-    """The commit this run's code is at (short hash), ``+changes`` when the working tree differs from it."""
+    """The commit this run's code is at (short hash), ``+changes`` when the code in the working tree differs from
+    it (results and docs do not count: a run writes results)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     if head.returncode:
         return "unknown (not a git checkout)"
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO
-    )
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    status = ["git", "status", "--porcelain", "--", *CODE]
+    dirty = subprocess.run(status, capture_output=True, text=True, cwd=REPO).stdout.strip()
+    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 def memory_of_this_machine_gib() -> float:
