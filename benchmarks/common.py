@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from fedhubert_plugin.federation.runlog import read_metrics
+from fedhubert_plugin.federation.server.runlog import read_metrics
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 
 REPO = Path(__file__).resolve().parents[1]

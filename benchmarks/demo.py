@@ -13,7 +13,7 @@ from typing import Dict, List
 
 from common import BIN, run, write_results
 
-from fedhubert_plugin.federation.runlog import read_metrics, validations
+from fedhubert_plugin.federation.server.runlog import read_metrics, validations
 
 UPSTREAMS = ("teacher", "student", "random_init")  # the demo's folders under OUT/downstream
 

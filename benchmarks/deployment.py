@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List
 import psutil
 from common import federated, prepare, write_results
 
-from fedhubert_plugin.federation.loopback import LoopbackFederation
+from fedhubert_plugin.testing.loopback import LoopbackFederation
 from fedhubert_plugin.toy_data import write_toy_data
 
 PARTS = (
@@ -42,7 +42,7 @@ KINDS = {
     "raylet": "Ray's own processes",
     "gcs_server": "Ray's own processes",
     "fedhubert pretrain": "fedhubert pretrain (simulation: ServerApp)",
-    "trainer_service": "trainer services (deployment: training)",
+    "federation.client.service": "trainer services (deployment: training)",
     "flwr-clientapp": "ClientApp processes (one per message)",
     "flower-superexec": "SuperExecs",
     "flower-supernode": "SuperNodes",

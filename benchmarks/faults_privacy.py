@@ -27,13 +27,14 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedhubert_plugin.federation.client_app import client_app
-from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
-from fedhubert_plugin.federation.rounds import secure_train_round, train_round
-from fedhubert_plugin.federation.runlog import read_metrics, validations
-from fedhubert_plugin.federation.screening import ScreenedStrategy, l2_norm, screen_reply
+from fedhubert_plugin.federation.client.app import client_app
+from fedhubert_plugin.federation.server.grid import wait_for_nodes
+from fedhubert_plugin.federation.server.rounds import secure_train_round, train_round
+from fedhubert_plugin.federation.server.runlog import read_metrics, validations
+from fedhubert_plugin.federation.server.screening import ScreenedStrategy, l2_norm, screen_reply
+from fedhubert_plugin.federation.server.strategies import base_strategy, privacy_accountant
 from fedhubert_plugin.federation.settings import FederationSettings
-from fedhubert_plugin.federation.strategies import base_strategy, privacy_accountant
+from fedhubert_plugin.federation.simulation import ray_backend_config, simulate
 from fedhubert_plugin.federation.wire import ClientConfig
 from fedhubert_plugin.recipes import recipe_initial_model
 from fedhubert_plugin.toy_data import write_toy_data

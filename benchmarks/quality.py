@@ -39,7 +39,8 @@ from common import RECIPES, RESULTS, fairseq_train, federated, machine_meta, pre
 from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.downstream import keyword_spotting
-from fedhubert_plugin.federation.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.client.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.client.work import EvaluateTask, TrainerSpec
 from fedhubert_plugin.federation.schedule import scheduled_overrides
 from fedhubert_plugin.probe import probe, random_init_checkpoint
 from fedhubert_plugin.targets.features import feature_extractor
@@ -104,8 +105,8 @@ def heldout_shard(data: Path, librispeech: Path, out: Path) -> Path:
 def masked_accuracy(checkpoint: Path, shard: Path) -> float:
     """Masked-frame accuracy of ``checkpoint`` (either format) on ``shard``'s valid split, by fairseq's validation."""
     weights = {k: v.numpy() for k, v in as_s3prl_state(load_checkpoint(checkpoint), checkpoint)["model_weight"].items()}
-    trainer = LocalTrainer(RECIPES / "tiny.yaml", ["common.cpu=true"], label_rate=100)
-    return trainer.evaluate(shard, weights).metrics["acc_masked"]
+    trainer = LocalTrainer(TrainerSpec(str(RECIPES / "tiny.yaml"), ("common.cpu=true",), label_rate=100))
+    return trainer.evaluate(EvaluateTask(shard, weights)).metrics["acc_masked"]
 
 
 def train(name: str, spec, seed: int, data: Dict[str, Path], args: argparse.Namespace) -> Dict:

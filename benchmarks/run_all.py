@@ -32,7 +32,7 @@ import torch
 from common import REPO, RESULTS, fairseq_train, federated, prepare, run, write_results
 
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation.runlog import validations
+from fedhubert_plugin.federation.server.runlog import validations
 from fedhubert_plugin.toy_data import write_toy_data
 
 RESULTS_MD = REPO / "benchmarks" / "results.md"

@@ -58,11 +58,13 @@ def measure(clients: int, streaming: bool, rounds: int) -> Dict:
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
 
-    from fedhubert_plugin.federation.nodes import client_name, ray_backend_config, simulate, wait_for_nodes
-    from fedhubert_plugin.federation.rounds import train_round
-    from fedhubert_plugin.federation.screening import ScreenedStrategy
+    from fedhubert_plugin.federation.nodes import client_name
+    from fedhubert_plugin.federation.server.grid import wait_for_nodes
+    from fedhubert_plugin.federation.server.rounds import train_round
+    from fedhubert_plugin.federation.server.screening import ScreenedStrategy
+    from fedhubert_plugin.federation.server.strategies import base_strategy
     from fedhubert_plugin.federation.settings import FederationSettings
-    from fedhubert_plugin.federation.strategies import base_strategy
+    from fedhubert_plugin.federation.simulation import ray_backend_config, simulate
     from fedhubert_plugin.federation.wire import ARRAYS, NUM_EXAMPLES, ClientConfig, arrays_of, client_reply, record_of
     from fedhubert_plugin.recipes import recipe_initial_model
 

@@ -16,16 +16,20 @@ from pathlib import Path
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-# Flower's SuperNode starts a `flwr-clientapp` process for every message. Ours hands the work to the node's
-# kept trainer (federation.trainer_service) and needs neither torch nor fairseq: it skips the registration.
-ONE_MESSAGE_PROCESS = Path(sys.argv[0] if sys.argv else "").name == "flwr-clientapp"
+
+def one_message_process() -> bool:
+    """Whether this process is one of the `flwr-clientapp` processes that Flower's SuperNode starts for every
+    message. Ours hands its work to the node's kept trainer service (``federation.client.trainer``) and needs
+    neither torch nor fairseq, so the package skips its fairseq registration there."""
+    return Path(sys.argv[0] if sys.argv else "").name == "flwr-clientapp"
+
 
 # Before torchaudio is imported: its FFmpeg probe logs a traceback per missing FFmpeg version
 # at DEBUG, and Flower's SuperLink database (alembic) logs each plugin at INFO.
 for _noisy in ("torio", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
-if not ONE_MESSAGE_PROCESS:
+if not one_message_process():
     # fairseq.tasks.frm_text_to_speech calls logging.basicConfig(level=DEBUG) when imported: keep the
     # root logger as the application left it (otherwise every client logs each batch at DEBUG).
     _root = logging.getLogger()

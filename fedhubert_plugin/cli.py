@@ -178,7 +178,7 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 def run_federation(args: argparse.Namespace, **values) -> None:
     """Simulate the federation of ``args`` on the clients prepared in ``--data-root``; ``values`` set other fields."""
-    from fedhubert_plugin.federation.server_app import simulate_pretraining
+    from fedhubert_plugin.federation.simulation import simulate_pretraining
     from fedhubert_plugin.recipes import find_recipe
 
     values = {**federation_settings.cli_values(args), "recipe": str(find_recipe(args.recipe)), **values}

@@ -26,9 +26,9 @@ import torch
 
 from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.federation.runlog import read_metrics
-from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.server.runlog import read_metrics
 from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS, from_prepared_data
+from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.prepare import PrepareConfig, prepare, summary_table
 from fedhubert_plugin.probe import ProbeResult, probe, probe_table, write_probe
 from fedhubert_plugin.recipes import find_recipe

@@ -34,14 +34,15 @@ from tensorboardX import SummaryWriter
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import ScanReport, Utterance, scan_librispeech
-from fedhubert_plugin.federation.kmeans_app import (
+from fedhubert_plugin.federation.nodes import client_name
+from fedhubert_plugin.federation.simulation import ray_backend_config, simulate
+from fedhubert_plugin.files import atomic_save_array, atomic_write_json, atomic_write_text
+from fedhubert_plugin.kmeans_app import (
     FederatedKMeansResult,
     FederatedKMeansSettings,
     client_app,
     federated_kmeans_server_app,
 )
-from fedhubert_plugin.federation.nodes import client_name, ray_backend_config, simulate
-from fedhubert_plugin.files import atomic_save_array, atomic_write_json, atomic_write_text
 from fedhubert_plugin.targets import KMEANS_MODES, LABELS_META
 from fedhubert_plugin.targets.features import FeatureExtractor, feature_extractor
 from fedhubert_plugin.targets.kmeans import SAMPLE_FRAMES, adaptive_clusters, cluster_statistics, local_codebook

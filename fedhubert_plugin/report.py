@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedhubert_plugin.federation.runlog import validations  # noqa: E402
+from fedhubert_plugin.federation.server.runlog import validations  # noqa: E402
 
 
 def plot_run(lines: List[Dict], title: str, out: Path) -> Path:

@@ -152,7 +152,7 @@ def in_a_run(monkeypatch):
 @pytest.fixture(scope="session")
 def federated_run(prepared, tmp_path_factory) -> Path:
     """3 federated rounds of the tiny recipe on 4 prepared clients; the save dir."""
-    from fedhubert_plugin.federation.server_app import simulate_pretraining
+    from fedhubert_plugin.federation.simulation import simulate_pretraining
 
     save_dir = tmp_path_factory.mktemp("federated")
     simulate_pretraining(pretrain_settings(prepared, save_dir, rounds=3), num_clients=4)

@@ -10,7 +10,7 @@ from typing import Dict
 import numpy as np
 import soundfile as sf
 
-from fedhubert_plugin.federation.runlog import read_metrics, validations
+from fedhubert_plugin.federation.server.runlog import read_metrics, validations
 from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.targets.feature_files import utterance_features
 from fedhubert_plugin.targets.labels import write_dictionary

@@ -5,9 +5,9 @@ import shutil
 import pytest
 
 from fedhubert_plugin.checkpoints import CheckpointError
-from fedhubert_plugin.federation.rounds import initial_model
 from fedhubert_plugin.federation.schedule import plan_schedule
-from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.server.checkpointing import initial_model
+from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.recipes import RecipeError, compose_recipe
 from tests.helpers import TINY, pretrain_settings
 

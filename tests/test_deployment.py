@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fedhubert_plugin.federation.loopback import BIN, LoopbackFederation
+from fedhubert_plugin.testing.loopback import BIN, LoopbackFederation
 from tests.helpers import REPO, metric_lines
 
 

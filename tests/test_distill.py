@@ -15,10 +15,10 @@ from fedhubert_plugin.criterions.hubert_distillation import (
     student_pass,
 )
 from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.federation.rounds import initial_model
 from fedhubert_plugin.federation.schedule import plan_schedule
-from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.server.checkpointing import initial_model
 from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS, FederationSettings
+from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.recipes import recipe_initial_model
 from tests.helpers import (
     SCHEDULE_OF_3_ROUNDS,

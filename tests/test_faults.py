@@ -15,11 +15,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation import client_app
-from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
-from fedhubert_plugin.federation.screening import screen_reply
-from fedhubert_plugin.federation.server_app import server_app_for, simulate_pretraining
-from fedhubert_plugin.federation.strategies import base_strategy
+from fedhubert_plugin.federation.client import app as client_app
+from fedhubert_plugin.federation.server.app import server_app_for
+from fedhubert_plugin.federation.server.grid import wait_for_nodes
+from fedhubert_plugin.federation.server.screening import screen_reply
+from fedhubert_plugin.federation.server.strategies import base_strategy
+from fedhubert_plugin.federation.simulation import ray_backend_config, simulate, simulate_pretraining
 from fedhubert_plugin.federation.wire import record_of
 from tests.helpers import TINY, metric_lines, pretrain_settings, valid_losses
 
@@ -186,7 +187,7 @@ def test_waiting_for_missing_nodes_stops_after_the_timeout_with_the_count():
 def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in_a_run):
     from flwr.serverapp.strategy import FedAvg
 
-    from fedhubert_plugin.federation.screening import ScreenedStrategy
+    from fedhubert_plugin.federation.server.screening import ScreenedStrategy
 
     class ThreeNodes:  # stands in for Flower's Grid
         def get_node_ids(self):
@@ -223,7 +224,7 @@ def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in
 def test_broken_data_stops_the_round_unless_tolerated(in_a_run):
     from flwr.serverapp.strategy import FedAvg
 
-    from fedhubert_plugin.federation.screening import ScreenedStrategy
+    from fedhubert_plugin.federation.server.screening import ScreenedStrategy
     from fedhubert_plugin.federation.wire import broken_data_reply
 
     class TwoNodes:  # stands in for Flower's Grid
@@ -249,7 +250,7 @@ def test_broken_data_stops_the_round_unless_tolerated(in_a_run):
 
 @pytest.mark.parametrize("name", ["fedavg", "fedadam"])
 def test_folding_replies_as_they_come_aggregates_like_the_list_of_all_replies(name, in_a_run):
-    from fedhubert_plugin.federation.screening import ScreenedStrategy
+    from fedhubert_plugin.federation.server.screening import ScreenedStrategy
 
     class FourNodes:  # stands in for Flower's Grid
         def get_node_ids(self):

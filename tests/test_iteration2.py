@@ -11,7 +11,7 @@ from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.data.manifest import read_manifest
 from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.targets.features import CheckpointFeatures
 from fedhubert_plugin.targets.kmeans import nearest
 from fedhubert_plugin.toy_data import TRAIN_SUBSET

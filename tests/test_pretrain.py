@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.simulation import simulate_pretraining
 from tests.helpers import REPO, SCHEDULE_OF_3_ROUNDS, metric_lines, pretrain_settings, valid_losses
 
 

@@ -15,11 +15,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation.client_app import client_app
-from fedhubert_plugin.federation.nodes import ray_backend_config, simulate, wait_for_nodes
-from fedhubert_plugin.federation.rounds import secure_train_round, train_round
-from fedhubert_plugin.federation.screening import ScreenedStrategy
-from fedhubert_plugin.federation.strategies import build_strategy
+from fedhubert_plugin.federation.client.app import client_app
+from fedhubert_plugin.federation.server.grid import wait_for_nodes
+from fedhubert_plugin.federation.server.rounds import secure_train_round, train_round
+from fedhubert_plugin.federation.server.screening import ScreenedStrategy
+from fedhubert_plugin.federation.server.strategies import build_strategy
+from fedhubert_plugin.federation.simulation import ray_backend_config, simulate
 from fedhubert_plugin.federation.wire import ClientConfig, config_record, record_of
 from fedhubert_plugin.recipes import recipe_initial_model
 from tests.helpers import TINY, fairseq_env, metric_lines, pretrain_settings, valid_losses

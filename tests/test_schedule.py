@@ -4,12 +4,14 @@ import math
 
 import pytest
 
-from fedhubert_plugin.federation.local_trainer import LocalTrainer
-from fedhubert_plugin.federation.rounds import initial_model, run_rounds, save_round_checkpoint
+from fedhubert_plugin.federation.client.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.client.work import FitTask, TrainerSpec
 from fedhubert_plugin.federation.schedule import plan_schedule
-from fedhubert_plugin.federation.server_app import simulate_pretraining
+from fedhubert_plugin.federation.server.checkpointing import initial_model, save_round_checkpoint
+from fedhubert_plugin.federation.server.rounds import run_rounds
+from fedhubert_plugin.federation.server.strategies import build_strategy
 from fedhubert_plugin.federation.settings import FederationSettings, SettingsError
-from fedhubert_plugin.federation.strategies import build_strategy
+from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.recipes import compose_recipe
 from tests.helpers import TINY, metric_lines, pretrain_settings
 
@@ -40,7 +42,7 @@ def test_a_users_own_max_update_is_kept_refused_when_shorter_than_the_run():
 
 
 def test_a_resume_that_would_change_the_schedule_is_refused(tmp_path):
-    from fedhubert_plugin.federation.runlog import Progress, RunLog
+    from fedhubert_plugin.federation.server.runlog import Progress, RunLog
 
     first = FederationSettings(save_dir=str(tmp_path), recipe=TINY, num_server_rounds=12, local_updates=10)
     schedule = plan_schedule(first)
@@ -59,8 +61,8 @@ def test_local_epochs_size_each_clients_schedule_to_its_own_data(client_shard):
     from fedhubert_plugin.recipes import recipe_initial_model
 
     _, start = recipe_initial_model(TINY, ["common.cpu=true"], 100, 8)
-    trainer = LocalTrainer(TINY, ["common.cpu=true"], label_rate=100)
-    last = trainer.fit(client_shard, start, num_updates=0, local_epochs=1, server_round=3, epoch_rounds=3)
+    trainer = LocalTrainer(TrainerSpec(TINY, ("common.cpu=true",), label_rate=100))
+    last = trainer.fit(FitTask(client_shard, start, local_epochs=1, server_round=3, epoch_rounds=3))
     per_epoch = last.metrics["updates"]
     cfg, _ = trainer.epoch_schedule(client_shard, 3)
     assert cfg.optimization.max_update == 3 * per_epoch  # not the recipe's 100

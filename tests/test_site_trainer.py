@@ -3,32 +3,34 @@
 import numpy as np
 import pytest
 
-from fedhubert_plugin.federation import client_training
-from fedhubert_plugin.federation.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.client.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.client.trainer import in_process_trainer
+from fedhubert_plugin.federation.client.work import EvaluateTask, FitTask, TrainerSpec
 from fedhubert_plugin.federation.wire import ClientConfig
 from tests.helpers import TINY
+
+SITE = TrainerSpec(TINY, label_rate=100.0, processes=2)
 
 
 @pytest.fixture
 def two_rank_site():
-    config = ClientConfig(TINY, label_rate=100.0, site_processes=2, local_updates=2, validate=True, server_round=1)
-    yield config, client_training.local_trainer(config)
-    client_training.local_trainer(ClientConfig(TINY, label_rate=100.0))  # closes the ranks
+    yield in_process_trainer(SITE)
+    in_process_trainer(TrainerSpec(TINY, label_rate=100.0))  # another spec replaces the site: closes its ranks
 
 
 def one_process(client_shard):
     """A single-process trainer of the shard, and its initial weights."""
-    single = LocalTrainer(TINY, label_rate=100)
+    single = LocalTrainer(TrainerSpec(TINY, label_rate=100.0))
     single.client_task(client_shard)
     return single, {k: v.detach().float().numpy().copy() for k, v in single.model.state_dict().items()}
 
 
 @pytest.mark.e2e
 def test_two_ranks_train_one_site_update_and_stay_up_across_rounds(client_shard, two_rank_site):
-    config, site = two_rank_site
+    site = two_rank_site
     single, start = one_process(client_shard)
 
-    result = client_training.train_locally(config, client_shard, start)
+    result = site.fit(FitTask(client_shard, start, local_updates=2, server_round=1, validate=True))
     assert result.metrics["updates"] == 2 and np.isfinite(result.metrics["loss"])
     assert result.num_examples == len(single.client_task(client_shard)[1].dataset("train"))
     assert np.isfinite(result.validation["loss"])
@@ -36,27 +38,26 @@ def test_two_ranks_train_one_site_update_and_stay_up_across_rounds(client_shard,
     assert set(result.arrays) == set(start) and moved > len(start) // 2
     # fairseq validated the received weights over both ranks' shards: the loss of one process, up to the
     # masks (each rank draws those of its own batches)
-    alone = single.evaluate(client_shard, start, round_seed=0)
+    alone = single.evaluate(EvaluateTask(client_shard, start, round_seed=0))
     assert result.validation["loss"] == pytest.approx(alone.metrics["loss"], rel=0.02)
 
     pids = [process.pid for process in site.ranks]
-    again = client_training.train_locally(
-        ClientConfig(**{**config.__dict__, "server_round": 2, "num_updates": 2}), client_shard, result.arrays
-    )
+    again = site.fit(FitTask(client_shard, result.arrays, num_updates=2, local_updates=2, server_round=2))
     assert again.metrics["updates"] == 2 and [process.pid for process in site.ranks] == pids  # same ranks
 
 
 @pytest.mark.e2e
 def test_a_rank_that_dies_fails_the_round_and_the_next_round_starts_new_ranks(client_shard, two_rank_site):
-    config, site = two_rank_site
+    site = two_rank_site
     _, start = one_process(client_shard)
+    task = FitTask(client_shard, start, local_updates=2, server_round=1)
     site.ranks[1].kill()
-    with pytest.raises(RuntimeError, match="rank 1 .*ended during fit"):
-        client_training.train_locally(ClientConfig(**{**config.__dict__, "validate": False}), client_shard, start)
+    with pytest.raises(RuntimeError, match="rank 1 .*ended during FitTask"):
+        site.fit(task)
     assert not site.alive
-    fresh = client_training.local_trainer(config)
+    fresh = in_process_trainer(SITE)
     assert fresh is not site and fresh.alive
-    assert client_training.train_locally(config, client_shard, start).metrics["updates"] == 2
+    assert fresh.fit(task).metrics["updates"] == 2
 
 
 def test_a_node_asks_for_its_ranks_with_gpus_and_simulation_with_gpus_per_client():

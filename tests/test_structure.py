@@ -1,5 +1,6 @@
-"""The package's shape: imports follow the pipeline one way, one module touches Flower's legacy API,
-the federation's functions stay short, and `fedhubert --help` imports no more than fairseq does."""
+"""The package's shape: imports follow the pipeline one way, the server's and the client's processes never import
+each other, production code never imports the test harnesses, only SecAgg+'s two halves touch Flower's legacy API,
+modules and functions stay short, and `fedhubert --help` imports no more than fairseq does."""
 
 import ast
 import subprocess
@@ -14,8 +15,11 @@ from tests.helpers import REPO
 PACKAGES = ("fedhubert_plugin", "upstream")
 # module prefix -> prefixes it must never import (the pipeline: data -> targets -> task -> federation ->
 # checkpoints -> upstream; prepare, export, downstream, report, demo and cli sit above all of them)
+SERVER, CLIENT = "fedhubert_plugin.federation.server", "fedhubert_plugin.federation.client"
+SIMULATION = "fedhubert_plugin.federation.simulation"
 APPS = (
     "fedhubert_plugin.prepare",
+    "fedhubert_plugin.kmeans_app",
     "fedhubert_plugin.export",
     "fedhubert_plugin.downstream",
     "fedhubert_plugin.report",
@@ -53,8 +57,17 @@ FORBIDDEN = {
     "fedhubert_plugin.tasks": ("fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
     "fedhubert_plugin.criterions": ("fedhubert_plugin.federation", "fedhubert_plugin.recipes", *APPS),
     "fedhubert_plugin.recipes": ("fedhubert_plugin.federation", *APPS),
+    # by process: the server's and a client's never import each other; shared modules import neither; only
+    # the simulation wires both sides into one process tree
+    SERVER: (CLIENT, SIMULATION),
+    CLIENT: (SERVER, SIMULATION),
+    **{
+        f"fedhubert_plugin.federation.{shared}": (SERVER, CLIENT)
+        for shared in ("settings", "wire", "nodes", "schedule")
+    },
     "fedhubert_plugin.federation": APPS,
 }
+HARNESSES = "fedhubert_plugin.testing"  # for rehearsals, tests and benchmarks only
 
 
 def module_name(path: Path) -> str:
@@ -92,6 +105,15 @@ def test_imports_follow_the_pipeline_one_way(graph):
     assert not wrong
 
 
+def test_production_code_never_imports_the_test_harnesses(graph):
+    assert not [
+        f"{module} imports {imported}"
+        for module, imported_set in graph.items()
+        for imported in imported_set
+        if imported.startswith(HARNESSES) and not module.startswith(HARNESSES)
+    ]
+
+
 def test_upstream_depends_only_on_checkpoint_loading(graph):
     for module, imported in graph.items():
         if module.startswith("upstream"):
@@ -114,7 +136,7 @@ def test_no_import_cycle(graph):
             visit(module, [module])
 
 
-def test_only_the_secure_aggregation_module_touches_flowers_legacy_api():
+def test_only_the_two_halves_of_secure_aggregation_touch_flowers_legacy_api():
     legacy = ("flwr.server", "flwr.client", "flwr.common", "flwr.compat")
     users = {
         module_name(p)
@@ -122,12 +144,12 @@ def test_only_the_secure_aggregation_module_touches_flowers_legacy_api():
         for p in (REPO / package).rglob("*.py")
         if any(m in legacy or m.startswith(tuple(f"{name}." for name in legacy)) for m in imports_of(p))
     }
-    assert users == {"fedhubert_plugin.federation.secure"}
+    assert users == {"fedhubert_plugin.federation.server.secure", "fedhubert_plugin.federation.client.secure"}
 
 
 def test_federation_functions_read_in_one_screen():
     long = []
-    for path in (REPO / "fedhubert_plugin" / "federation").glob("*.py"):
+    for path in (REPO / "fedhubert_plugin" / "federation").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 50:
                 long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")

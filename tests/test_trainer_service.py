@@ -15,14 +15,9 @@ import psutil
 import pytest
 
 from fedhubert_plugin.data.manifest import ShardError
-from fedhubert_plugin.federation.trainer_service import (
-    UnsafeFolderError,
-    authkey,
-    call_service,
-    connect,
-    runtime_dir,
-)
-from fedhubert_plugin.federation.wire import ClientConfig
+from fedhubert_plugin.federation.client.private_folder import UnsafeFolderError, authkey, runtime_dir
+from fedhubert_plugin.federation.client.service_proxy import ServiceTrainer, connect
+from fedhubert_plugin.federation.client.work import EvaluateTask, FitTask, TrainerSpec
 from tests.helpers import TINY
 
 HEAVY = ("torch", "fairseq", "torchaudio", "sklearn", "s3prl", "tensorboard", "ray")
@@ -32,8 +27,8 @@ def test_a_flwr_clientapp_process_imports_neither_torch_nor_fairseq():
     code = f"""
 import sys
 sys.argv[0] = "/venv/bin/flwr-clientapp"
-import fedhubert_plugin.federation.client_app
-assert fedhubert_plugin.ONE_MESSAGE_PROCESS
+import fedhubert_plugin.federation.client.app
+assert fedhubert_plugin.one_message_process()
 print("HEAVY", sorted(m for m in {HEAVY!r} if m in sys.modules))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -52,34 +47,37 @@ def service_of(owner: int) -> psutil.Process:
 def test_the_service_keeps_its_trainer_across_calls_is_replaced_when_killed_and_ends_with_its_owner(
     client_shard, tmp_path
 ):
-    from fedhubert_plugin.federation.local_trainer import LocalTrainer
+    from fedhubert_plugin.federation.client.local_trainer import LocalTrainer
 
     owner = subprocess.Popen(["sleep", "600"])  # stands in for the SuperNode's process
     try:
-        trainer = LocalTrainer(TINY, label_rate=100)
+        spec = TrainerSpec(TINY, label_rate=100.0)
+        trainer = LocalTrainer(spec)
         trainer.client_task(client_shard)
         start = {k: v.detach().float().numpy().copy() for k, v in trainer.model.state_dict().items()}
-        config = ClientConfig(TINY, label_rate=100.0, local_updates=2, validate=True, server_round=1)
+        node = ServiceTrainer(spec, threads=1, owner=owner.pid)
 
-        first, started = call_service(owner.pid, ("train", 1, (config, client_shard, start)))
+        first = node.fit(FitTask(client_shard, start, local_updates=2, server_round=1, validate=True))
+        started = first.metrics["trainer_start_seconds"]
         assert started > 0 and first.metrics["updates"] == 2 and np.isfinite(first.validation["loss"])
         assert sum(not np.array_equal(first.arrays[k], start[k]) for k in start) > len(start) // 2
         service = service_of(owner.pid)
 
-        second, started = call_service(owner.pid, ("evaluate", 1, (config, client_shard, first.arrays)))
-        assert started == 0.0 and service_of(owner.pid).pid == service.pid  # the same process, kept
+        second = node.evaluate(EvaluateTask(client_shard, first.arrays, 1))
+        assert second.metrics["trainer_start_seconds"] == 0.0
+        assert service_of(owner.pid).pid == service.pid  # the same process, kept
         assert np.isfinite(second.metrics["loss"]) and second.num_examples == first.validation["num-examples"]
 
         broken = tmp_path / "broken"
         shutil.copytree(client_shard, broken)
         (broken / "labels" / "valid.km").unlink()
         with pytest.raises(ShardError, match=str(broken / "labels" / "valid.km")):  # the client's data, named
-            call_service(owner.pid, ("evaluate", 1, (config, broken, first.arrays)))
+            node.evaluate(EvaluateTask(broken, first.arrays, 1))
 
         service.kill()
         service.wait(10)
-        third, started = call_service(owner.pid, ("evaluate", 1, (config, client_shard, first.arrays)))
-        assert started > 0 and service_of(owner.pid).pid != service.pid
+        third = node.evaluate(EvaluateTask(client_shard, first.arrays, 1))
+        assert third.metrics["trainer_start_seconds"] > 0 and service_of(owner.pid).pid != service.pid
         assert third.metrics["loss"] == pytest.approx(second.metrics["loss"])  # same weights, same masks
         replacement = service_of(owner.pid)
     finally:
@@ -93,7 +91,7 @@ def test_the_service_keeps_its_trainer_across_calls_is_replaced_when_killed_and_
 
 def test_an_idle_service_ends_and_removes_its_socket():
     address = runtime_dir() / "trainer-idle-test.sock"
-    command = [sys.executable, "-m", "fedhubert_plugin.federation.trainer_service", "--address", str(address)]
+    command = [sys.executable, "-m", "fedhubert_plugin.federation.client.service", "--address", str(address)]
     service = subprocess.Popen([*command, "--owner", str(os.getpid()), "--idle-seconds", "1"])
     assert service.wait(timeout=120) == 0  # its owner (this test) lives on: it ended for being idle
     assert not address.exists() and not address.with_suffix(".lock").exists()
@@ -218,7 +216,7 @@ def test_a_caller_without_the_key_is_refused_before_anything_is_unpickled(tmp_pa
     runtime = Path(tempfile.mkdtemp())  # mode 0700; short, as a socket's path must be
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))  # the service gets it too
     address, marker = runtime_dir() / "trainer-auth-test.sock", tmp_path / "unpickled"
-    command = [sys.executable, "-m", "fedhubert_plugin.federation.trainer_service", "--address", str(address)]
+    command = [sys.executable, "-m", "fedhubert_plugin.federation.client.service", "--address", str(address)]
     service = subprocess.Popen([*command, "--owner", str(os.getpid()), "--idle-seconds", "120"])
     try:
         with listening(address, service) as intruder:  # sends an object without the handshake

@@ -22,6 +22,8 @@ ARRAYS, CONFIG, METRICS, CLIENT, VALIDATION = "arrays", "config", "metrics", "cl
 CLIENT_NAME, BROKEN_DATA = "name", "broken-data"
 NUM_EXAMPLES = "num-examples"  # Flower's strategies weigh replies by it
 UPDATES = "updates"  # local updates a client made; the server's update count and DP's uniform weights
+# SecAgg+ rounds speak Flower's legacy fitins/fitres records; a client's validation travels in its flat metrics
+FITINS_PARAMETERS, FITINS_CONFIG, VALID_PREFIX = "fitins.parameters", "fitins.config", "valid_"
 
 Config = TypeVar("Config")
 

@@ -1,7 +1,7 @@
 """The Flower ClientApp: local fairseq training and validation of the global weights on a client's shard.
 
-``train`` loads the global weights into the node's fairseq trainer (``client_training``: in this
-process for a simulation's Ray actor, in the node's kept ``trainer_service`` for a SuperNode),
+``train`` loads the global weights into the node's fairseq trainer (``trainer.trainer_for``: in this
+process for a simulation's Ray actor, in the node's kept trainer service for a SuperNode),
 validates them on the client's valid split when the message asks for it, trains on the client's
 own shard and replies with the new weights, the round's metrics and that validation;
 ``evaluate`` (a separate message, on the rounds that ask for one) validates the global weights. A client whose files
@@ -21,9 +21,10 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedhubert_plugin import console
 from fedhubert_plugin.data.manifest import ShardError
-from fedhubert_plugin.federation.nodes import client_folder, site_processes
-from fedhubert_plugin.federation.secure import is_secure_round, secure_aggregation_mod, secure_train
-from fedhubert_plugin.federation.trainer_service import run_on_node_trainer
+from fedhubert_plugin.federation.client.secure import is_secure_round, secure_aggregation_mod, secure_train
+from fedhubert_plugin.federation.client.trainer import node_trainer
+from fedhubert_plugin.federation.client.work import EvaluateTask, FitTask
+from fedhubert_plugin.federation.nodes import client_folder
 from fedhubert_plugin.federation.wire import (
     ARRAYS,
     CONFIG,
@@ -67,13 +68,12 @@ def train(msg: Message, context: Context) -> Message:
     if is_secure_round(msg):
         return secure_train(msg, context)
     config = from_config_record(ClientConfig, msg.content[CONFIG])
-    config.site_processes = site_processes(context, config.site_processes)
     folder = client_folder(context, config.data_root)
     start = time.perf_counter()
     arrays = arrays_of(msg.content[ARRAYS])
     decode_seconds = time.perf_counter() - start
     try:
-        result, trainer_start = run_on_node_trainer(context, "train", config, folder, arrays)
+        result = node_trainer(context, config).fit(FitTask.of(config, folder, arrays))
     except ShardError as error:
         return broken_data_reply(msg, folder, error)
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def train(msg: Message, context: Context) -> Message:
         **result.metrics,
         "serialize_seconds": serialize_seconds,
         "startup_seconds": startup,
-        "trainer_start_seconds": trainer_start,
+        "trainer_start_seconds": result.metrics.get("trainer_start_seconds", 0.0),
         NUM_EXAMPLES: result.num_examples,
     }
     return client_reply(msg, folder, metrics, result.validation, **{ARRAYS: reply_arrays})
@@ -93,10 +93,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Validation of the global weights on the client's valid split."""
     config = from_config_record(ClientConfig, msg.content[CONFIG])
-    config.site_processes = site_processes(context, config.site_processes)
     folder = client_folder(context, config.data_root)
+    task = EvaluateTask(folder, arrays_of(msg.content[ARRAYS]), config.server_round)
     try:
-        result, _ = run_on_node_trainer(context, "evaluate", config, folder, arrays_of(msg.content[ARRAYS]))
+        result = node_trainer(context, config).evaluate(task)
     except ShardError as error:
         return broken_data_reply(msg, folder, error)
     return client_reply(msg, folder, {**result.metrics, NUM_EXAMPLES: result.num_examples})

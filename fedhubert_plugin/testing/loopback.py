@@ -5,35 +5,16 @@ authentication). Logs go to ``workdir/<process>.log``; Flower's telemetry and up
 """
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
-from fedhubert_plugin.federation.runlog import read_metrics
+from fedhubert_plugin.federation.server.runlog import read_metrics
+from fedhubert_plugin.ports import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]  # the Flower app: pyproject.toml's [tool.flwr.app]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, seconds: float = 60) -> None:
-    """Return once something listens on 127.0.0.1:``port``; raise after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 class LoopbackFederation:

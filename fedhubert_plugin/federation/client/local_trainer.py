@@ -17,7 +17,7 @@ import time
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ from fairseq.data.data_utils import numpy_seed
 from fairseq.trainer import Trainer
 from omegaconf import DictConfig, open_dict
 
+from fedhubert_plugin.federation.client.work import EvaluateTask, FitTask, TrainerSpec
 from fedhubert_plugin.federation.schedule import client_schedule
-from fedhubert_plugin.federation.wire import UPDATES, LocalResult
+from fedhubert_plugin.federation.wire import NUM_EXAMPLES, UPDATES, LocalResult
 from fedhubert_plugin.recipes import compose_recipe
 
 logger = logging.getLogger(__name__)
@@ -137,13 +138,11 @@ def train_steps(
 class LocalTrainer:
     """fairseq Trainer for any client folder, from one recipe and its overrides."""
 
-    def __init__(
-        self, recipe: str, overrides: Sequence[str] = (), label_rate: Optional[float] = None, lr: Optional[float] = None
-    ):
-        extra = [f"task.label_rate={label_rate}"] if label_rate else []
-        extra += [f"optimization.lr=[{lr}]"] if lr else []
-        self.recipe, self.overrides = recipe, list(overrides) + extra
-        self.cfg = compose_recipe(recipe, self.overrides)
+    def __init__(self, spec: TrainerSpec):
+        extra = [f"task.label_rate={spec.label_rate}"] if spec.label_rate else []
+        extra += [f"optimization.lr=[{spec.lr}]"] if spec.lr else []
+        self.recipe, self.overrides = spec.recipe, list(spec.overrides) + extra
+        self.cfg = compose_recipe(spec.recipe, self.overrides)
         # a fresh fairseq Trainer per round and client: its start-up notes (shared parameters,
         # memory) would repeat every round in every client's log
         logging.getLogger("fairseq.trainer").setLevel(logging.WARNING)
@@ -203,32 +202,23 @@ class LocalTrainer:
             master.copy_(torch.from_numpy(np.asarray(arrays[name])))
         return trainer, cfg, task
 
-    def fit(
-        self,
-        folder: Path,
-        arrays: Dict[str, np.ndarray],
-        num_updates: int,
-        local_updates: int = 0,
-        local_epochs: int = 0,
-        server_round: int = 0,
-        epoch_rounds: int = 0,
-    ) -> LocalResult:
-        """Train from ``arrays`` for ``local_updates`` updates, or ``local_epochs`` epochs, at update
-        ``num_updates`` of the lr schedule. ``server_round`` seeds the round's masks and batches; with local
-        epochs it also places the round on the client's own schedule of ``epoch_rounds`` epochs (its update
-        count is then ``(server_round - 1) × local_epochs × its updates per epoch``)."""
-        if (local_updates > 0) == (local_epochs > 0):
+    def fit(self, task: FitTask) -> LocalResult:
+        """One round of local training (``FitTask``), after validating the received weights when it asks."""
+        if (task.local_updates > 0) == (task.local_epochs > 0):
             raise ValueError("give exactly one of local_updates and local_epochs")
         start = time.perf_counter()
-        cfg = None
-        if local_epochs:
-            cfg, per_epoch = self.epoch_schedule(folder, epoch_rounds or local_epochs)
-            num_updates = max(0, server_round - 1) * local_epochs * per_epoch
-        trainer, cfg, task = self.trainer_with(folder, arrays, num_updates, cfg)
+        validated = self.evaluate(task.validation()) if task.validate else None
+        validation_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        cfg, num_updates = None, task.num_updates
+        if task.local_epochs:
+            cfg, per_epoch = self.epoch_schedule(task.folder, task.epoch_rounds or task.local_epochs)
+            num_updates = max(0, task.server_round - 1) * task.local_epochs * per_epoch
+        trainer, cfg, fairseq_task = self.trainer_with(task.folder, task.arrays, num_updates, cfg)
         setup_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        with reproducible_round(cfg.common.seed, server_round, folder) as agg:
-            done, utterances, lr = train_steps(trainer, cfg, server_round, local_updates, local_epochs)
+        with reproducible_round(cfg.common.seed, task.server_round, task.folder) as agg:
+            done, utterances, lr = train_steps(trainer, cfg, task.server_round, task.local_updates, task.local_epochs)
             result = hubert_metrics(agg)
         seconds = time.perf_counter() - start
         result.update(
@@ -243,13 +233,17 @@ class LocalTrainer:
         )
         state = {k: v.detach().float().cpu().numpy() for k, v in trainer.model.state_dict().items()}
         state.update({k: v.detach().cpu().numpy().copy() for k, v in master_parameters(trainer).items()})
-        return LocalResult(state, len(task.dataset("train")), result)
+        fitted = LocalResult(state, len(fairseq_task.dataset("train")), result)
+        if validated is not None:
+            fitted.validation = {**validated.metrics, NUM_EXAMPLES: validated.num_examples}
+            fitted.metrics["validation_seconds"] = validation_seconds
+        return fitted
 
-    def evaluate(self, folder: Path, arrays: Dict[str, np.ndarray], round_seed: int = 0) -> LocalResult:
-        """Validation loss and accuracies of ``arrays`` on the client's valid split."""
-        trainer, cfg, task = self.trainer_with(folder, arrays, 0)
-        with reproducible_round(cfg.common.seed, round_seed, folder) as agg:
+    def evaluate(self, task: EvaluateTask) -> LocalResult:
+        """Validation loss and accuracies of the task's weights on the client's valid split."""
+        trainer, cfg, fairseq_task = self.trainer_with(task.folder, task.arrays, 0)
+        with reproducible_round(cfg.common.seed, task.round_seed, task.folder) as agg:
             for sample in trainer.get_valid_iterator("valid").next_epoch_itr(shuffle=False):
                 trainer.valid_step(sample)
             result = hubert_metrics(agg)
-        return LocalResult({}, len(task.dataset("valid")), result)
+        return LocalResult({}, len(fairseq_task.dataset("valid")), result)

@@ -24,7 +24,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedhubert_plugin import console
-from fedhubert_plugin.federation.nodes import client_folder, wait_for_nodes
+from fedhubert_plugin.federation.nodes import client_folder
+from fedhubert_plugin.federation.server.grid import wait_for_nodes
 from fedhubert_plugin.federation.wire import CONFIG, METRICS, client_of, client_reply, config_record, from_config_record
 from fedhubert_plugin.targets.features import FeatureExtractor, feature_extractor
 from fedhubert_plugin.targets.kmeans import (

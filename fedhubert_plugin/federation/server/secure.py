@@ -1,6 +1,6 @@
-"""Secure aggregation of the clients' updates with Flower's SecAgg+ (``--secure-aggregation``).
+"""Secure aggregation of the clients' updates with Flower's SecAgg+ (``--secure-aggregation``): the server's half.
 
-The only module that touches Flower's legacy and compat internals.
+With ``client/secure.py`` (the client's half), the only modules that touch Flower's legacy and compat internals.
 
 Flower 1.41 runs SecAgg+ as a workflow of its legacy strategy API: the server side is
 ``SecAggPlusWorkflow`` with a ``LegacyContext``, the client side the ``secaggplus_mod``
@@ -21,11 +21,7 @@ import logging
 from typing import Dict, List, Tuple
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.client.mod import secaggplus_mod
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
@@ -35,51 +31,10 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from fedhubert_plugin.federation.nodes import client_folder, site_processes
 from fedhubert_plugin.federation.settings import RESUME_ADVICE, FederationSettings
-from fedhubert_plugin.federation.trainer_service import run_on_node_trainer
-from fedhubert_plugin.federation.wire import NUM_EXAMPLES, ClientConfig, from_config_record
+from fedhubert_plugin.federation.wire import VALID_PREFIX
 
 logger = logging.getLogger(__name__)
-
-FITINS_PARAMETERS, FITINS_CONFIG = "fitins.parameters", "fitins.config"
-VALID_PREFIX = "valid_"  # legacy metrics are one flat dict: a client's validation travels under this prefix
-
-
-def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
-    """Flower's ``secaggplus_mod`` on the messages of a SecAgg+ round; others pass through."""
-    if RECORD_KEY_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, call_next)
-    return call_next(msg, context)
-
-
-def is_secure_round(msg: Message) -> bool:
-    """Whether ``msg`` is the training message of a SecAgg+ round (legacy ``fitins`` records)."""
-    return FITINS_PARAMETERS in msg.content.array_records
-
-
-def secure_train(msg: Message, context: Context) -> Message:
-    """Client: train like any round, reply with the update (not the weights) for SecAgg+ to mask."""
-    record = msg.content.config_records[FITINS_CONFIG]
-    config = from_config_record(ClientConfig, record)
-    config.site_processes = site_processes(context, config.site_processes)
-    folder = client_folder(context, config.data_root)
-    names = [str(name) for name in record["param-names"]]
-    arrays = dict(zip(names, (a.numpy() for a in msg.content.array_records[FITINS_PARAMETERS].values())))
-    result, _ = run_on_node_trainer(context, "train", config, folder, arrays)
-    update = [result.arrays[name] - arrays[name] for name in names]
-    reply = FitRes(
-        Status(Code.OK, "ok"),
-        ndarrays_to_parameters(update),
-        num_examples=1,  # uniform average
-        metrics={
-            **result.metrics,
-            **{f"{VALID_PREFIX}{k}": v for k, v in result.validation.items()},
-            NUM_EXAMPLES: result.num_examples,
-            "client": folder.name,
-        },
-    )
-    return Message(fitres_to_recorddict(reply, keep_input=False), reply_to=msg)
 
 
 def split_report(report: Dict) -> Tuple[str, Dict[str, float], Dict[str, float]]:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.federation.screening import layers
-from fedhubert_plugin.federation.strategies import accountant_state, restore_accountant
+from fedhubert_plugin.federation.server.screening import layers
+from fedhubert_plugin.federation.server.strategies import accountant_state, restore_accountant
 from fedhubert_plugin.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)

@@ -20,16 +20,17 @@ import logging
 import os
 import queue
 import traceback
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List
 
 import torch
 import torch.multiprocessing as mp
 from fairseq.distributed import utils as distributed_utils
 from omegaconf import open_dict
 
-from fedhubert_plugin.federation.local_trainer import LocalTrainer
-from fedhubert_plugin.federation.loopback import free_port
+from fedhubert_plugin.federation.client.local_trainer import LocalTrainer
+from fedhubert_plugin.federation.client.work import EvaluateTask, FitTask, TrainerSpec
 from fedhubert_plugin.federation.wire import LocalResult
+from fedhubert_plugin.ports import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +56,17 @@ def join_process_group(trainer: LocalTrainer, rank: int, world_size: int, port: 
     distributed_utils.distributed_init(trainer.cfg)
 
 
-def serve_rank(rank: int, world_size: int, port: int, trainer_args: Tuple, commands: Any, results: Any) -> None:
-    """One rank's life: join the process group, then run each ``(method, args, kwargs)`` until ``None``."""
+def serve_rank(rank: int, world_size: int, port: int, spec: TrainerSpec, commands: Any, results: Any) -> None:
+    """One rank's life: join the process group, then run each task (``FitTask``, ``EvaluateTask``) until ``None``."""
     try:
-        trainer = LocalTrainer(*trainer_args)
+        trainer = LocalTrainer(spec)
         join_process_group(trainer, rank, world_size, port)
     except Exception:
         results.put((rank, traceback.format_exc()))
         return
-    while (command := commands.get()) is not None:
-        method, args, kwargs = command
+    while (task := commands.get()) is not None:
         try:
-            result = getattr(trainer, method)(*args, **kwargs)
+            result = task.run_on(trainer)
         except Exception:
             results.put((rank, traceback.format_exc()))
             continue
@@ -76,24 +76,18 @@ def serve_rank(rank: int, world_size: int, port: int, trainer_args: Tuple, comma
 
 
 class SiteTrainer:
-    """``world_size`` fairseq data-parallel ranks training one client, kept across rounds."""
+    """``spec.processes`` fairseq data-parallel ranks training one client, kept across rounds."""
 
-    def __init__(
-        self,
-        world_size: int,
-        recipe: str,
-        overrides: Sequence[str] = (),
-        label_rate: Optional[float] = None,
-        lr: Optional[float] = None,
-    ):
+    def __init__(self, spec: TrainerSpec):
+        world_size = spec.processes
         context = mp.get_context("spawn")
         self.results = context.Queue()
         self.commands = [context.Queue() for _ in range(world_size)]
-        port, trainer_args = free_port(), (recipe, tuple(overrides), label_rate, lr)
+        port = free_port()
         self.ranks: List[mp.Process] = [
             context.Process(
                 target=serve_rank,
-                args=(rank, world_size, port, trainer_args, self.commands[rank], self.results),
+                args=(rank, world_size, port, spec, self.commands[rank], self.results),
                 daemon=True,
             )
             for rank in range(world_size)
@@ -108,18 +102,19 @@ class SiteTrainer:
     def alive(self) -> bool:
         return all(process.is_alive() for process in self.ranks)
 
-    def fit(self, *args: Any, **kwargs: Any) -> LocalResult:
+    def fit(self, task: FitTask) -> LocalResult:
         """``LocalTrainer.fit`` on every rank; the site's result (rank 0's)."""
-        return self.run("fit", args, kwargs)
+        return self.run(task)
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> LocalResult:
+    def evaluate(self, task: EvaluateTask) -> LocalResult:
         """``LocalTrainer.evaluate`` on every rank (fairseq sums their validation); rank 0's result."""
-        return self.run("evaluate", args, kwargs)
+        return self.run(task)
 
-    def run(self, method: str, args: Tuple, kwargs: Dict) -> LocalResult:
-        """Send a call to every rank and wait for all; stop the site if a rank fails or dies."""
+    def run(self, task) -> LocalResult:
+        """Send the task to every rank and wait for all; stop the site if a rank fails or dies."""
+        method = type(task).__name__
         for commands in self.commands:
-            commands.put((method, args, kwargs))
+            commands.put(task)
         outcomes: Dict[int, LocalResult] = {}
         while len(outcomes) < len(self.ranks):
             try:

@@ -12,36 +12,35 @@ So every model is validated once: model ``k`` by the clients that train round ``
 the evaluation at the end of round ``k``. Whenever a validation has the lowest loss so far (the
 loss averaged over the clients that validated, by valid utterances), that model (round ``k`` ≥ 1;
 the initial model is recorded but never kept) becomes ``checkpoint_best.pt`` and s3prl's
-``best_global_model.pt``. Each round writes one line of ``metrics.jsonl``, holding the
+``best_global_model.pt`` (``checkpointing``). Each round writes one line of ``metrics.jsonl``, holding the
 validations it made with the round of the model each one measured, and the resume state
 (``runlog``). When the run ends, finished or stopped, ``participation.md`` says per client how
 many rounds it trained and failed, and its last error.
 """
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fedhubert_plugin.checkpoints import (
-    check_architecture,
-    copy_fitting_tensors,
-    load_checkpoint,
-    save_fairseq_checkpoint,
-    save_s3prl_checkpoint,
-)
 from fedhubert_plugin.console import progress_bar
-from fedhubert_plugin.federation.nodes import wait_for_nodes
-from fedhubert_plugin.federation.runlog import (
+from fedhubert_plugin.federation.schedule import Schedule, plan_schedule
+from fedhubert_plugin.federation.server.checkpointing import (
+    Weights,
+    initial_model,
+    keep_if_best,
+    resume,
+    save_round_checkpoint,
+)
+from fedhubert_plugin.federation.server.grid import wait_for_nodes
+from fedhubert_plugin.federation.server.runlog import (
     PARTICIPATION_FILE,
     Progress,
     RunLog,
@@ -49,15 +48,14 @@ from fedhubert_plugin.federation.runlog import (
     read_metrics,
     round_postfix,
 )
-from fedhubert_plugin.federation.schedule import Schedule, plan_schedule
-from fedhubert_plugin.federation.screening import ScreenedStrategy
-from fedhubert_plugin.federation.secure import secure_average_update, split_report
-from fedhubert_plugin.federation.settings import FederationSettings, SettingsError
-from fedhubert_plugin.federation.strategies import evaluation_strategy, privacy_spent
-from fedhubert_plugin.federation.streaming import replies_as_they_come
+from fedhubert_plugin.federation.server.screening import ScreenedStrategy
+from fedhubert_plugin.federation.server.secure import secure_average_update, split_report
+from fedhubert_plugin.federation.server.strategies import evaluation_strategy, privacy_spent
+from fedhubert_plugin.federation.server.streaming import replies_as_they_come
+from fedhubert_plugin.federation.server.validation import Validation, averaged_validation
+from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.federation.wire import (
     METRICS,
-    NUM_EXAMPLES,
     UPDATES,
     ClientConfig,
     broken_data_of,
@@ -67,40 +65,9 @@ from fedhubert_plugin.federation.wire import (
     record_of,
     validation_of,
 )
-from fedhubert_plugin.files import atomic_write, atomic_write_text
-from fedhubert_plugin.recipes import recipe_initial_model
+from fedhubert_plugin.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-Weights = Dict[str, np.ndarray]
-
-
-@dataclass
-class Validation:
-    """The clients' validation of one global model: the model of round ``model_round`` (0: the initial one)."""
-
-    model_round: int
-    metrics: Dict[str, float]  # averaged by valid utterances; empty when no client validated
-    clients: Dict[str, Dict[str, float]]  # per client
-    bytes_sent: int = 0  # a separate evaluation's download; 0 when it came with training
-
-    @property
-    def loss(self) -> float:
-        return float(self.metrics.get("loss", float("inf")))
-
-    def line(self, how: str) -> Dict:
-        """This validation in ``metrics.jsonl``; ``how``: ``with training`` or ``evaluation``."""
-        return {"model_round": self.model_round, "how": how, "metrics": self.metrics, "clients": self.clients}
-
-
-def averaged_validation(model_round: int, rows: Dict[str, Dict[str, float]], bytes_sent: int = 0) -> Validation:
-    """Per-client validations (each with its ``num-examples``) and their average by valid utterances."""
-    if not rows:
-        return Validation(model_round, {}, {}, bytes_sent)
-    records = [RecordDict({METRICS: MetricRecord(row)}) for row in rows.values()]
-    metrics = dict(aggregate_metricrecords(records, NUM_EXAMPLES))
-    clients = {name: {k: v for k, v in row.items() if k != NUM_EXAMPLES} for name, row in rows.items()}
-    return Validation(model_round, metrics, clients, bytes_sent)
 
 
 @dataclass
@@ -115,17 +82,6 @@ class TrainedRound:
     clipped: List[Dict] = field(default_factory=list)
     bytes_sent: int = 0  # model weights only (SecAgg+ rounds: not counted)
     bytes_received: int = 0
-
-
-def initial_model(settings: FederationSettings, schedule: Schedule) -> Tuple[DictConfig, Weights]:
-    """The recipe's config (with the run's lr schedule) and seeded initial weights, built on the server without
-    client data."""
-    cfg, weights = recipe_initial_model(
-        settings.recipe, schedule.overrides, settings.label_rate, settings.n_clusters, settings.data_root
-    )
-    if settings.init_from:
-        weights = copy_fitting_tensors(weights, settings.init_from)
-    return cfg, weights
 
 
 def client_rows(replies: List[Message]) -> Dict[str, Dict[str, float]]:
@@ -216,32 +172,6 @@ def evaluate_round(
     return averaged_validation(rnd, client_rows(replies), message_bytes(messages))
 
 
-def save_round_checkpoint(
-    settings: FederationSettings, cfg: DictConfig, weights: Weights, rnd: int, progress: Progress
-) -> None:
-    """``checkpoint_round{rnd}.pt`` and ``checkpoint_last.pt``."""
-    round_path = settings.server_dir / f"checkpoint_round{rnd}.pt"
-    save_fairseq_checkpoint(
-        round_path, cfg, weights, settings.n_clusters, progress.updates_done, {"federated_round": rnd}
-    )
-    atomic_write(settings.server_dir / "checkpoint_last.pt", lambda tmp: shutil.copyfile(round_path, tmp))
-
-
-def keep_if_best(
-    settings: FederationSettings, cfg: DictConfig, weights: Weights, validation: Validation, progress: Progress
-) -> None:
-    """When ``validation`` of the model of a round ≥ 1 (``weights``) has the lowest loss so far, that model
-    becomes ``checkpoint_best.pt`` and ``best_global_model.pt``."""
-    rnd = validation.model_round
-    if rnd < 1 or not validation.loss < progress.best_loss:
-        return
-    progress.best_loss, progress.best_round = validation.loss, rnd
-    server_dir = settings.server_dir
-    round_path = server_dir / f"checkpoint_round{rnd}.pt"
-    atomic_write(server_dir / "checkpoint_best.pt", lambda tmp: shutil.copyfile(round_path, tmp))
-    save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
-
-
 def round_line(
     rnd: int,
     settings: FederationSettings,
@@ -308,45 +238,6 @@ def run_round(
     progress.round_done = rnd
     log.save_state(progress, strategy)
     return trained.weights, line
-
-
-def check_same_schedule(settings: FederationSettings, saved: Dict[str, int], schedule: Schedule) -> None:
-    """A resumed run must train on the lr schedule its completed rounds trained on: resuming then equals an
-    uninterrupted run. ``SettingsError`` naming both schedules and the fixes when it would change (a state saved
-    before schedules were sized to the run has none to compare)."""
-    if saved and saved != schedule.key:
-        raise SettingsError(
-            f"resume: the rounds in {settings.server_dir} trained on the lr schedule {saved}; these settings give "
-            f"{schedule.key} (the schedule is sized to num-server-rounds x local-updates). Resuming would change the "
-            f"schedule under the rounds already trained. Resume with the first run's --num-server-rounds and "
-            f"--local-updates; to train further, start a new run from its weights (--init-from "
-            f"{settings.server_dir / 'checkpoint_last.pt'}); to plan for extending a run, give "
-            f"optimization.max_update for the longest run from its start"
-        )
-
-
-def resume(
-    settings: FederationSettings, strategy: Strategy, log: RunLog, weights: Weights, schedule: Schedule
-) -> Tuple[Progress, Weights]:
-    """With ``resume`` and a saved state: the progress and the weights of the last completed round."""
-    if not settings.resume or not log.state_path.is_file():
-        if settings.resume:
-            logger.info("resume: no server state in %s, starting at round 1", settings.server_dir)
-        return Progress(schedule=schedule.key), weights
-    progress = log.restore_state(strategy)
-    # the round's own checkpoint: checkpoint_last.pt may already hold a round killed before its state was saved
-    last = settings.server_dir / f"checkpoint_round{progress.round_done}.pt"
-    resumed = load_checkpoint(last)["model"]
-    check_architecture(weights, resumed, last, f"{settings.recipe} {' '.join(settings.overrides)}".strip())
-    check_same_schedule(settings, progress.schedule, schedule)
-    progress.schedule = schedule.key
-    logger.info(
-        "resuming after round %d (best valid loss %.4f at round %d)",
-        progress.round_done,
-        progress.best_loss,
-        progress.best_round,
-    )
-    return progress, {k: v.numpy() for k, v in resumed.items()}
 
 
 def run_rounds(grid: Grid, settings: FederationSettings, strategy: Strategy) -> None:

@@ -1,8 +1,8 @@
 """The Flower ServerApp of federated pretraining: settings -> strategy -> round loop.
 
 ``server_app`` is the entry of ``flwr run`` (settings from the run config in pyproject.toml);
-``server_app_for`` and ``simulate_pretraining`` serve ``fedhubert pretrain`` / ``distill``
-and the demo, which run Flower's simulation runtime with settings they already hold.
+``server_app_for`` serves ``fedhubert pretrain`` / ``distill`` and the demo, which run Flower's
+simulation runtime (``federation.simulation``) with settings they already hold.
 """
 
 import random
@@ -11,11 +11,9 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedhubert_plugin.federation.client_app import client_app
-from fedhubert_plugin.federation.nodes import ray_backend_config, simulate
-from fedhubert_plugin.federation.rounds import run_rounds
+from fedhubert_plugin.federation.server.rounds import run_rounds
+from fedhubert_plugin.federation.server.strategies import build_strategy
 from fedhubert_plugin.federation.settings import FederationSettings, from_run_config
-from fedhubert_plugin.federation.strategies import build_strategy
 
 
 def serve(grid: Grid, settings: FederationSettings) -> None:
@@ -44,14 +42,3 @@ def server_app_for(settings: FederationSettings) -> ServerApp:
         serve(grid, settings)
 
     return app
-
-
-def simulate_pretraining(settings: FederationSettings, num_clients: int) -> None:
-    """Run the federation with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
-    settings.validate()  # before Ray starts
-    simulate(
-        server_app_for(settings),
-        client_app,
-        num_clients,
-        ray_backend_config(settings.cpus_per_client, settings.gpus_per_client),
-    )

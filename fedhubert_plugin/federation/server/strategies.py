@@ -31,9 +31,9 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedhubert_plugin.federation.screening import ScreenedStrategy, layers
+from fedhubert_plugin.federation.server.screening import ScreenedStrategy, layers
+from fedhubert_plugin.federation.server.streaming import streams
 from fedhubert_plugin.federation.settings import FederationSettings
-from fedhubert_plugin.federation.streaming import streams
 from fedhubert_plugin.federation.wire import UPDATES
 
 logger = logging.getLogger(__name__)

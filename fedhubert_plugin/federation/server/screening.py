@@ -24,8 +24,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedhubert_plugin.federation.server.streaming import RunningMean
 from fedhubert_plugin.federation.settings import RESUME_ADVICE
-from fedhubert_plugin.federation.streaming import RunningMean
 from fedhubert_plugin.federation.wire import (
     ARRAYS,
     METRICS,

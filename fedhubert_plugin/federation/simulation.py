@@ -1,0 +1,54 @@
+"""Flower's simulation runtime on this machine: the server's and the clients' apps in one process tree, on Ray.
+
+The one module that wires both sides together; the server and the client packages never import
+each other.
+"""
+
+import logging
+import os
+import tempfile
+from typing import Any, Dict
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fedhubert_plugin import console
+from fedhubert_plugin.federation.client.app import client_app
+from fedhubert_plugin.federation.server.app import server_app_for
+from fedhubert_plugin.federation.settings import FederationSettings
+
+
+def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: float = 0.0) -> Dict[str, Any]:
+    """Ray settings for a simulation on this machine: loopback only, our own temp dir, no dashboard."""
+    temp_dir = os.environ.get("FEDHUBERT_RAY_TMP", os.path.join(tempfile.gettempdir(), f"fedhubert-ray-{os.getuid()}"))
+    return {
+        "client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": num_gpus_per_client, "max_restarts": -1},
+        "init_args": {
+            "_node_ip_address": "127.0.0.1",
+            "_temp_dir": temp_dir,
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "log_to_driver": True,
+        },
+    }
+
+
+def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend_config: Dict[str, Any]) -> None:
+    """Run the apps with Flower's simulation runtime (Ray), one virtual SuperNode per client."""
+    from flwr.simulation import run_simulation  # Ray: imported when a simulation runs, not with this module
+
+    console.apply()
+    run_simulation(
+        server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config
+    )
+
+
+def simulate_pretraining(settings: FederationSettings, num_clients: int) -> None:
+    """Run the federation of ``settings`` with Flower's simulation runtime, one virtual SuperNode per client."""
+    settings.validate()  # before Ray starts
+    simulate(
+        server_app_for(settings),
+        client_app,
+        num_clients,
+        ray_backend_config(settings.cpus_per_client, settings.gpus_per_client),
+    )

@@ -1,0 +1,1 @@
+"""Harnesses for rehearsals, tests and benchmarks; production code never imports them."""
