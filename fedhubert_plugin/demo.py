@@ -18,16 +18,15 @@ Every phase keeps its outputs under OUT; a second run reuses finished phases (pr
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from fedhubert_plugin.configs import DISTILL_DEFAULTS, DemoConfig, DistillConfig, from_prepared_data
 from fedhubert_plugin.downstream import keyword_spotting
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server.runlog import read_metrics
-from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS, from_prepared_data
 from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.prepare import PrepareConfig, prepare, summary_table
 from fedhubert_plugin.probe import ProbeResult, probe, probe_table, write_probe
@@ -44,25 +43,6 @@ TEACHER, STUDENT, RANDOM_INIT = (
     "student (federated distillation)",
     "random init (untrained teacher)",
 )
-
-
-@dataclass
-class DemoConfig:
-    """Options of ``fedhubert demo`` (see its --help)."""
-
-    out: Path
-    librispeech_root: Optional[Path] = None
-    subsets: Sequence[str] = ()
-    speech_commands_root: Optional[Path] = None
-    speech_commands_test_root: Optional[Path] = None
-    recipe: str = "tiny"
-    num_clients: int = 4
-    n_clusters: int = 100
-    rounds: int = 5
-    distill_rounds: int = 5
-    local_updates: int = 10
-    overrides: List[str] = field(default_factory=list)
-    seed: int = 0
 
 
 class Phases:
@@ -131,9 +111,7 @@ def prepare_phase(cfg: DemoConfig, data: Dict) -> Path:
     return out
 
 
-def federation_phase(
-    cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: str, rounds: int, overrides: List[str], **values
-) -> Path:
+def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: str, rounds: int, **values: Any) -> Path:
     """A federated run (pretraining or distillation), resumed when OUT holds part of it; ``values`` set more
     settings."""
     gpus = 1.0 / cfg.num_clients if torch.cuda.is_available() else 0.0
@@ -142,7 +120,6 @@ def federation_phase(
         save_dir=str(save_dir.resolve()),
         recipe=recipe,
         num_server_rounds=rounds,
-        overrides=overrides,
         local_updates=cfg.local_updates,
         seed=cfg.seed,
         resume=True,
@@ -153,14 +130,24 @@ def federation_phase(
     return save_dir
 
 
+def downstream_phase(cfg: DemoConfig, data: Dict, upstreams: Dict[str, Tuple[str, Path]]) -> Dict[str, Dict]:
+    """s3prl keyword spotting of each upstream (folder under OUT/downstream: (label, checkpoint)), by label."""
+    ks_config, results = find_recipe(PAIRED[cfg.recipe][1]), {}
+    for folder, (label, ckpt) in upstreams.items():
+        results[label] = keyword_spotting(
+            ckpt, cfg.out / "downstream" / folder, ks_config, data["keywords"], data["keywords_test"]
+        )
+        logger.info("KS %s: test accuracy %.3f", label, results[label]["test_acc"])
+    return results
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every phase into ``cfg.out``; returns the report's path."""
     if cfg.recipe not in PAIRED:
         raise ValueError(f"--recipe {cfg.recipe!r}: choose one of {', '.join(PAIRED)}")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    student_recipe, ks_name = PAIRED[cfg.recipe]
     overrides = list(cfg.overrides)
-    teacher_recipe = str(find_recipe(cfg.recipe))
+    teacher_recipe, student_recipe = str(find_recipe(cfg.recipe)), str(find_recipe(PAIRED[cfg.recipe][0]))
     phases = Phases(7)
     data = phases.run("data", data_phase, cfg)
     prepared = phases.run("prepare (federated k-means)", prepare_phase, cfg, data)
@@ -172,20 +159,19 @@ def run_demo(cfg: DemoConfig) -> Path:
         cfg.out / "pretrain",
         teacher_recipe,
         cfg.rounds,
-        overrides,
+        overrides=overrides,
     )
-    teacher = pretrain / "server" / "checkpoint_best.pt"
+    teacher = DistillConfig(pretrain / "server" / "checkpoint_best.pt", init_from_teacher=True)
     distill = phases.run(
         "federated distillation",
         federation_phase,
         cfg,
         prepared,
         cfg.out / "distill",
-        str(find_recipe(student_recipe)),
+        student_recipe,
         cfg.distill_rounds,
-        [f"criterion.teacher_checkpoint={teacher.resolve()}"] + overrides,
-        init_from=str(teacher.resolve()),
         eta=DISTILL_DEFAULTS["eta"],
+        **teacher.settings(overrides),
     )
     meta = json.loads((prepared / "prepare.json").read_text())
     random_init = export_initial(
@@ -196,18 +182,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         "student": (STUDENT, distill / "server" / "best_global_model.pt"),
         "random_init": (RANDOM_INIT, random_init),
     }
-    ks_config = find_recipe(ks_name)
-
-    def downstream() -> Dict[str, Dict]:
-        results = {}
-        for folder, (label, ckpt) in upstreams.items():
-            results[label] = keyword_spotting(
-                ckpt, cfg.out / "downstream" / folder, ks_config, data["keywords"], data["keywords_test"]
-            )
-            logger.info("KS %s: test accuracy %.3f", label, results[label]["test_acc"])
-        return results
-
-    results = phases.run("SUPERB keyword spotting (s3prl)", downstream)
+    results = phases.run("SUPERB keyword spotting (s3prl)", downstream_phase, cfg, data, upstreams)
     probed = phases.run("phone probe", probe_phase, cfg, data, {label: ckpt for label, ckpt in upstreams.values()})
     report = phases.run("report", make_report, cfg, prepared, pretrain, distill, results, probed, phases.seconds)
     print(downstream_table(results))

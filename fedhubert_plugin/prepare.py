@@ -27,10 +27,11 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Set
+from typing import Dict, List, Set
 
 from tensorboardX import SummaryWriter
 
+from fedhubert_plugin.configs import PrepareConfig
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import ScanReport, Utterance, scan_librispeech
@@ -55,29 +56,6 @@ from fedhubert_plugin.targets.labels import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PrepareConfig:
-    """Options of ``fedhubert prepare`` (see its --help)."""
-
-    librispeech_root: Path
-    subsets: Sequence[str]
-    num_clients: int
-    out: Path
-    partition: str = "speaker"
-    alpha: float = 0.5
-    features: str = "hubert"
-    checkpoint: str = ""  # --features checkpoint: the global model whose layer gives the features
-    layer: int = 0
-    kmeans: str = "federated"
-    n_clusters: int = 100
-    valid_fraction: float = 0.1
-    min_seconds: float = 2.0
-    min_count: int = 5
-    kmeans_max_iter: int = 10
-    seed: int = 0
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # threads for the scan and features
 
 
 @dataclass
@@ -243,6 +221,20 @@ def write_partition(cfg: PrepareConfig, splits_of: Dict[str, Dict], usable_paths
     return clients
 
 
+def finish_labels(cfg: PrepareConfig, folders: List[Path], extractor: FeatureExtractor) -> None:
+    """Each client's ``labels.json`` (what its labels were made with); its feature cache, no longer needed, goes."""
+    labels_meta = {
+        "label_rate": extractor.label_rate,
+        "features": cfg.features,
+        "kmeans": cfg.kmeans,
+        "n_clusters": cfg.n_clusters,
+        **({"checkpoint": cfg.checkpoint, "layer": cfg.layer} if cfg.features == "checkpoint" else {}),
+    }
+    for folder in folders:
+        atomic_write_json(folder / "labels" / LABELS_META, labels_meta)
+        remove_cached_features(folder)
+
+
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     """Scan, partition, write manifests, learn k-means and write labels for every client."""
     start = time.monotonic()
@@ -273,16 +265,7 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     summary.converted = len(report.converted)
     summary.clients = write_partition(cfg, splits_of, {u.path for u in usable})
     summary.label_rate = preset.label_rate
-    labels_meta = {
-        "label_rate": preset.label_rate,
-        "features": cfg.features,
-        "kmeans": cfg.kmeans,
-        "n_clusters": cfg.n_clusters,
-        **({"checkpoint": cfg.checkpoint, "layer": cfg.layer} if cfg.features == "checkpoint" else {}),
-    }
-    for folder in folders:
-        atomic_write_json(folder / "labels" / LABELS_META, labels_meta)
-        remove_cached_features(folder)
+    finish_labels(cfg, folders, preset)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     atomic_write_json(
         cfg.out / "prepare.json",

@@ -31,6 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from fedhubert_plugin.checkpoints import as_s3prl_state, hubert_model, load_checkpoint, s3prl_state
+from fedhubert_plugin.configs import ProbeConfig
 from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.files import atomic_write, atomic_write_json, atomic_write_text
 from fedhubert_plugin.targets.features import PRESETS
@@ -225,6 +226,27 @@ def probe(
             train_states, test_states = hidden_states(path, [train, test], device)
             results.append(score_layers(name, train_states, test_states, train, test, seed, train_frames))
     return results
+
+
+def named_checkpoints(entries: Sequence[str]) -> Dict[str, Path]:
+    """Name -> path of ``NAME=PATH`` entries, each naming an existing checkpoint."""
+    checkpoints = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not Path(path).is_file():
+            raise FileNotFoundError(f"--checkpoint {entry}: give NAME=PATH of an existing checkpoint")
+        checkpoints[name] = Path(path)
+    return checkpoints
+
+
+def probe_checkpoints(cfg: ProbeConfig) -> Tuple[List[ProbeResult], Dict[str, Path]]:
+    """``fedhubert probe``: the MFCC baseline and ``cfg``'s checkpoints probed, and the files written to
+    ``cfg.out`` (``write_probe``)."""
+    frames = TRAIN_FRAMES if cfg.train_frames is None else cfg.train_frames
+    checkpoints = named_checkpoints(cfg.checkpoint)
+    splits = (cfg.librispeech_root, cfg.alignments, cfg.train_subset, cfg.test_subset)
+    results = probe(checkpoints, *splits, cfg.random_init, cfg.seed, train_frames=frames)
+    return results, write_probe(results, cfg.out)
 
 
 def probe_table(results: Sequence[ProbeResult]) -> str:

@@ -8,6 +8,7 @@ import torch
 
 from fedhubert_plugin.checkpoints import load_checkpoint, matching_layer
 from fedhubert_plugin.cli import main
+from fedhubert_plugin.configs import DISTILL_DEFAULTS
 from fedhubert_plugin.criterions.hubert_distillation import (
     cluster_logits_of,
     cluster_logits_of_student,
@@ -17,7 +18,7 @@ from fedhubert_plugin.criterions.hubert_distillation import (
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.schedule import plan_schedule
 from fedhubert_plugin.federation.server.checkpointing import initial_model
-from fedhubert_plugin.federation.settings import DISTILL_DEFAULTS, FederationSettings
+from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.recipes import recipe_initial_model
 from tests.helpers import (

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from fedhubert_plugin.cli import main
+from fedhubert_plugin.configs import from_prepared_data
 from fedhubert_plugin.federation.client.local_trainer import CACHED_CLIENTS
-from fedhubert_plugin.federation.settings import from_prepared_data
 from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.toy_data import TRAIN_SUBSET, write_toy_data
 from tests.helpers import TINY, metric_lines, prepare_argv

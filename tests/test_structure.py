@@ -14,7 +14,8 @@ from tests.helpers import REPO
 
 PACKAGES = ("fedhubert_plugin", "upstream")
 # module prefix -> prefixes it must never import (the pipeline: data -> targets -> task -> federation ->
-# checkpoints -> upstream; prepare, export, downstream, report, demo and cli sit above all of them)
+# checkpoints -> upstream; prepare, export, downstream, report, demo, cli and the commands' configs sit above
+# all of them)
 SERVER, CLIENT = "fedhubert_plugin.federation.server", "fedhubert_plugin.federation.client"
 SIMULATION = "fedhubert_plugin.federation.simulation"
 APPS = (
@@ -26,10 +27,12 @@ APPS = (
     "fedhubert_plugin.demo",
     "fedhubert_plugin.probe",
     "fedhubert_plugin.cli",
+    "fedhubert_plugin.configs",
     "upstream",
 )
 FORBIDDEN = {
     "fedhubert_plugin.files": ("fedhubert_plugin.",),
+    "fedhubert_plugin.options": ("fedhubert_plugin.",),
     "fedhubert_plugin.checkpoints": (
         "fedhubert_plugin.data",
         "fedhubert_plugin.targets",

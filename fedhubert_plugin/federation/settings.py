@@ -3,57 +3,31 @@
 Each field of ``FederationSettings`` carries its default and its help; its one name is the
 field's name with dashes: ``--local-updates`` on the command line, ``local-updates`` in
 ``[tool.flwr.app.config]`` of pyproject.toml (``flwr run --run-config``) and in the messages
-to clients. The CLI options (``add_options``), the run-config parser (``from_run_config``)
-and the run-config defaults (``run_config_defaults``, which a test compares with pyproject)
-are derived from these fields, and ``validate`` checks them all before any round starts.
+to clients. The CLI options (``fedhubert_plugin.options.add_options``), the run-config parser
+(``from_run_config``) and the run-config defaults (``run_config_defaults``, which a test compares
+with pyproject) are derived from these fields, and ``validate`` checks them all before any round
+starts.
 
 This module imports no Flower: ``fedhubert --help`` builds its options from it.
 """
 
-import argparse
-import json
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from fedhubert_plugin.files import atomic_write_json
+from fedhubert_plugin.options import dashed, mapping_defaults, mapping_values, option
 
 MAX_UPDATE, WARMUP = "optimization.max_update", "lr_scheduler.warmup_updates"  # the schedule's recipe keys
 STRATEGIES = ("fedadam", "fedavg", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
 TRANSPORT_DTYPES = ("float32", "float16")
 
 
-def setting(
-    default: Any,
-    help: str,
-    *,
-    cli: bool = True,
-    run_config: bool = True,
-    required_on_cli: bool = False,
-    path: bool = False,
-    choices: Sequence[str] = (),
-    aliases: Sequence[str] = (),
-) -> Any:
-    """A settings field.
-
-    ``cli`` / ``run_config``: whether the setting appears there (a few belong to one surface
-    only, e.g. Ray's resources per virtual client to ``fedhubert``'s own simulation);
-    ``path``: resolved against the working directory when read from a run config;
-    ``aliases``: older spellings the CLI still accepts.
-    """
-    metadata = dict(
-        help=help,
-        cli=cli,
-        run_config=run_config,
-        required_on_cli=required_on_cli,
-        path=path,
-        choices=tuple(choices),
-        aliases=tuple(aliases),
-    )
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
+def setting(default: Any, help: str, *, run_config: bool = True, **cli: Any) -> Any:
+    """A settings field: an ``option`` (``cli``, ``path`` and the other keywords are its) that is also a
+    run-config key unless ``run_config`` is False (Ray's resources per virtual client belong to ``fedhubert``'s
+    own simulation); a ``path`` is resolved against the working directory there too."""
+    return option(default, help, run_config=run_config, **cli)
 
 
 Check = Tuple[bool, str, str, str]  # passes, the setting, the problem, the fix
@@ -65,14 +39,10 @@ class SettingsError(ValueError):
 
 def spelled(name: str) -> str:
     """How a user sets the field ``name``, under both launchers: ``--local-updates (run config local-updates)``."""
-    key = run_config_key(name)
+    key = dashed(name)
     return f"--{key} (run config {key})"
 
 
-# `fedhubert distill` starts the student from its teacher's weights: the server lr chosen for pretraining
-# from scratch (0.01, benchmarks/results/quality_sweep.md) overshoots there (the validation loss rose
-# over 3 rounds in tests/test_distill.py); 1e-3 does not
-DISTILL_DEFAULTS = {"recipe": "student", "eta": 1e-3}
 RESUME_ADVICE = "run again with --resume (flwr run: --run-config 'resume=true')"
 
 
@@ -82,11 +52,6 @@ def override_value(overrides: Sequence[str], key: str) -> Optional[str]:
     return values[-1] if values else None
 
 
-def run_config_key(name: str) -> str:
-    """The CLI flag (without dashes), run-config key and message key of the field ``name``."""
-    return name.replace("_", "-")
-
-
 @dataclass
 class FederationSettings:
     """A federated pretraining or distillation run: model, data, rounds, aggregation, robustness, privacy."""
@@ -94,7 +59,7 @@ class FederationSettings:
     save_dir: str = setting(
         "runs/flwr/save",
         "the server's checkpoints, metrics.jsonl and TensorBoard go to SAVE_DIR/server/",
-        required_on_cli=True,
+        required=True,
         path=True,
     )
     recipe: str = setting(
@@ -105,12 +70,13 @@ class FederationSettings:
         [],
         "fairseq/hydra overrides of the recipe, e.g. model.encoder_layers=4 (CLI: trailing "
         "KEY=VALUE arguments; run config: one string, space-separated)",
+        positional=True,
     )
     data_root: str = setting(
         "",
         "the folder made by `fedhubert prepare` (simulation); empty in deployment, where each "
         "SuperNode names its client folder with --node-config 'data-dir=...'",
-        required_on_cli=True,
+        required=True,
         path=True,
         aliases=("--data",),
     )
@@ -118,7 +84,7 @@ class FederationSettings:
         100.0, "label rate of the k-means targets in Hz (CLI: read from DATA_ROOT/prepare.json)", cli=False
     )
     n_clusters: int = setting(100, "k-means clusters of the targets (CLI: read from DATA_ROOT/prepare.json)", cli=False)
-    num_server_rounds: int = setting(3, "federated rounds", required_on_cli=True, aliases=("--rounds",))
+    num_server_rounds: int = setting(3, "federated rounds", required=True, aliases=("--rounds",))
     strategy: str = setting(
         "fedadam",
         "Flower strategy; fedmedian, fedtrimmedavg, krum and multikrum resist a few bad clients",
@@ -218,36 +184,27 @@ class FederationSettings:
 
     def validate(self) -> "FederationSettings":
         """Raise ``SettingsError`` naming the setting and the fix when the run could not work; return self."""
-        for ok, name, problem, fix in self.round_checks() + self.protection_checks():
+        for ok, name, problem, fix in self.choice_checks() + self.round_checks() + self.protection_checks():
             if not ok:
                 raise SettingsError(f"setting {spelled(name)}: {problem}; {fix}")
         return self
 
+    def choice_checks(self) -> List[Check]:
+        """A setting with choices (strategy, transport dtype) has one of them."""
+        chosen = [(f.name, getattr(self, f.name), f.metadata["choices"]) for f in fields(self) if f.metadata["choices"]]
+        return [
+            (value in choices, name, f"unknown {dashed(name)} {value!r}", f"choose one of {', '.join(choices)}")
+            for name, value, choices in chosen
+        ]
+
     def round_checks(self) -> List[Check]:
-        """What every round needs: a known strategy and transport, rounds, updates, nodes, time."""
-        strategies, dtypes = ", ".join(STRATEGIES), ", ".join(TRANSPORT_DTYPES)
+        """What every round needs: rounds, updates, nodes, time."""
         local = f"local-updates {self.local_updates} and local-epochs {self.local_epochs}"
+        counted = self.local_updates >= 0 and self.local_epochs >= 0 and self.updates_per_round + self.local_epochs > 0
         nodes = f"{self.min_available_nodes} < min-train-nodes {self.min_train_nodes}"
         return [
-            (
-                self.strategy in STRATEGIES,
-                "strategy",
-                f"unknown strategy {self.strategy!r}",
-                f"choose one of {strategies}",
-            ),
-            (
-                self.transport_dtype in TRANSPORT_DTYPES,
-                "transport_dtype",
-                repr(self.transport_dtype),
-                f"choose one of {dtypes}",
-            ),
             (self.num_server_rounds >= 1, "num_server_rounds", str(self.num_server_rounds), "run at least one round"),
-            (
-                self.local_updates >= 0 and self.local_epochs >= 0 and self.updates_per_round + self.local_epochs > 0,
-                "local_updates",
-                local,
-                "give local-updates > 0, or local-epochs > 0",
-            ),
+            (counted, "local_updates", local, "give local-updates > 0, or local-epochs > 0"),
             self.schedule_check(),
             (0.0 < self.fraction_train <= 1.0, "fraction_train", str(self.fraction_train), "use a share in (0, 1]"),
             (self.min_train_nodes >= 1, "min_train_nodes", str(self.min_train_nodes), "a round needs an update"),
@@ -316,23 +273,14 @@ class FederationSettings:
         atomic_write_json(path, asdict(self))
 
 
-def field_type(f) -> type:
-    """The plain type of a settings field (``List[str]`` -> list)."""
-    hint = typing.get_type_hints(FederationSettings)[f.name]
-    return typing.get_origin(hint) or hint
-
-
-def default_of(f) -> Any:
-    return f.default_factory() if f.default is MISSING else f.default
+def in_run_config(f: Field) -> bool:
+    """Whether the settings field ``f`` is a run-config key."""
+    return f.metadata["run_config"]
 
 
 def run_config_defaults() -> Dict[str, Any]:
     """``[tool.flwr.app.config]`` as the declaration defines it (lists as one space-separated string)."""
-    return {
-        run_config_key(f.name): (" ".join(default_of(f)) if field_type(f) is list else default_of(f))
-        for f in fields(FederationSettings)
-        if f.metadata["run_config"]
-    }
+    return mapping_defaults(FederationSettings, in_run_config)
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> FederationSettings:
@@ -340,77 +288,4 @@ def from_run_config(run_config: Mapping[str, Any]) -> FederationSettings:
 
     The recipe stays as given: each node finds it in its own copy of the app.
     """
-    values = {}
-    for f in fields(FederationSettings):
-        key = run_config_key(f.name)
-        if not f.metadata["run_config"] or key not in run_config:
-            continue
-        value, kind = run_config[key], field_type(f)
-        if kind is list:
-            value = str(value).split()
-        elif kind is bool:
-            value = value if isinstance(value, bool) else str(value).lower() == "true"
-        else:
-            value = kind(value)
-        if f.metadata["path"] and value:
-            value = str(Path(value).resolve())
-        values[f.name] = value
-    return FederationSettings(**values)
-
-
-def add_options(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-    """The CLI options of every settings field on the command line; ``defaults`` replace the declared ones."""
-    for f in fields(FederationSettings):
-        if not f.metadata["cli"]:
-            continue
-        meta, kind, default = f.metadata, field_type(f), defaults.get(f.name, default_of(f))
-        flags = [f"--{run_config_key(f.name)}", *meta["aliases"]]
-        if kind is list:
-            parser.add_argument(f.name, nargs="*", default=default, help=meta["help"])
-        elif kind is bool:
-            parser.add_argument(*flags, dest=f.name, action="store_true", help=meta["help"])
-        elif meta["required_on_cli"] and f.name not in defaults:
-            parser.add_argument(*flags, dest=f.name, type=kind, required=True, help=meta["help"])
-        else:
-            parser.add_argument(
-                *flags,
-                dest=f.name,
-                type=kind,
-                default=default,
-                choices=meta["choices"] or None,
-                help=f"{meta['help']} (default {default})",
-            )
-
-
-def cli_values(args: argparse.Namespace) -> Dict[str, Any]:
-    """The settings fields of parsed CLI options (paths made absolute)."""
-    values = {}
-    for f in fields(FederationSettings):
-        if f.metadata["cli"]:
-            value = getattr(args, f.name)
-            values[f.name] = str(Path(value).resolve()) if f.metadata["path"] and value else value
-    return values
-
-
-def from_prepared_data(data_root: str, **values: Any) -> FederationSettings:
-    """Settings for the clients of a ``fedhubert prepare`` folder.
-
-    Label rate, cluster count and the nodes to wait for come from its ``prepare.json``;
-    ``min_train_nodes`` is capped at the number of clients.
-    """
-    prepared = Path(data_root) / "prepare.json"
-    if not prepared.is_file():
-        raise FileNotFoundError(
-            f"{prepared} not found: run `fedhubert prepare --out {data_root}` first (or let it finish)"
-        )
-    meta = json.loads(prepared.read_text())
-    values["min_train_nodes"] = min(
-        values.get("min_train_nodes", FederationSettings.min_train_nodes), meta["num_clients"]
-    )
-    return FederationSettings(
-        data_root=str(Path(data_root).resolve()),
-        label_rate=meta["label_rate"],
-        n_clusters=meta["n_clusters"],
-        min_available_nodes=meta["num_clients"],
-        **values,
-    )
+    return FederationSettings(**mapping_values(FederationSettings, run_config, in_run_config))

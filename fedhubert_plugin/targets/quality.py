@@ -11,8 +11,9 @@ that script's own functions, so the figures are fairseq's:
 - PNMI: I(phone; cluster) / H(phone) ("MI/H(ref)").
 """
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -26,6 +27,8 @@ from fairseq.examples.hubert.measure_teacher_quality import (
 )
 from praatio import textgrid
 
+from fedhubert_plugin.files import atomic_write_json
+from fedhubert_plugin.targets import LabelQualityConfig
 from fedhubert_plugin.targets.labels import SPLITS
 
 SILENCE = "sil"  # the one phone of every frame that no TextGrid interval names (MFA's "", "sil", "sp")
@@ -149,3 +152,17 @@ def quality_table(rows: Dict[str, LabelQuality]) -> str:
             f"| {name} | {q.phone_purity:.4f} | {q.cluster_purity:.4f} | {q.pnmi:.4f} | {q.utterances} | {q.frames} |"
         )
     return "\n".join(lines)
+
+
+def score_labels(cfg: LabelQualityConfig) -> Dict[str, LabelQuality]:
+    """``cfg``'s labels (every client's of ``data_root``, or the ``labels`` pairs) scored against its alignments,
+    by the name of the labels; also written to ``cfg.json`` when given."""
+    if cfg.data_root:
+        rate = cfg.label_rate or json.loads((cfg.data_root / "prepare.json").read_text())["label_rate"]
+        labels, name = client_labels(cfg.data_root, cfg.splits), str(cfg.data_root)
+    else:
+        rate, labels, name = cfg.label_rate or 100, labels_of(cfg.labels), " ".join(str(km) for _, km in cfg.labels)
+    quality = label_quality(read_alignments(alignment_files(cfg.alignments, rate), rate), labels)
+    if cfg.json:
+        atomic_write_json(cfg.json, {"labels": name, "label_rate": rate, **asdict(quality)})
+    return {name: quality}
