@@ -16,7 +16,6 @@
 The same seed gives the same files, byte for byte.
 """
 
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,11 @@ import soundfile as sf
 
 from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.synthesis import frame_phones, synthesizer
+from fedhubert_plugin.toy_keywords import (
+    TEST_SPEAKERS,
+    speech_commands_jobs,
+    write_noise_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,6 @@ TRAIN_SUBSET = "train-clean-5"
 DEV_SUBSET = "dev-clean-2"
 ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029", "en-us-nyc", "en-gb-x-gbcwmd"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
-COMMAND_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
-UNKNOWN_WORDS = ["bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow"]
 VOCABULARY = (
     "a about after again air all along also an and another any are around as at away back be because been "
     "before below between both boy but by came can change children city come could country day did different "
@@ -136,30 +138,6 @@ def utterances_for(minutes: float, speakers: int) -> int:
     return max(1, math.ceil(minutes * 60 / (speakers * 11.5 * SECONDS_PER_WORD)))
 
 
-def keyword_speaker_bucket(speaker_hash: str) -> str:
-    """The split s3prl's speech_commands gives a speaker id: 'valid', 'test' or 'train'.
-
-    s3prl hashes the part before ``_nohash_`` with sha1 and buckets it by percentage
-    (< 10 valid, < 20 discarded as test, else train), as the Speech Commands README says.
-    """
-    max_per_class = 2**27 - 1
-    percent = (int(hashlib.sha1(speaker_hash.encode()).hexdigest(), 16) % (max_per_class + 1)) * (100.0 / max_per_class)
-    return "valid" if percent < 10 else "test" if percent < 20 else "train"
-
-
-def keyword_speaker_ids(rng: np.random.Generator, train: int, valid: int) -> List[str]:
-    """8-hex-digit speaker ids, ``valid`` of them in s3prl's valid bucket, ``train`` in its train bucket."""
-    wanted = {"train": train, "valid": valid}
-    ids: List[str] = []
-    while any(wanted.values()):
-        candidate = f"{int(rng.integers(0, 2**32)):08x}"
-        bucket = keyword_speaker_bucket(candidate)
-        if wanted.get(bucket, 0) > 0 and candidate not in ids:
-            wanted[bucket] -= 1
-            ids.append(candidate)
-    return ids
-
-
 def librispeech_jobs(
     rng: np.random.Generator, root: Path, voices: List[Voice], speaker_ids: List[int], subset: str, utterances: int
 ) -> Tuple[List[Tuple[Voice, str, Path]], int]:
@@ -180,25 +158,61 @@ def librispeech_jobs(
     return jobs, len(jobs)
 
 
-def keyword_jobs(
-    root: Path, voices: List[Voice], speaker_ids: List[str], words: List[str], repeats: int
-) -> List[Tuple[Voice, str, Path]]:
-    """Synthesis jobs for keyword files ``root/<word>/<id>_nohash_<n>.wav``."""
-    jobs = []
-    for voice, speaker_id in zip(voices, speaker_ids):
-        for word in words:
-            (root / word).mkdir(parents=True, exist_ok=True)
-            for n in range(repeats):
-                jobs.append((voice, word, root / word / f"{speaker_id}_nohash_{n}.wav"))
-    return jobs
+def librispeech_subsets(
+    rng: np.random.Generator, libri: Path, train_voices: List[Voice], dev_voices: List[Voice], utterances: int
+) -> Tuple[List[Tuple[Voice, str, Path]], int, int]:
+    """Synthesis jobs and transcripts of the train subset, then the dev subset; how many utterances each has."""
+    speakers = len(train_voices)
+    ids = [int(i) for i in rng.choice(np.arange(100, 9000), size=speakers + len(dev_voices), replace=False)]
+    jobs, n_train = librispeech_jobs(rng, libri, train_voices, ids[:speakers], TRAIN_SUBSET, utterances)
+    dev_jobs, n_dev = librispeech_jobs(rng, libri, dev_voices, ids[speakers:], DEV_SUBSET, utterances)
+    return jobs + dev_jobs, n_train, n_dev
 
 
-def write_noise(rng: np.random.Generator, path: Path, seconds: float, level: float) -> None:
-    """White noise with a slow random envelope, as a 16-bit 16 kHz wav."""
-    samples = int(seconds * SAMPLE_RATE)
-    envelope = np.interp(np.arange(samples), np.linspace(0, samples, 8), rng.uniform(0.3, 1.0, 8))
-    noise = rng.standard_normal(samples) * envelope * level
-    sf.write(path, np.clip(noise, -1, 1).astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+def empty_folder(out: Path, force: bool) -> Path:
+    """``out``, emptied when ``force``; raise when it holds files otherwise, or when espeak-ng or sox is missing."""
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out} is not empty; choose an empty folder or pass --force to replace it")
+        shutil.rmtree(out)
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(
+                f"{tool} is not installed; run `bash scripts/setup.sh` or `apt-get install espeak-ng sox`"
+            )
+    return out
+
+
+def synthesize_all(jobs: List[Tuple[Voice, str, Path, Tuple[str, ...]]], workers: int) -> List[Dict[str, List[str]]]:
+    """Every job's audio and phone alignment, ``workers`` at a time.
+
+    One process per utterance: libespeak-ng carries state from one synthesis to the next (its voice
+    flutter and noise), so only a fresh process speaks the same bytes for the same seed, as its CLI does.
+    """
+    with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
+        return list(progress_bar(pool.imap(synthesize_job, jobs), total=len(jobs), desc="toy-data", unit="file"))
+
+
+def write_summary(
+    out: Path, train_jobs: List[Tuple[Voice, str, Path]], dev_utterances: int, keyword_files: Tuple[int, int], seed: int
+) -> ToyDataSummary:
+    """``out/toy_data.json``: where each corpus is, how much it holds, the seed."""
+    commands = out / "speech_commands"
+    summary = ToyDataSummary(
+        librispeech_root=str(out / "LibriSpeech"),
+        speech_commands_root=str(commands / "train"),
+        speech_commands_test_root=str(commands / "test"),
+        train_utterances=len(train_jobs),
+        dev_utterances=dev_utterances,
+        keyword_train_files=keyword_files[0],
+        keyword_test_files=keyword_files[1],
+        train_minutes=round(sum(sf.info(path).duration for _, _, path in train_jobs) / 60, 2),
+        alignments_root=str(out / "alignments"),
+        seed=seed,
+    )
+    (out / "toy_data.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    logger.info("toy data written to %s: %s", out, summary)
+    return summary
 
 
 def write_toy_data(
@@ -222,87 +236,30 @@ def write_toy_data(
     keyword ``keyword_repeats`` times, and two more speakers make the test set. Refuses a
     non-empty ``out`` unless ``force``.
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out} is not empty; choose an empty folder or pass --force to replace it")
-        shutil.rmtree(out)
+    out = empty_folder(Path(out), force)
     if keyword_speakers < 2:
         raise ValueError("keyword_speakers must be at least 2 (one for s3prl's train split, one for its valid split)")
     if minutes is not None:
         utterances_per_speaker = utterances_for(minutes, speakers)
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(
-                f"{tool} is not installed; run `bash scripts/setup.sh` or `apt-get install espeak-ng sox`"
-            )
 
     rng = np.random.default_rng(seed)
-    test_speakers = 2
-    voices = draw_voices(rng, speakers + dev_speakers + keyword_speakers + test_speakers)
-    train_voices = voices[:speakers]
-    dev_voices = voices[speakers : speakers + dev_speakers]
-    kw_voices = voices[speakers + dev_speakers : -test_speakers]
-    test_voices = voices[-test_speakers:]
+    voices = draw_voices(rng, speakers + dev_speakers + keyword_speakers + TEST_SPEAKERS)
+    train_voices, dev_voices = voices[:speakers], voices[speakers : speakers + dev_speakers]
+    kw_voices, test_voices = voices[speakers + dev_speakers : -TEST_SPEAKERS], voices[-TEST_SPEAKERS:]
 
-    libri = out / "LibriSpeech"
-    speaker_ids = [int(i) for i in rng.choice(np.arange(100, 9000), size=speakers + dev_speakers, replace=False)]
-    jobs, n_train = librispeech_jobs(
-        rng, libri, train_voices, speaker_ids[:speakers], TRAIN_SUBSET, utterances_per_speaker
+    jobs, n_train, n_dev = librispeech_subsets(
+        rng, out / "LibriSpeech", train_voices, dev_voices, utterances_per_speaker
     )
-    dev_jobs, n_dev = librispeech_jobs(
-        rng, libri, dev_voices, speaker_ids[speakers:], DEV_SUBSET, utterances_per_speaker
-    )
-    jobs += dev_jobs
 
     commands = out / "speech_commands"
-    kw_ids = keyword_speaker_ids(rng, train=keyword_speakers - 1, valid=1)
-    keyword_jobs_list = keyword_jobs(
-        commands / "train", kw_voices, kw_ids, COMMAND_WORDS + UNKNOWN_WORDS, keyword_repeats
-    )
-    test_ids = [f"{int(rng.integers(0, 2**32)):08x}" for _ in range(test_speakers)]
-    test_jobs = keyword_jobs(commands / "test", test_voices, test_ids, COMMAND_WORDS, 1)
-    unknown_dir = commands / "test" / "_unknown_"
-    unknown_dir.mkdir(parents=True, exist_ok=True)
-    for voice, speaker_id in zip(test_voices, test_ids):
-        for word in UNKNOWN_WORDS[:3]:
-            test_jobs.append((voice, word, unknown_dir / f"{word}_{speaker_id}_nohash_0.wav"))
+    keyword_train, keyword_test = speech_commands_jobs(rng, commands, kw_voices, test_voices, keyword_repeats)
     one_second = ["pad", "0.1", "1", "trim", "0", "1"]
-    all_jobs = [(v, t, p, ()) for v, t, p in jobs] + [
-        (v, t, p, one_second) for v, t, p in keyword_jobs_list + test_jobs
-    ]
+    all_jobs = [(v, t, p, ()) for v, t, p in jobs] + [(v, t, p, one_second) for v, t, p in keyword_train + keyword_test]
 
-    # one process per utterance: libespeak-ng carries state from one synthesis to the next (its voice
-    # flutter and noise), so only a fresh process speaks the same bytes for the same seed, as its CLI does
-    with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
-        aligned = list(
-            progress_bar(pool.imap(synthesize_job, all_jobs), total=len(all_jobs), desc="toy-data", unit="file")
-        )
+    aligned = synthesize_all(all_jobs, workers)
     for subset, first, count in ((TRAIN_SUBSET, 0, n_train), (DEV_SUBSET, n_train, n_dev)):
         paths = [path for _, _, path in jobs[first : first + count]]
         write_alignments(out / "alignments", subset, paths, aligned[first : first + count])
-
-    noise_dir = commands / "train" / "_background_noise_"
-    noise_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(3):
-        write_noise(rng, noise_dir / f"noise_{i}.wav", seconds=5.0, level=0.05 * (i + 1))
-    silence_dir = commands / "test" / "_silence_"
-    silence_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(4):
-        write_noise(rng, silence_dir / f"silence_{i}.wav", seconds=1.0, level=0.02 * (i + 1))
-
-    summary = ToyDataSummary(
-        librispeech_root=str(libri),
-        speech_commands_root=str(commands / "train"),
-        speech_commands_test_root=str(commands / "test"),
-        train_utterances=n_train,
-        dev_utterances=n_dev,
-        keyword_train_files=len(keyword_jobs_list) + 3,
-        keyword_test_files=len(test_jobs) + 4,
-        train_minutes=round(sum(sf.info(path).duration for _, _, path in jobs[:n_train]) / 60, 2),
-        alignments_root=str(out / "alignments"),
-        seed=seed,
-    )
-    (out / "toy_data.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    logger.info("toy data written to %s: %s", out, summary)
-    return summary
+    noise_files, silence_files = write_noise_files(rng, commands)
+    keyword_files = (len(keyword_train) + noise_files, len(keyword_test) + silence_files)
+    return write_summary(out, jobs[:n_train], n_dev, keyword_files, seed)

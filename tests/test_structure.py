@@ -150,13 +150,25 @@ def test_only_the_two_halves_of_secure_aggregation_touch_flowers_legacy_api():
     assert users == {"fedhubert_plugin.federation.server.secure", "fedhubert_plugin.federation.client.secure"}
 
 
-def test_federation_functions_read_in_one_screen():
-    long = []
-    for path in (REPO / "fedhubert_plugin" / "federation").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 50:
-                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
-    assert not long
+def package_files():
+    return [p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))]
+
+
+def test_modules_stay_under_300_lines_and_functions_read_in_one_screen():
+    long_modules = [
+        f"{p.relative_to(REPO)} ({n} lines)" for p in package_files() if (n := len(p.read_text().splitlines())) > 300
+    ]
+    long_functions = [
+        f"{path.relative_to(REPO)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in package_files()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 50
+    ]
+    assert not long_modules and not long_functions
+
+
+def test_cli_stays_short():
+    assert len((REPO / "fedhubert_plugin" / "cli.py").read_text().splitlines()) <= 250
 
 
 def test_help_imports_nothing_beyond_fairseq():

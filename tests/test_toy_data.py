@@ -6,7 +6,8 @@ from pathlib import Path
 import soundfile as sf
 
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.toy_data import COMMAND_WORDS, DEV_SUBSET, TRAIN_SUBSET, write_toy_data
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
+from fedhubert_plugin.toy_keywords import COMMAND_WORDS
 
 
 def digest(root: Path) -> str:

@@ -111,16 +111,8 @@ def inspect_file(
     return Utterance(flac.stem, speaker, chapter, subset, str(path), samples), None, conversion
 
 
-def scan_librispeech(
-    root: Path,
-    subsets: Sequence[str],
-    converted_dir: Path,
-    min_seconds: float = 2.0,
-    workers: int = 2,
-) -> Tuple[List[Utterance], ScanReport]:
-    """Scan ``root/<subset>/<speaker>/<chapter>/*.flac`` for each subset, in parallel."""
-    root = Path(root)
-    report = ScanReport()
+def find_flacs(root: Path, subsets: Sequence[str], report: ScanReport) -> List[Path]:
+    """Every ``.flac`` of the subsets, in order; chapters without a transcript and other files go to ``report``."""
     flacs: List[Path] = []
     for subset in subsets:
         subset_dir = root / subset
@@ -136,7 +128,19 @@ def scan_librispeech(
                 report.ignored_files.append(str(path))
     if not flacs:
         raise FileNotFoundError(f"no .flac files under {root} for subsets {list(subsets)}")
+    return flacs
 
+
+def scan_librispeech(
+    root: Path,
+    subsets: Sequence[str],
+    converted_dir: Path,
+    min_seconds: float = 2.0,
+    workers: int = 2,
+) -> Tuple[List[Utterance], ScanReport]:
+    """Scan ``root/<subset>/<speaker>/<chapter>/*.flac`` for each subset, in parallel."""
+    root, report = Path(root), ScanReport()
+    flacs = find_flacs(root, subsets, report)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(
             progress_bar(
