@@ -11,6 +11,7 @@ fairseq classes of HuBERT checkpoints); the safety stays on.
 """
 
 import argparse
+import builtins
 import json
 import logging
 import re
@@ -56,12 +57,15 @@ def run_downstream(argv: List[str]) -> None:
 
     # s3prl calls torchaudio APIs that 2.8 marks deprecated (still working): nothing for the user to fix
     warnings.filterwarnings("ignore", message=r"torchaudio\..* has been deprecated", category=UserWarning)
-    saved_argv = sys.argv
+    # s3prl's main() replaces builtins.isinstance with a wrapper (for DDP and defaultdict) and never puts it back:
+    # each run in one process nests another, and every isinstance call of the process after it pays them all
+    # (after the demo's three keyword-spotting runs, hydra and numpy code ran 5x slower)
+    saved_argv, saved_isinstance = sys.argv, builtins.isinstance
     sys.argv = ["run_downstream.py", *with_device(argv)]
     try:
         s3prl_run_downstream.main()
     finally:
-        sys.argv = saved_argv
+        sys.argv, builtins.isinstance = saved_argv, saved_isinstance
 
 
 def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test_root: Path) -> Dict:

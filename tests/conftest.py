@@ -4,6 +4,7 @@ Everything runs on CPU and talks to nothing but the local disk. Helpers are in `
 """
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,23 @@ from tests.helpers import (
 
 # Fixtures of tests that train, run Flower or run `fedhubert prepare` (tens of seconds to minutes on 2 cores)
 HEAVY_FIXTURES = {"messy_librispeech", "prepared", "trained_run", "federated_run"}
+
+
+ROOT_LOGGER = logging.getLogger()
+ROOT_HANDLERS, ROOT_LEVEL = list(ROOT_LOGGER.handlers), ROOT_LOGGER.level
+
+
+@pytest.fixture(autouse=True)
+def root_logger_put_back():
+    """A `fedhubert` command run in this process (``main([...])``, here or in a fixture) gives the root logger a
+    console handler on the ``sys.stderr`` of that moment, often a test's capture, closed when the test ends: every
+    later log record would then fail to print and log its error instead. Each test ends with the root logger as
+    the session started, but for pytest's own capture handlers."""
+    yield
+    for handler in list(ROOT_LOGGER.handlers):
+        if handler not in ROOT_HANDLERS and type(handler) is logging.StreamHandler:
+            ROOT_LOGGER.removeHandler(handler)
+    ROOT_LOGGER.setLevel(ROOT_LEVEL)
 
 
 def pytest_collection_modifyitems(items):
