@@ -20,7 +20,6 @@ old labels, so an interrupted run never leaves labels that belong to other manif
 running again redoes the preparation cleanly.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -29,28 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Set
 
-from tensorboardX import SummaryWriter
-
+from fedhubert_plugin.codebooks import run_federated_kmeans, run_local_kmeans
 from fedhubert_plugin.configs import PrepareConfig
 from fedhubert_plugin.data.manifest import write_manifest
-from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
+from fedhubert_plugin.data.partition import leave_out_small_clients, partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import ScanReport, Utterance, scan_librispeech
 from fedhubert_plugin.federation.nodes import client_name
-from fedhubert_plugin.federation.simulation import ray_backend_config, simulate
-from fedhubert_plugin.files import atomic_save_array, atomic_write_json, atomic_write_text
-from fedhubert_plugin.kmeans_app import (
-    FederatedKMeansResult,
-    FederatedKMeansSettings,
-    client_app,
-    federated_kmeans_server_app,
-)
+from fedhubert_plugin.files import atomic_write_json, atomic_write_text
 from fedhubert_plugin.targets import KMEANS_MODES, LABELS_META
 from fedhubert_plugin.targets.features import FeatureExtractor, feature_extractor
-from fedhubert_plugin.targets.kmeans import SAMPLE_FRAMES, adaptive_clusters, cluster_statistics, local_codebook
 from fedhubert_plugin.targets.labels import (
     FEATURES_DIR,
-    cached_features,
-    label_client,
     remove_cached_features,
     unusable_utterances,
 )
@@ -68,6 +56,7 @@ class PrepareSummary:
     converted: int = 0
     label_rate: int = 0
     kmeans_inertia_per_frame: float = 0.0
+    left_out: int = 0  # clients with too few usable utterances to train and validate (report.json says why)
 
 
 def write_utterance_table(path: Path, utterances: List[Utterance]) -> None:
@@ -94,71 +83,6 @@ def clear_previous_run(out: Path, keep: List[str]) -> None:
 
 def split_summary(utterances: List[Utterance]) -> Dict:
     return {"utterances": len(utterances), "hours": round(sum(u.seconds for u in utterances) / 3600, 4)}
-
-
-def run_local_kmeans(cfg: PrepareConfig, folders: List[Path]) -> float:
-    """One codebook per client (the original design), K shrunk when a client has few frames."""
-    preset = feature_extractor(cfg.features, cfg.checkpoint, cfg.layer)
-    inertia, frames = 0.0, 0
-    for folder in folders:
-        features = cached_features(folder, "train", preset, cfg.workers)
-        sample = features.sample(SAMPLE_FRAMES, cfg.seed)
-        k = adaptive_clusters(len(sample), cfg.n_clusters)
-        codebook = local_codebook(sample, k, seed=cfg.seed)
-        inertia += cluster_statistics(features.chunks(), codebook, min_count=0)[2]
-        frames += features.frames
-        atomic_save_array(cfg.out / "kmeans" / f"{folder.name}.npy", codebook)
-        label_client(folder, codebook, preset, cfg.n_clusters, cfg.workers)
-        logger.info("local k-means %s: %d clusters on %d of %d frames", folder.name, k, len(sample), features.frames)
-    return inertia / frames
-
-
-def run_federated_kmeans(cfg: PrepareConfig, num_clients: int) -> float:
-    """One shared codebook through Flower (simulation); only per-cluster sums and counts move.
-
-    The ``workers`` cores are shared out: clients run side by side, each with an equal share.
-    """
-    cpus_per_client = max(1, cfg.workers // min(num_clients, cfg.workers))
-    settings = FederatedKMeansSettings(
-        data_root=str(cfg.out.resolve()),
-        num_clients=num_clients,
-        n_clusters=cfg.n_clusters,
-        features=cfg.features,
-        checkpoint=cfg.checkpoint,
-        layer=cfg.layer,
-        seed=cfg.seed,
-        min_count=cfg.min_count,
-        max_iter=cfg.kmeans_max_iter,
-        threads=cpus_per_client,
-    )
-    result = FederatedKMeansResult()
-    simulate(
-        federated_kmeans_server_app(settings, result),
-        client_app,
-        num_clients,
-        ray_backend_config(num_cpus_per_client=cpus_per_client),
-    )
-    if result.codebook is None:
-        raise RuntimeError("federated k-means did not finish; see the Flower log above")
-    atomic_save_array(cfg.out / "kmeans" / "codebook.npy", result.codebook)
-    atomic_write_json(
-        cfg.out / "kmeans" / "federated.json",
-        {"inertia_per_step": result.inertia, "frames": result.frames, "seconds": result.seconds},
-    )
-    write_kmeans_metrics(cfg.out / "kmeans", [inertia / result.frames for inertia in result.inertia])
-    return result.inertia[-1] / result.frames
-
-
-def write_kmeans_metrics(folder: Path, inertia_per_frame: List[float]) -> None:
-    """Federated k-means per Lloyd step as JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``)."""
-    lines = [
-        json.dumps({"step": step, "inertia_per_frame": value}) for step, value in enumerate(inertia_per_frame, start=1)
-    ]
-    atomic_write_text(folder / "metrics.jsonl", "".join(line + "\n" for line in lines))
-    board = SummaryWriter(str(folder / "tb"))
-    for step, value in enumerate(inertia_per_frame, start=1):
-        board.add_scalar("inertia_per_frame", value, step)
-    board.close()
 
 
 def check_disk_space(out: Path, utterances: List[Utterance], extractor: FeatureExtractor) -> None:
@@ -235,6 +159,16 @@ def finish_labels(cfg: PrepareConfig, folders: List[Path], extractor: FeatureExt
         remove_cached_features(folder)
 
 
+def partition_clients(cfg: PrepareConfig, utterances: list) -> tuple[list[list], list[dict]]:
+    """The clients' utterances, and the clients left out for too few utterances (each logged)."""
+    partition, left_out = leave_out_small_clients(
+        partition_utterances(utterances, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha), cfg.partition
+    )
+    for client in left_out:
+        logger.warning("leaving out the client of speakers %s: %s", ", ".join(client["speakers"]), client["reason"])
+    return partition, left_out
+
+
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     """Scan, partition, write manifests, learn k-means and write labels for every client."""
     start = time.monotonic()
@@ -247,7 +181,8 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
         cfg.librispeech_root, cfg.subsets, cfg.out / "converted", cfg.min_seconds, cfg.workers
     )
     check_disk_space(cfg.out, utterances, preset)
-    partition = partition_utterances(utterances, cfg.num_clients, cfg.partition, cfg.seed, cfg.alpha)
+    partition, left_out = partition_clients(cfg, utterances)
+    utterances = [u for client in partition for u in client]  # a left-out client's utterances are in no manifest
     names = [client_name(i) for i in range(len(partition))]  # --num-clients 0: one per speaker
     clear_previous_run(cfg.out, keep=names)
     splits_of = write_client_manifests(cfg, dict(zip(names, partition)))
@@ -260,8 +195,10 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
         summary.kmeans_inertia_per_frame = run_local_kmeans(cfg, folders)
     usable = report_unusable(folders, utterances, report)
     write_utterance_table(cfg.out / "utterances.tsv", usable)
-    atomic_write_json(cfg.out / "report.json", {**asdict(report), "usable_utterances": len(usable)})
+    report_json = {**asdict(report), "usable_utterances": len(usable), "left_out_clients": left_out}
+    atomic_write_json(cfg.out / "report.json", report_json)
     summary.usable_utterances, summary.skipped = len(usable), len(report.skipped)
+    summary.left_out = len(left_out)
     summary.converted = len(report.converted)
     summary.clients = write_partition(cfg, splits_of, {u.path for u in usable})
     summary.label_rate = preset.label_rate
@@ -291,8 +228,8 @@ def summary_table(summary: PrepareSummary) -> str:
             f"{row['valid']['utterances']:>12}{row['valid']['hours']:>10.3f}"
         )
     lines.append(
-        f"{summary.usable_utterances} usable utterances, {summary.skipped} skipped, {summary.converted} converted "
-        f"(see report.json); label rate {summary.label_rate} Hz; "
+        f"{summary.usable_utterances} usable utterances, {summary.skipped} skipped, {summary.converted} converted, "
+        f"{summary.left_out} client(s) left out (see report.json); label rate {summary.label_rate} Hz; "
         f"k-means inertia per frame {summary.kmeans_inertia_per_frame:.3f}"
     )
     return "\n".join(lines)

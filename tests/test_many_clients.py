@@ -1,8 +1,10 @@
 """Cross-device style: a hundred clients sampled a few per round, one client per speaker."""
 
 import json
+import shutil
 
 import pytest
+import soundfile as sf
 
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.configs import from_prepared_data
@@ -50,3 +52,23 @@ def test_zero_clients_prepare_one_client_per_speaker(toy_corpus, tmp_path):
     assert len(speakers) == 10 and all(len(s) == 1 for s in speakers)  # 8 train and 2 dev speakers
     assert json.loads((out / "prepare.json").read_text())["num_clients"] == 10
     assert sorted(p.name for p in (out / "clients").iterdir()) == [f"client_{i:03d}" for i in range(10)]
+
+
+@pytest.mark.e2e
+def test_a_speaker_with_one_usable_utterance_is_left_out_and_reported_not_fatal(toy_corpus, tmp_path):
+    root = tmp_path / "LibriSpeech"
+    shutil.copytree(toy_corpus / "LibriSpeech" / TRAIN_SUBSET, root / TRAIN_SUBSET)
+    speaker = sorted((root / TRAIN_SUBSET).iterdir())[0]
+    kept, *shortened = sorted(speaker.rglob("*.flac"))
+    for flac in shortened:  # under --min-seconds 1.0: skipped as too short, so one usable utterance is left
+        wav, rate = sf.read(flac, dtype="float32")
+        sf.write(flac, wav[: rate // 2], rate)
+    out = tmp_path / "data"
+    argv = prepare_argv(root, out, "--kmeans", "local", clients=0, subsets=(TRAIN_SUBSET,))
+    assert main(argv) == 0
+    (left_out,) = json.loads((out / "report.json").read_text())["left_out_clients"]
+    assert left_out["speakers"] == [speaker.name] and left_out["utterances"] == [str(kept)]
+    assert left_out["reason"].startswith("1 usable utterance(s) with --partition speaker: a client needs 2")
+    assert json.loads((out / "prepare.json").read_text())["num_clients"] == 7  # the other 7 train speakers
+    manifests = "".join(p.read_text() for p in (out / "clients").rglob("*.tsv"))
+    assert kept.name not in manifests

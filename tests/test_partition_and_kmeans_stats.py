@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedhubert_plugin.data.partition import partition_utterances, split_train_valid
+from fedhubert_plugin.data.partition import leave_out_small_clients, partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import Utterance
 from fedhubert_plugin.targets.kmeans import cluster_statistics, lloyd_step
 
@@ -76,3 +76,19 @@ def test_small_clusters_are_withheld_so_no_single_frame_is_sent():
     assert np.allclose(sums[0], frames[:5].sum(0))
     assert np.allclose(lloyd_step(codebook, sums, counts), [[0.05, 0.05], [9.0, 9.0]])
     assert inertia == pytest.approx(float(((frames[:5] - 0) ** 2).sum()))
+
+
+def test_clients_too_small_to_validate_are_left_out_with_the_reason_unless_none_is_left():
+    utts = table(speakers=3)
+    clients = [utts[:1], utts[1:5], utts[5:]]
+    kept, left_out = leave_out_small_clients(clients, "speaker")
+    assert kept == clients[1:]
+    assert left_out == [
+        {
+            "speakers": [utts[0].speaker],
+            "utterances": [utts[0].path],
+            "reason": "1 usable utterance(s) with --partition speaker: a client needs 2 (one train, one valid)",
+        }
+    ]
+    with pytest.raises(ValueError, match="no client got the 2 usable utterances it needs"):
+        leave_out_small_clients([utts[:1], []], "dirichlet")

@@ -216,12 +216,12 @@ def test_audio_that_does_not_decode_is_dropped_where_features_are_made(toy_corpu
 @pytest.mark.e2e
 def test_a_killed_prepare_resumes_without_redoing_finished_clients(messy_librispeech, tmp_path, monkeypatch):
     """Killed while labelling the second client: the rerun makes only the features that were missing."""
-    import fedhubert_plugin.prepare as prepare_module
+    import fedhubert_plugin.codebooks as codebooks_module
     import fedhubert_plugin.targets.labels as labels_module
 
     root, bad = messy_librispeech
     cfg = PrepareConfig(root, [TRAIN_SUBSET], 2, tmp_path / "data", min_seconds=1.0, kmeans="local", n_clusters=20)
-    real_label_client, real_write_features = prepare_module.label_client, labels_module.write_features
+    real_label_client, real_write_features = codebooks_module.label_client, labels_module.write_features
     labelled, extracted = [], []
 
     def killed_at_second_client(folder, *args, **kwargs):
@@ -235,11 +235,11 @@ def test_a_killed_prepare_resumes_without_redoing_finished_clients(messy_librisp
         return real_write_features(manifest, *args, **kwargs)
 
     monkeypatch.setattr(labels_module, "write_features", counted)
-    monkeypatch.setattr(prepare_module, "label_client", killed_at_second_client)
+    monkeypatch.setattr(codebooks_module, "label_client", killed_at_second_client)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg)
     assert extracted == [("client_000", "train"), ("client_000", "valid"), ("client_001", "train")]
-    monkeypatch.setattr(prepare_module, "label_client", real_label_client)
+    monkeypatch.setattr(codebooks_module, "label_client", real_label_client)
     extracted.clear()
     prepare(cfg)
     assert extracted == [("client_001", "valid")]  # the rest came from the caches of the killed run

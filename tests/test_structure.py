@@ -21,6 +21,7 @@ SIMULATION = "fedhubert_plugin.federation.simulation"
 APPS = (
     "fedhubert_plugin.prepare",
     "fedhubert_plugin.kmeans_app",
+    "fedhubert_plugin.codebooks",
     "fedhubert_plugin.export",
     "fedhubert_plugin.downstream",
     "fedhubert_plugin.report",

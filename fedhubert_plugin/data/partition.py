@@ -13,7 +13,7 @@ All three are deterministic for a seed.
 """
 
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -68,14 +68,34 @@ def partition_utterances(
     else:
         raise ValueError(f"unknown partition {method!r}; choose one of {', '.join(PARTITIONS)}")
 
-    for index, client in enumerate(clients):
-        if len(client) < 2:
-            raise ValueError(
-                f"client {index} got {len(client)} utterance(s) with --partition {method}; it needs 2 "
-                f"(one train, one valid). Use fewer clients{' or a larger --alpha' if method == 'dirichlet' else ''}"
-            )
+    for client in clients:
         client.sort(key=lambda u: u.id)
     return clients
+
+
+def leave_out_small_clients(
+    clients: List[List[Utterance]], method: str
+) -> Tuple[List[List[Utterance]], List[Dict[str, object]]]:
+    """The clients that can train and be validated (2 utterances or more: one train, one valid), and the others
+    left out, each with its speakers, utterances and the reason (for ``report.json``). With one client per
+    speaker a speaker whose other utterances were unusable is such a client. Raises when no client is left."""
+    kept = [client for client in clients if len(client) >= 2]
+    left_out = [
+        {
+            "speakers": sorted({u.speaker for u in client}),
+            "utterances": [u.path for u in client],
+            "reason": f"{len(client)} usable utterance(s) with --partition {method}: a client needs 2 (one train, "
+            "one valid)",
+        }
+        for client in clients
+        if len(client) < 2
+    ]
+    if not kept:
+        raise ValueError(
+            f"no client got the 2 usable utterances it needs (one train, one valid) with --partition {method}: "
+            f"use fewer clients{' or a larger --alpha' if method == 'dirichlet' else ''}, or more audio"
+        )
+    return kept, left_out
 
 
 def split_train_valid(utterances: Sequence[Utterance], valid_fraction: float, seed: int) -> Dict[str, List[Utterance]]:
