@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,34 @@ def root_logger_put_back():
         if handler not in ROOT_HANDLERS and type(handler) is logging.StreamHandler:
             ROOT_LOGGER.removeHandler(handler)
     ROOT_LOGGER.setLevel(ROOT_LEVEL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_ray_instance_per_session():
+    """Flower's Ray backend starts Ray for each simulation and shuts it down after (about 4 s on 2 cores, dozens
+    of times in the suite). The suite keeps one Ray instance: each simulation still gets its own actors, and every
+    actor it made is killed when it ends (a stalled one too) and its CPUs are free again before the next begins."""
+    import ray
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    original_add, original_terminate = BasicActorPool.add_actors_to_pool, RayBackend.terminate
+
+    def add_and_remember(pool, num_actors):
+        original_add(pool, num_actors)
+        pool.every_actor = list(pool.pool)  # Ray restarts a killed actor under the same handle
+
+    def kill_actors_keep_ray(backend):
+        for actor in getattr(backend.pool, "every_actor", []):
+            ray.kill(actor, no_restart=True)
+        deadline = time.monotonic() + 30
+        while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    BasicActorPool.add_actors_to_pool, RayBackend.terminate = add_and_remember, kill_actors_keep_ray
+    yield
+    BasicActorPool.add_actors_to_pool, RayBackend.terminate = original_add, original_terminate
+    ray.shutdown()
 
 
 def pytest_collection_modifyitems(items):

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedhubert_plugin.checkpoints import load_checkpoint
+from fedhubert_plugin.cli import main
 from fedhubert_plugin.federation.client.app import client_app
 from fedhubert_plugin.federation.server.grid import wait_for_nodes
 from fedhubert_plugin.federation.server.rounds import secure_train_round, train_round
@@ -143,8 +144,7 @@ def test_dp_run_killed_mid_round_resumes_with_its_privacy_spent_and_converges(pr
     os.killpg(server.pid, signal.SIGKILL)
     server.wait()
     assert [line["round"] for line in metric_lines(save)] == [1]
-    resumed = subprocess.run(cmd + ["--resume"], env=fairseq_env(), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert main([*cmd[1:], "--resume"]) == 0  # resumed in this process: a resume is the same wherever it runs
     lines = metric_lines(save)
     assert [line["round"] for line in lines] == [1, 2, 3]
     assert load_checkpoint(save / "server" / "checkpoint_last.pt")["extra_state"]["federated_round"] == 3
