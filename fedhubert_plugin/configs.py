@@ -156,15 +156,19 @@ class DistillConfig:
     )
 
     def settings(self, overrides: Sequence[str]) -> Dict[str, Any]:
-        """The federation settings this distillation sets: the criterion's overrides, then ``overrides``, and
-        ``init_from`` with ``init_from_teacher``."""
+        """The federation settings this distillation sets: the criterion's overrides and the teacher's waveform
+        normalisation (the student hears what its teacher heard), then ``overrides``, and ``init_from`` with
+        ``init_from_teacher``."""
         teacher = Path(self.teacher).resolve()
         if not teacher.is_file():
             raise FileNotFoundError(
                 f"teacher {teacher} not found: pass SAVE/server/checkpoint_best.pt of a `fedhubert pretrain` run"
             )
+        from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint
+
+        normalize = bool(as_s3prl_state(load_checkpoint(teacher), teacher)["task_cfg"].get("normalize", False))
         criterion = {"alpha": self.alpha, "temperature": self.temperature, "hidden_weight": self.hidden_weight}
-        ours = [f"criterion.teacher_checkpoint={teacher}"]
+        ours = [f"criterion.teacher_checkpoint={teacher}", f"task.normalize={str(normalize).lower()}"]
         ours += [f"criterion.{key}={value}" for key, value in criterion.items() if value is not None]
         values = {"overrides": ours + list(overrides)}
         return {**values, "init_from": str(teacher)} if self.init_from_teacher else values

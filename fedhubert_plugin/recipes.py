@@ -7,7 +7,7 @@ One helper for the CLI, the demo, export, the Flower apps and the shell recipes:
 
 import warnings
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from fairseq import tasks
 from fairseq.dataclass.initialize import add_defaults, hydra_init
 from fairseq.dataclass.utils import omegaconf_no_object_check
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -32,12 +33,15 @@ RECIPE_FOLDERS = (
 )
 
 
+SCHEMA_NAMES: Set[str] = set()  # the recipes whose name fairseq's schema was stored under
+
+
 class RecipeError(ValueError):
     """A recipe or an override names a key fairseq's configs do not have, or a value they do not accept."""
 
 
 def find_recipe(recipe: str) -> Path:
-    """The yaml of ``recipe``: a name (``tiny``, ``base``, ``base_iter2``, ``student``, ``tiny_student``,
+    """The yaml of ``recipe``: a name (``tiny``, ``base``, ``base_iter2``, ``large``, ``student``, ``tiny_student``,
     ``ks``), an absolute path, or a path relative to the working directory or to the app (the same on every
     node's copy of the app)."""
     path = Path(recipe)
@@ -58,15 +62,26 @@ def device_overrides() -> List[str]:
     return [] if torch.cuda.is_available() else ["common.cpu=true", "common.fp16=false", "common.bf16=false"]
 
 
+def register_schema(name: str) -> None:
+    """fairseq's schema under the recipe ``name`` only. A schema left under the name of a recipe composed
+    earlier in this process (``base``) would be merged into that recipe's file where it is a default of this
+    one (``base_iter2``, ``large``), and hydra refuses the merge."""
+    repo = ConfigStore.instance().repo
+    for earlier in SCHEMA_NAMES - {name}:
+        repo.pop(f"{earlier}.yaml", None)
+    hydra_init(name)
+    SCHEMA_NAMES.add(name)
+
+
 def compose_recipe(recipe: Union[str, Path], overrides: Sequence[str] = ()) -> DictConfig:
     """The resolved fairseq config of ``recipe`` (a name or yaml path) with hydra-style ``overrides``.
 
-    fairseq's schema must be registered under the recipe's name first (``hydra_init``), and
+    fairseq's schema must be registered under the recipe's name first (``register_schema``), and
     recipes start with the old ``# @package _group_`` header, hence hydra's 1.1 semantics.
     Without a GPU, ``device_overrides`` come first.
     """
     recipe = find_recipe(str(recipe))
-    hydra_init(recipe.stem)
+    register_schema(recipe.stem)
     GlobalHydra.instance().clear()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # hydra's notes on the old package header

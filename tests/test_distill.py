@@ -8,7 +8,7 @@ import torch
 
 from fedhubert_plugin.checkpoints import load_checkpoint, matching_layer
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.configs import DISTILL_DEFAULTS
+from fedhubert_plugin.configs import DISTILL_DEFAULTS, DistillConfig
 from fedhubert_plugin.criterions.hubert_distillation import (
     cluster_logits_of,
     cluster_logits_of_student,
@@ -75,6 +75,20 @@ def test_teacher_is_frozen_hidden_from_fairseq_and_must_share_the_vocabulary(cli
         task.build_criterion(OmegaConf.create({"_name": "hubert_distillation", "teacher_checkpoint": str(other)}))
     with pytest.raises(ValueError, match="criterion.teacher_checkpoint"):
         task.build_criterion(OmegaConf.create({"_name": "hubert_distillation"}))
+
+
+def test_a_teacher_of_normalised_audio_teaches_a_student_of_normalised_audio(client_shard, tmp_path):
+    """HuBERT Large's task layer-normalises each waveform: fedhubert distill gives the student the same input,
+    and the criterion refuses a student task that would feed the teacher audio unlike its training audio."""
+    from omegaconf import OmegaConf
+
+    overrides = ["common.cpu=true", "task.normalize=true"]
+    teacher = export_initial(TINY, tmp_path / "normalised.pt", n_clusters=8, label_rate=100, overrides=overrides)
+    assert "task.normalize=true" in DistillConfig(teacher).settings([])["overrides"]
+    cfg = OmegaConf.create({"_name": "hubert_distillation", "teacher_checkpoint": str(teacher)})
+    assert setup_fed_task(client_shard, normalize=True).build_criterion(cfg).teacher is not None
+    with pytest.raises(ValueError, match="task.normalize=true but the student's task has task.normalize=false"):
+        setup_fed_task(client_shard).build_criterion(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from fairseq.criterions.hubert_criterion import HubertCriterion, HubertCriterion
 from fedhubert_plugin.checkpoints import load_hubert_model, matching_layer
 
 _TEACHERS: Dict[str, torch.nn.Module] = {}
+_TEACHER_NORMALIZES: Dict[str, bool] = {}  # per teacher: trained on layer-normalised waveforms
 
 
 @dataclass
@@ -46,10 +47,23 @@ class HubertDistillationConfig(HubertCriterionConfig):
 def frozen_teacher(path: str) -> torch.nn.Module:
     """The teacher model of ``path``, loaded once per process, in eval mode, without gradients."""
     if path not in _TEACHERS:
-        teacher = load_hubert_model(path)[0].eval()
-        teacher.requires_grad_(False)
-        _TEACHERS[path] = teacher
+        teacher, task_cfg = load_hubert_model(path)
+        teacher.eval().requires_grad_(False)
+        _TEACHERS[path], _TEACHER_NORMALIZES[path] = teacher, bool(task_cfg.normalize)
     return _TEACHERS[path]
+
+
+def check_same_input(path: str, task) -> None:
+    """The student's batches are the teacher's input: both layer-normalise waveforms (HuBERT Large's task) or
+    neither (Base's)."""
+    teacher_normalizes = _TEACHER_NORMALIZES[path]
+    if teacher_normalizes != bool(task.cfg.normalize):
+        raise ValueError(
+            f"teacher {path} was trained with task.normalize={str(teacher_normalizes).lower()} but the student's "
+            f"task has task.normalize={str(bool(task.cfg.normalize)).lower()}: the teacher must hear audio as it was "
+            f"trained on; pass task.normalize={str(teacher_normalizes).lower()} (fedhubert distill sets it from the "
+            "teacher)"
+        )
 
 
 def cluster_logits_of_student(logits_m: torch.Tensor) -> torch.Tensor:
@@ -143,6 +157,7 @@ class HubertDistillationCriterion(HubertCriterion):
         self.teacher_checkpoint = teacher_checkpoint
         self.alpha, self.temperature, self.hidden_weight = alpha, temperature, hidden_weight
         teacher = frozen_teacher(teacher_checkpoint)
+        check_same_input(teacher_checkpoint, task)
         classes = len(task.dictionaries[0])
         if teacher.num_classes[0] != classes:
             raise ValueError(
