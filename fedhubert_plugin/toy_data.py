@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import shutil
 import subprocess
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -188,8 +189,14 @@ def synthesize_all(jobs: List[Tuple[Voice, str, Path, Tuple[str, ...]]], workers
 
     One process per utterance: libespeak-ng carries state from one synthesis to the next (its voice
     flutter and noise), so only a fresh process speaks the same bytes for the same seed, as its CLI does.
+    They fork from this process when it runs no other thread (the fastest start); otherwise from a server
+    process that has imported this module, since a fork of a process running threads (a Ray driver's, a gRPC
+    channel's) took twice the time per utterance.
     """
-    with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
+    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload([__name__])
+    with context.Pool(workers, maxtasksperchild=1) as pool:
         return list(progress_bar(pool.imap(synthesize_job, jobs), total=len(jobs), desc="toy-data", unit="file"))
 
 
