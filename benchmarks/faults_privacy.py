@@ -23,12 +23,12 @@ import numpy as np
 from common import RECIPES, federated, prepare, write_results
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedhubert_plugin.federation.client.app import client_app
 from fedhubert_plugin.federation.server.grid import wait_for_nodes
+from fedhubert_plugin.federation.server.optimizers import StreamingFedAvg
 from fedhubert_plugin.federation.server.rounds import secure_train_round, train_round
 from fedhubert_plugin.federation.server.runlog import read_metrics, validations
 from fedhubert_plugin.federation.server.screening import ScreenedStrategy, l2_norm, screen_reply
@@ -118,7 +118,7 @@ def secure_against_plain(data: Path, work: Path) -> Dict:
     def main(grid: Grid, context: Context) -> None:
         wait_for_nodes(grid, 4, 300)
         config = ClientConfig.of(settings)
-        plain = FedAvg(min_train_nodes=4, min_available_nodes=4, weighted_by_key="updates")  # uniform, as SecAgg+
+        plain = StreamingFedAvg(min_train_nodes=4, min_available_nodes=4, weighted_by_key="updates")  # as SecAgg+
         for attempt in ("cold", "warm"):  # the warm pair is timed: the clients' trainers are built by then
             tic = time.perf_counter()
             found["secure"] = secure_train_round(grid, 1, initial, config, settings, {})

@@ -1,17 +1,22 @@
-"""Server memory and round time against clients per round, with HuBERT Base's tensors.
+"""Server memory and round time against clients per round, with HuBERT Base's and Large's tensors.
 
-A stand-in client keeps Base's 95 M parameters (361 MiB in float32) and makes training free: it
-replies with the weights it received plus small noise, through the real wire format, Flower's
-simulation runtime and our screening and aggregation (`rounds.train_round`, FedAdam). Each
-configuration runs in its own process and reports the server's peak RSS during the rounds above
-its RSS before the first round (sampled every 20 ms), in units of the model's size, split into
-the process's own heap (anonymous memory) and shared memory mapped into it (Ray's object store,
-through which simulation hands messages to the client actors), and the round's seconds:
-replies folded as they arrive (streaming) against the list of every reply (what FedMedian,
-Krum or DP still hold). In simulation the server process also hosts Flower's
-in-memory SuperLink, which keeps the round's messages until they are pulled.
+Stand-in clients keep the model's parameters (Base: 95 M, 361 MiB in float32; Large: 317 M) and make
+training free (``server_memory_app/standin.py``): a round goes through the real wire format and our
+screening and aggregation (``rounds.train_round``, FedAdam). Each configuration runs in its own
+process and reports the server's peak RSS during the rounds above its RSS before the first round
+(sampled every 20 ms), in model sizes, split into the process's own heap (anonymous memory) and
+shared memory mapped into it, and the round's seconds.
 
-    .venv/bin/python benchmarks/server_memory.py [--clients 2 8 16 32 64] [--rounds 2]
+- Simulation, Base at 2 to 64 clients per round (Large: 2 and 4): replies folded as they arrive
+  (streaming) against the list of every reply (what FedMedian, Krum or DP still hold). The server
+  process also hosts Flower's in-memory SuperLink, whose store holds what is sent and received
+  until it is pulled, and maps in Ray's object store, through which simulation hands messages to
+  the client actors.
+- Deployment on loopback (``flwr run`` of ``server_memory_app``, Base at 2 and 4 clients): the
+  ServerApp's own process, as a federation runs it, apart from the SuperLink and the SuperNodes.
+
+    .venv/bin/python benchmarks/server_memory.py [--clients 2 8 16 32 64] [--large-clients 2 4]
+        [--deployed-clients 2 4] [--rounds 2]
     .venv/bin/python benchmarks/server_memory.py --render   # results/server_memory.md again from its .json
 """
 
@@ -20,102 +25,77 @@ import json
 import math
 import subprocess
 import sys
-import threading
-import time
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
 from common import REPO, RESULTS, machine_meta, memory_of_this_machine_gib, write_results
 
 CHILD = "--child"
+APP = Path(__file__).parent / "server_memory_app"  # the Flower app that ``--deployment`` runs
 
 
-def rss_mb() -> Dict[str, float]:
-    """This process's resident memory now (MB): all of it, its own heap (anonymous), shared memory mapped in."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    kb = {name: int(fields[name].split()[0]) for name in ("VmRSS", "RssAnon", "RssShmem")}
-    return {"rss": kb["VmRSS"] / 1024, "anon": kb["RssAnon"] / 1024, "shmem": kb["RssShmem"] / 1024}
-
-
-class PeakSampler(threading.Thread):
-    """The highest RSS of this process while running, of each kind, sampled every 20 ms (ru_maxrss would
-    include set-up)."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak_mb, self.running = rss_mb(), True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak_mb = {kind: max(mb, self.peak_mb[kind]) for kind, mb in rss_mb().items()}
-            time.sleep(0.02)
-
-
-def measure(clients: int, streaming: bool, rounds: int) -> Dict:
-    """One configuration, in this process: the server's peak RSS above its start and the mean round seconds."""
-    from flwr.app import Context, Message
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-
-    from fedhubert_plugin.federation.nodes import client_name
-    from fedhubert_plugin.federation.server.grid import wait_for_nodes
-    from fedhubert_plugin.federation.server.rounds import train_round
-    from fedhubert_plugin.federation.server.screening import ScreenedStrategy
-    from fedhubert_plugin.federation.server.strategies import base_strategy
-    from fedhubert_plugin.federation.settings import FederationSettings
-    from fedhubert_plugin.federation.simulation import ray_backend_config, simulate
-    from fedhubert_plugin.federation.wire import ARRAYS, NUM_EXAMPLES, ClientConfig, arrays_of, client_reply, record_of
-    from fedhubert_plugin.recipes import recipe_initial_model
-
-    _, weights = recipe_initial_model("base", ["common.cpu=true"], 50.0, 500)
-    model_mb = sum(v.nbytes for v in weights.values()) / 2**20
-    settings = FederationSettings(num_server_rounds=rounds, min_available_nodes=clients, min_train_nodes=clients)
-    stand_in = ClientApp()
-
-    @stand_in.train()
-    def train(msg: Message, context: Context) -> Message:
-        received = arrays_of(msg.content[ARRAYS])
-        rng = np.random.default_rng(int(context.node_config["partition-id"]))
-        trained = {k: v + 1e-4 * rng.standard_normal(v.shape, dtype=np.float32) for k, v in received.items()}
-        folder = Path(client_name(int(context.node_config["partition-id"])))
-        return client_reply(msg, folder, {NUM_EXAMPLES: 1.0}, **{ARRAYS: record_of(trained)})
-
-    result = {}
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        wait_for_nodes(grid, clients, 600)
-        strategy = ScreenedStrategy(base_strategy(settings), 0.0, clients, 3600, streaming=streaming)
-        current, seconds, start_rss, sampler = dict(weights), [], rss_mb(), PeakSampler()
-        sampler.start()
-        for rnd in range(1, rounds + 1):
-            tic = time.perf_counter()
-            current = train_round(grid, rnd, strategy, current, ClientConfig.of(settings), settings, {}).weights
-            seconds.append(time.perf_counter() - tic)
-        sampler.running = False
-        sampler.join()
-        result.update(model_mb=model_mb, start_mb=start_rss, peak_mb=sampler.peak_mb)
-        result["round_seconds"] = float(np.mean(seconds))
-
-    simulate(server, stand_in, clients, ray_backend_config(num_cpus_per_client=1.0))
+def above_start(row: Dict) -> Dict:
+    """``row`` with its peaks above the start in model sizes, of each kind of memory."""
     return {
-        "clients": clients,
-        "streaming": streaming,
-        **result,
+        **row,
+        # round 1 also holds the initial weights (allocated before tracing began); later rounds hold only what
+        # was allocated since
+        "live_in_models": max(row["live_peaks_mb"][0] + row["model_mb"], *row["live_peaks_mb"][1:]) / row["model_mb"],
         **{
-            f"{kind}_above_start_in_models": (result["peak_mb"][kind] - result["start_mb"][kind]) / result["model_mb"]
+            f"{kind}_above_start_in_models": (row["peak_mb"][kind] - row["start_mb"][kind]) / row["model_mb"]
             for kind in ("rss", "anon", "shmem")
         },
     }
 
 
+def simulated(clients: int, streaming: bool, rounds: int, size: str) -> Dict:
+    """One configuration in Flower's simulation, in this process (which then hosts the server, Flower's
+    in-memory SuperLink and the Ray driver)."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from server_memory_app.standin import client_app, initial_weights, measured_rounds
+
+    from fedhubert_plugin.federation.simulation import ray_backend_config, simulate
+
+    initial, result, server = initial_weights(size), {}, ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        result.update(measured_rounds(grid, initial, clients, rounds, streaming))
+
+    # Large: one client actor at a time (each holds about three copies of the model)
+    simulate(server, client_app, clients, ray_backend_config(num_cpus_per_client=1.0 if size == "base" else 2.0))
+    return above_start(result)
+
+
+def deployed(clients: int, rounds: int, size: str) -> Dict:
+    """One configuration deployed on loopback (``flwr run`` of ``server_memory_app``): the ServerApp's own
+    process, apart from the SuperLink and the SuperNodes."""
+    from fedhubert_plugin.testing.loopback import LoopbackFederation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        federation, out = LoopbackFederation(Path(tmp)), Path(tmp) / "row.json"
+        try:
+            federation.start_superlink()
+            for i in range(clients):
+                federation.start_supernode(f"supernode_{i}", Path(tmp))
+            config = f'clients={clients} rounds={rounds} model="{size}" out="{out}"'
+            done = federation.flwr("run", str(APP), "loopback", "--stream", "--run-config", config, timeout=3600)
+            if done.returncode or not out.exists():
+                return {"failed": (done.stdout + done.stderr).strip().splitlines()[-1][:200]}
+            return above_start(json.loads(out.read_text()))
+        finally:
+            federation.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, nargs="+", default=[2, 8, 16, 32, 64])
+    parser.add_argument("--clients", type=int, nargs="*", default=[2, 8, 16, 32, 64], help="Base, both aggregations")
+    parser.add_argument("--large-clients", type=int, nargs="*", default=[2, 4], help="Large, streaming")
+    parser.add_argument("--deployed-clients", type=int, nargs="*", default=[2, 4], help="Base, deployed on loopback")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(CHILD, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(CHILD, nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--render", action="store_true", help="write the .md again from the stored .json (no run)")
     args = parser.parse_args()
     if args.render:
@@ -123,26 +103,27 @@ def main() -> None:
         write(stored["rows"], stored["meta"])
         return
     if args.child:
-        print(json.dumps(measure(int(args.child[0]), args.child[1] == "stream", args.rounds)))
+        clients, mode, size, runtime = args.child
+        if runtime == "simulation":
+            print(json.dumps(simulated(int(clients), mode == "stream", args.rounds, size)))
+        else:
+            print(json.dumps(deployed(int(clients), args.rounds, size)))
         return
+    runs = [("base", n, mode, "simulation") for n in args.clients for mode in ("stream", "list")]
+    runs += [("large", n, "stream", "simulation") for n in args.large_clients]
+    runs += [("base", n, "stream", "deployment") for n in args.deployed_clients]
     rows, list_ran_out_at = [], None
-    for clients in args.clients:
-        for mode in ("stream", "list"):
-            if mode == "list" and list_ran_out_at:  # more replies than the ones that did not fit
-                rows.append({"failed": f"not run: out of memory already at {list_ran_out_at} clients"})
-                rows[-1].update(clients=clients, streaming=False)
-                continue
-            done = subprocess.run(
-                [sys.executable, __file__, CHILD, str(clients), mode, "--rounds", str(args.rounds)],
-                capture_output=True,
-                text=True,
-                cwd=REPO,
-            )
+    for size, clients, mode, runtime in runs:
+        if mode == "list" and list_ran_out_at:  # more replies than the ones that did not fit
+            rows.append({"failed": f"not run: out of memory already at {list_ran_out_at} clients"})
+        else:
+            child = [CHILD, str(clients), mode, size, runtime, "--rounds", str(args.rounds)]
+            done = subprocess.run([sys.executable, __file__, *child], capture_output=True, text=True, cwd=REPO)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else failed(done))
-            rows[-1].update(clients=clients, streaming=mode == "stream")
-            if mode == "list" and rows[-1].get("failed", "").startswith("out of memory"):
-                list_ran_out_at = clients
-            print(rows[-1], flush=True)
+        rows[-1].update(model=size, clients=clients, streaming=mode == "stream", runtime=runtime)
+        if mode == "list" and rows[-1].get("failed", "").startswith("out of memory"):
+            list_ran_out_at = clients
+        print(rows[-1], flush=True)
     write(rows)
 
 
@@ -156,28 +137,39 @@ def failed(done: subprocess.CompletedProcess) -> Dict:
 def write(rows: List[Dict], meta: Optional[Dict] = None) -> None:
     """results/server_memory.json and .md (``meta``: of the run that measured ``rows``; default this one)."""
     meta = meta or machine_meta()
-    model_mib = next(row["model_mb"] for row in rows if "model_mb" in row)
+    model_mib = {row.get("model", "base"): row["model_mb"] for row in rows if "model_mb" in row}
     table = [
-        f"| clients per round | aggregation | server peak RSS above start | in model sizes ({model_mib:.0f} MiB) "
-        "| its own heap (anonymous), in models | shared memory mapped in, in models | round seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| runtime | model | clients per round | aggregation | live heap at its peak, in models (tracemalloc, "
+        "counting the global model) | server peak RSS above start | in models | its own heap (anonymous) above "
+        "start, in models | shared memory mapped in, in models | round seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
+        size, runtime = row.get("model", "base"), row.get("runtime", "simulation")
         how = "streaming" if row["streaming"] else "list of replies"
+        first = f"| {runtime} | {size} ({model_mib[size]:.0f} MiB) | {row['clients']} | {how} |"
         if "failed" in row:
-            table.append(f"| {row['clients']} | {how} | {row['failed']} | | | | |")
+            table.append(f"{first} {row['failed']} | | | | | |")
             continue
+        live = f"{row['live_in_models']:.1f}" if "live_in_models" in row else "not measured"
         table.append(
-            f"| {row['clients']} | {how} | "
-            f"{row['peak_mb']['rss'] - row['start_mb']['rss']:.0f} MiB | {row['rss_above_start_in_models']:.1f} | "
-            f"{row['anon_above_start_in_models']:.1f} | {row['shmem_above_start_in_models']:.1f} | "
-            f"{row['round_seconds']:.1f} |"
+            f"{first} {live} | {row['peak_mb']['rss'] - row['start_mb']['rss']:.0f} MiB | "
+            f"{row['rss_above_start_in_models']:.1f} | {row['anon_above_start_in_models']:.1f} | "
+            f"{row['shmem_above_start_in_models']:.1f} | {row['round_seconds']:.1f} |"
         )
-    streamed = [row for row in rows if row["streaming"] and "failed" not in row]
-    table += ["", extrapolation(streamed, meta)]
+    streamed = [
+        row
+        for row in rows
+        if row["streaming"]
+        and "failed" not in row
+        and (row.get("model", "base"), row.get("runtime", "simulation")) == ("base", "simulation")
+    ]
+    table += ["", extrapolation(streamed, meta)] if len(streamed) > 1 else []
     note = (
-        "Stand-in clients (no training) with HuBERT Base's tensors, FedAdam, Flower's simulation runtime, "
-        "2 client actors at a time."
+        "Stand-in clients (no training) with HuBERT Base's and Large's tensors, FedAdam. Simulation: 2 client "
+        "actors at a time (Large: 1); the server process also hosts Flower's in-memory SuperLink, whose message "
+        "store holds what is sent and received until it is pulled, and those copies are in its heap. Deployment: "
+        "a SuperLink and a SuperNode per client on loopback; the figures are the ServerApp's own process."
     )
     print(write_results("server_memory", rows, table, note, meta))
 

@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
 
@@ -82,6 +83,14 @@ def cluster_dictionary(n_clusters: int) -> Dictionary:
     return Dictionary.load(io.StringIO("".join(f"{i} 1\n" for i in range(n_clusters))))
 
 
+def tensor_of(array: Any) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, to save. The server's weights are read-only views of the bytes
+    Flower holds; torch warns that it cannot write to them, which saving never does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(array))
+
+
 def save_fairseq_checkpoint(
     path: Path,
     cfg: DictConfig,
@@ -94,7 +103,7 @@ def save_fairseq_checkpoint(
     state = {
         "args": None,
         "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()},
+        "model": {k: tensor_of(v) for k, v in weights.items()},
         "optimizer_history": [
             {
                 "criterion_name": "HubertCriterion",
@@ -116,7 +125,7 @@ def s3prl_state(
     return {
         "task_cfg": dict(task_cfg),
         "model_cfg": dict(model_cfg),
-        "model_weight": {k: v if torch.is_tensor(v) else torch.from_numpy(np.asarray(v)) for k, v in weights.items()},
+        "model_weight": {k: v if torch.is_tensor(v) else tensor_of(v) for k, v in weights.items()},
         "dictionaries_symbols": [list(s) for s in symbols],
     }
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.federation.client.app import client_app
 from fedhubert_plugin.federation.server.grid import wait_for_nodes
+from fedhubert_plugin.federation.server.optimizers import StreamingFedAvg
 from fedhubert_plugin.federation.server.rounds import secure_train_round, train_round
 from fedhubert_plugin.federation.server.screening import ScreenedStrategy
 from fedhubert_plugin.federation.server.strategies import build_strategy
@@ -173,7 +173,7 @@ def test_secure_aggregation_gives_the_plain_average_update_and_trains(prepared, 
         wait_for_nodes(grid, 4, 300)
         config = ClientConfig.of(settings)
         results["secure"] = secure_train_round(grid, 1, initial, config, settings, {})
-        plain = FedAvg(min_train_nodes=4, min_available_nodes=4, weighted_by_key="updates")  # uniform, as SecAgg+
+        plain = StreamingFedAvg(min_train_nodes=4, min_available_nodes=4, weighted_by_key="updates")  # as SecAgg+
         screened = ScreenedStrategy(plain, 0.0, 4, settings.round_timeout, streaming=True)
         results["plain"] = train_round(grid, 1, screened, initial, config, settings, {})
         config = ClientConfig.of(settings, updates_done=3)

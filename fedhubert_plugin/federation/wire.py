@@ -10,13 +10,15 @@ settings' names (``local-updates``, ``eta-l``...), as on the command line and in
 """
 
 import dataclasses
+import io
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Type, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from numpy.lib import format as npy
 
 ARRAYS, CONFIG, METRICS, CLIENT, VALIDATION = "arrays", "config", "metrics", "client", "validation"
 CLIENT_NAME, BROKEN_DATA = "name", "broken-data"
@@ -26,6 +28,7 @@ UPDATES = "updates"  # local updates a client made; the server's update count an
 FITINS_PARAMETERS, FITINS_CONFIG, VALID_PREFIX = "fitins.parameters", "fitins.config", "valid_"
 
 Config = TypeVar("Config")
+NUMPY_STYPE = Array(np.zeros(0, np.float32)).stype  # how Flower serialises an ndarray: .npy bytes
 
 
 def config_record(config: Any) -> ConfigRecord:
@@ -104,13 +107,60 @@ def arrays_of(record: ArrayRecord) -> Dict[str, np.ndarray]:
     }
 
 
+def npy_header(data: bytes) -> Tuple[tuple, bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and data offset of .npy bytes, read with numpy's own reader."""
+    stream = io.BytesIO(data)
+    version = npy.read_magic(stream)
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"unsupported .npy version {version} in an array record")
+    shape, fortran_order, dtype = readers[version](stream)
+    return shape, fortran_order, dtype, stream.tell()
+
+
+def view_of(array: Array) -> np.ndarray:
+    """A read-only numpy view of an Array's bytes (``Array.numpy`` copies them); bytes that do not hold
+    the array their header announces raise ``ValueError``."""
+    if array.stype != NUMPY_STYPE:
+        raise TypeError(f"an array serialised as {array.stype!r}, not as numpy's .npy bytes")
+    shape, fortran_order, dtype, offset = npy_header(array.data)
+    flat = np.frombuffer(array.data, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=offset)
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+def views_of(record: ArrayRecord) -> Dict[str, np.ndarray]:
+    """Read-only views of a record's arrays, in their wire dtypes (see ``view_of``)."""
+    return {k: view_of(v) for k, v in record.items()}
+
+
+def npy_bytes_of(a: np.ndarray) -> Optional[bytes]:
+    """The .npy bytes that ``a`` views whole (a C-ordered ``view_of`` result), else None."""
+    base = a.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, bytes) or not a.flags.c_contiguous:
+        return None
+    start = a.__array_interface__["data"][0] - np.frombuffer(base, np.uint8).__array_interface__["data"][0]
+    try:
+        shape, fortran_order, dtype, offset = npy_header(base)
+    except ValueError:
+        return None
+    whole = (offset, tuple(shape), dtype, fortran_order) == (start, a.shape, a.dtype, False)
+    return base if whole and start + a.nbytes == len(base) else None
+
+
 def record_of(arrays: Mapping[str, np.ndarray], transport_dtype: str = "float32") -> ArrayRecord:
-    """A record of ``arrays``; float32 ones are sent as ``transport_dtype`` (float16 halves the traffic)."""
+    """A record of ``arrays``; float32 ones are sent as ``transport_dtype`` (float16 halves the traffic).
+    An array that already views a record's bytes in the transport dtype is sent from those bytes, not copied."""
 
-    def wire(a: np.ndarray) -> np.ndarray:
-        return a.astype(transport_dtype) if a.dtype == np.float32 else a
+    def wire(a: np.ndarray) -> Array:
+        a = a.astype(transport_dtype, copy=False) if a.dtype == np.float32 else a
+        held = npy_bytes_of(a)
+        if held is not None:
+            return Array(dtype=str(a.dtype), shape=tuple(int(n) for n in a.shape), stype=NUMPY_STYPE, data=held)
+        return Array(np.ascontiguousarray(a))
 
-    return ArrayRecord({k: Array(np.ascontiguousarray(wire(np.asarray(v)))) for k, v in arrays.items()})
+    return ArrayRecord({k: wire(np.asarray(v)) for k, v in arrays.items()})
 
 
 def client_reply(

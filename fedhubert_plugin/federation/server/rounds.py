@@ -64,6 +64,7 @@ from fedhubert_plugin.federation.wire import (
     message_bytes,
     record_of,
     validation_of,
+    views_of,
 )
 from fedhubert_plugin.files import atomic_write_text
 
@@ -102,6 +103,7 @@ def observed(replies: Iterable[Message], validations: Dict[str, Dict], received:
         if validation:
             validations[client_of(reply)] = validation
         yield reply
+        del reply  # a reply is a model's size: not held while the next one is read
 
 
 def train_round(
@@ -123,9 +125,8 @@ def train_round(
     aggregated, metrics = strategy.aggregate_train(rnd, replies)
     # clients train while replies are folded in: "clients_train" holds the aggregation of all but the last
     timing["clients_train"] = time.perf_counter() - tic - timing["serialize"]
-    new_weights = {k: v.numpy().astype(weights[k].dtype, copy=False) for k, v in aggregated.items()}
     return TrainedRound(
-        new_weights,
+        views_of(aggregated),
         dict(metrics or {}),
         train_rows(strategy.accepted),
         averaged_validation(rnd - 1, validations),

@@ -29,11 +29,12 @@ from fedhubert_plugin.federation.settings import RESUME_ADVICE
 from fedhubert_plugin.federation.wire import (
     ARRAYS,
     METRICS,
-    NUM_EXAMPLES,
     arrays_of,
     broken_data_of,
     client_of,
     record_of,
+    view_of,
+    views_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,13 +50,13 @@ def l2_norm(arrays) -> float:
 
 def update_norm(arrays: ArrayRecord, reference: Dict[str, np.ndarray]) -> float:
     """L2 norm of ``arrays`` minus ``reference`` (NaN when they hold NaN or Inf)."""
-    return l2_norm(a.numpy().astype(np.float64) - reference[k] for k, a in arrays.items())
+    return l2_norm(view_of(a).astype(np.float64) - reference[k] for k, a in arrays.items())
 
 
 def clipped(arrays: ArrayRecord, reference: Dict[str, np.ndarray], scale: float) -> ArrayRecord:
     """``reference + scale * (arrays - reference)``, in the arrays' dtypes."""
     return ArrayRecord(
-        {k: Array((reference[k] + scale * (a.numpy() - reference[k])).astype(a.dtype)) for k, a in arrays.items()}
+        {k: Array((reference[k] + scale * (view_of(a) - reference[k])).astype(a.dtype)) for k, a in arrays.items()}
     )
 
 
@@ -154,14 +155,13 @@ def layers(strategy: Strategy) -> List[Strategy]:
 
 
 class ScreenedStrategy(Strategy):
-    """``strategy`` with every reply screened before it aggregates; the result in float32.
+    """``strategy`` with every reply screened before it aggregates; the result in the dtypes sent.
 
     With ``streaming`` (``streaming.streams``), each screened reply is folded into a running mean as
-    it arrives and ``strategy`` aggregates that one mean; otherwise it gets the list of screened
+    it arrives and ``strategy`` (one of ``optimizers``) steps from it; otherwise it gets the list of screened
     replies. After each ``aggregate_train``, ``accepted`` holds the aggregated clients' metrics by
     name, ``rejected`` and ``clipped`` that round's other decisions.
-    Flower's FedOpt strategies return float64 and keep float64 moments: both are cast back
-    (float64 would double the server's memory and the traffic).
+    Robust strategies that return float64 are cast back (float64 would double the traffic).
     """
 
     def __init__(
@@ -173,6 +173,8 @@ class ScreenedStrategy(Strategy):
         tolerate_broken_data: bool = False,
         streaming: bool = False,
     ):
+        if streaming and not hasattr(strategy, "step"):
+            raise TypeError(f"{type(strategy).__name__} cannot step from a running mean: use one of server.optimizers")
         self.strategy = strategy
         self.max_update_norm, self.min_train_nodes, self.round_timeout = max_update_norm, min_train_nodes, round_timeout
         self.tolerate_broken_data, self.streaming = tolerate_broken_data, streaming
@@ -186,7 +188,7 @@ class ScreenedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.reference = arrays_of(arrays)
+        self.reference = arrays_of(arrays) if is_half(arrays) else views_of(arrays)  # float32 either way
         self.accepted, self.rejected, self.clipped = {}, [], []
         self.messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         return self.messages
@@ -208,30 +210,31 @@ class ScreenedStrategy(Strategy):
             else:
                 self.accepted[client_of(kept)] = dict(kept.content[METRICS])
                 yield kept
+            del reply, kept  # a reply is a model's size: not held while the next one is read
         self.rejected += missing_replies(self.messages, answered, self.names, self.round_timeout)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
-        optimizer = layers(self.strategy)[-1]
-        if self.streaming:
-            mean = RunningMean(getattr(optimizer, "weighted_by_key", NUM_EXAMPLES))
+        if self.streaming:  # the strategy is one of ``optimizers``, unwrapped (``streaming.streams``)
+            mean = RunningMean(self.strategy.weighted_by_key, self.reference)
             for reply in self.screened(replies):
                 mean.add(reply)
-            to_aggregate = [mean.as_reply(self.messages[0])] if mean.weight else []
+                del reply  # one reply at a time: not held while the next one is read
         else:  # a fixed summation order: FedAdam's m/sqrt(v) amplifies last-bit differences of near-zero updates
             to_aggregate = sorted(self.screened(replies), key=client_of)
         self.stop_on_broken_data(server_round)
         aggregated, metrics = (None, None)
         if len(self.accepted) >= self.min_train_nodes:
-            aggregated, metrics = self.strategy.aggregate_train(server_round, to_aggregate)
+            if self.streaming:
+                aggregated, metrics = self.strategy.step(server_round, mean)
+            else:
+                aggregated, metrics = self.strategy.aggregate_train(server_round, to_aggregate)
         if aggregated is None:
             self.stop_without_update(server_round)
-        for name in ("m_t", "v_t"):
-            if getattr(optimizer, name, None):
-                setattr(optimizer, name, {k: v.astype(np.float32) for k, v in getattr(optimizer, name).items()})
-        dtypes = {k: v.dtype for k, v in self.reference.items()}
-        return ArrayRecord({k: Array(v.numpy().astype(dtypes[k])) for k, v in aggregated.items()}), metrics
+        dtypes = {k: str(v.dtype) for k, v in self.reference.items()}
+        as_sent = {k: v if v.dtype == dtypes[k] else Array(view_of(v).astype(dtypes[k])) for k, v in aggregated.items()}
+        return ArrayRecord(as_sent), metrics
 
     def stop_on_broken_data(self, server_round: int) -> None:
         """Raise, naming each client whose data is broken and the fix, unless ``tolerate_broken_data``."""

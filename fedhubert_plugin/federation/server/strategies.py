@@ -1,6 +1,7 @@
 """The server's aggregation: Flower's strategies by name, wrapped for differential privacy and screening.
 
-- Server optimizers: ``fedadam`` (default), ``fedyogi``, ``fedadagrad``, ``fedavg``.
+- Server optimizers: ``fedadam`` (default), ``fedyogi``, ``fedadagrad``, ``fedavg``: Flower's
+  classes, holding memory in place (``optimizers``).
 - Robust to a few bad clients: ``fedmedian`` (coordinate-wise median), ``fedtrimmedavg``
   (drops the ``trimmed_beta`` largest and smallest values per coordinate), ``krum`` and
   ``multikrum`` (keep the updates closest to their neighbours, assuming ``malicious_nodes``).
@@ -20,17 +21,20 @@ from typing import Optional
 
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
-    FedAdagrad,
-    FedAdam,
     FedAvg,
     FedMedian,
     FedTrimmedAvg,
-    FedYogi,
     Krum,
     MultiKrum,
     Strategy,
 )
 
+from fedhubert_plugin.federation.server.optimizers import (
+    InPlaceFedAdagrad,
+    InPlaceFedAdam,
+    InPlaceFedYogi,
+    StreamingFedAvg,
+)
 from fedhubert_plugin.federation.server.screening import ScreenedStrategy, layers
 from fedhubert_plugin.federation.server.streaming import streams
 from fedhubert_plugin.federation.settings import FederationSettings
@@ -72,11 +76,11 @@ def base_strategy(settings: FederationSettings) -> Strategy:
     adaptive = dict(eta=settings.eta, eta_l=settings.eta_l or 1.0, tau=settings.tau)
     name = settings.strategy
     if name == "fedavg":
-        return FedAvg(**common)
+        return StreamingFedAvg(**common)
     if name == "fedadagrad":
-        return FedAdagrad(**common, **adaptive)
+        return InPlaceFedAdagrad(**common, **adaptive)
     if name in ("fedadam", "fedyogi"):
-        cls = FedAdam if name == "fedadam" else FedYogi
+        cls = InPlaceFedAdam if name == "fedadam" else InPlaceFedYogi
         return cls(**common, **adaptive, beta_1=settings.beta_1, beta_2=settings.beta_2)
     if name == "fedmedian":
         return FedMedian(**common)

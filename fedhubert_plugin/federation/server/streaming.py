@@ -6,22 +6,22 @@ reply is in, and its deployment grid polls every 3 s).
 
 FedAvg, FedAdam, FedYogi and FedAdagrad (without DP) aggregate a weighted mean of the client
 weights and then take their server step. ``RunningMean`` folds each screened reply into a
-weighted sum as it arrives (weighted like Flower, by the strategy's ``weighted_by_key``; in float64,
-so that the order replies arrive in does not change the float32 result), and ``as_reply`` hands the
-wrapped Flower strategy one reply holding the mean: its own step (FedAdam's moments...) runs
-unchanged, and the server never holds more than one client's weights. Robust strategies (median,
-trimmed mean, Krum) need every reply at once, and Flower's DP wrapper calibrates its noise on the
-replies it is given: those keep the list of replies (``streams``).
+weighted sum of the updates as it arrives (weighted like Flower, by the strategy's
+``weighted_by_key``), and the server's step
+(``optimizers``) takes the mean from it tensor by tensor: the server never holds more than one
+client's weights. Robust strategies (median, trimmed mean, Krum) need every reply at once, and
+Flower's DP wrapper calibrates its noise on the replies it is given: those keep the list of
+replies (``streams``).
 """
 
 import time
-from typing import Dict, Iterable, Iterator
+from typing import Dict, Iterable, Iterator, List, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedhubert_plugin.federation.wire import ARRAYS, METRICS
+from fedhubert_plugin.federation.wire import ARRAYS, METRICS, view_of
 
 STREAMING_STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedadagrad")
 PULL_INTERVAL = 0.2  # seconds between polls of the grid for replies
@@ -37,42 +37,54 @@ def replies_as_they_come(grid: Grid, messages: Iterable[Message], timeout: float
     waiting = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
-        for reply in grid.pull_messages(list(waiting)):
+        pulled = list(grid.pull_messages(list(waiting)))
+        while pulled:
+            reply = pulled.pop(0)
             waiting.discard(reply.metadata.reply_to_message_id)
             yield reply
+            del reply  # a reply is a model's size: not held while the next one is read
         if waiting:
             time.sleep(PULL_INTERVAL)
 
 
 class RunningMean:
-    """The weighted mean of the replies added so far, arrays and metrics, holding only the sums."""
+    """The weighted mean of the replies added so far, arrays and metrics, holding one float32 sum: of the
+    updates (each reply minus the weights sent), which are small beside the weights, so that the sum keeps
+    float32's relative precision on them and the order replies arrive in does not show in the mean."""
 
-    def __init__(self, weighted_by_key: str):
-        self.key = weighted_by_key
+    def __init__(self, weighted_by_key: str, sent: Mapping[str, np.ndarray]):
+        self.key, self.sent = weighted_by_key, sent
         self.weight = 0.0
-        self.arrays: Dict[str, np.ndarray] = {}
+        self.updates: Dict[str, np.ndarray] = {}
         self.metrics: Dict[str, float] = {}
 
     def add(self, reply: Message) -> None:
-        """Fold a screened reply in."""
+        """Fold a screened reply in, tensor by tensor, reading its arrays where Flower holds them."""
         metrics = reply.content[METRICS]
         weight = float(metrics[self.key])
         for name, array in reply.content[ARRAYS].items():
-            weighted = array.numpy().astype(np.float64) * weight
-            if name in self.arrays:
-                self.arrays[name] += weighted
+            update = np.subtract(view_of(array), self.sent[name], dtype=np.float32)
+            update *= weight
+            if name in self.updates:
+                self.updates[name] += update
             else:
-                self.arrays[name] = weighted
+                self.updates[name] = update
         for name, value in metrics.items():
             if name != self.key:
                 self.metrics[name] = self.metrics.get(name, 0.0) + float(value) * weight
         self.weight += weight
 
-    def as_reply(self, reply_to: Message) -> Message:
-        """One reply holding the mean (arrays in float32), weighing what every folded reply weighed together.
-        Consumes the sums, tensor by tensor, so that they and the mean are never both whole in memory."""
-        arrays = ArrayRecord(
-            {k: Array((self.arrays.pop(k) / self.weight).astype(np.float32)) for k in list(self.arrays)}
-        )
-        metrics = MetricRecord({**{k: v / self.weight for k, v in self.metrics.items()}, self.key: self.weight})
-        return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=reply_to)
+    def names(self) -> List[str]:
+        """The tensors whose means are still to be taken."""
+        return list(self.updates)
+
+    def pop_mean(self, name: str) -> np.ndarray:
+        """The mean of tensor ``name`` in float32, its sum given up: the sums shrink as the means are taken."""
+        mean = self.updates.pop(name)
+        mean /= self.weight
+        mean += self.sent[name]
+        return mean
+
+    def metric_record(self) -> MetricRecord:
+        """The weighted mean of every metric but the weighing key, as Flower's FedAvg reports them."""
+        return MetricRecord({k: v / self.weight for k, v in self.metrics.items()})
