@@ -47,7 +47,7 @@ SECTIONS = {
     "distill_student": "7. Teacher against distilled student",
     "checkpoint_features": "8. Iteration-2 feature extraction",
     "deployment": "9. Deployment rounds against simulation rounds",
-    "server_memory": "10. Server memory against clients per round, Base's tensors",
+    "server_memory": "10. Server memory against clients per round, Base's and Large's tensors",
     "activation_memory": "11. Base's training memory against max_tokens, activation checkpointing",
     "faults_privacy": "12. Robust aggregation, differential privacy, secure aggregation",
     "demo": "13. The demo (`fedhubert demo`)",

@@ -221,6 +221,27 @@ def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in
     assert strategy.rejected[0] == {"client": "client_003", "reason": "update holds NaN or Inf"}
 
 
+def test_a_second_reply_under_a_clients_name_is_rejected_not_merged(in_a_run):
+    from fedhubert_plugin.federation.server.optimizers import StreamingFedAvg
+    from fedhubert_plugin.federation.server.screening import SAME_NAME, ScreenedStrategy
+
+    class ThreeNodes:  # stands in for Flower's Grid
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+    strategy = ScreenedStrategy(StreamingFedAvg(min_available_nodes=3), 0.0, 2, 9, streaming=True)
+    messages = list(
+        strategy.configure_train(1, record_of({"w": np.ones(3, np.float32)}), ConfigRecord({}), ThreeNodes())
+    )
+    # two SuperNodes given the same data-dir reply under one client name
+    names_and_values = [("client_001", 1.1), ("client_002", 1.2), ("client_001", 1.3)]
+    replies = [Message(reply(n, {"w": [v, 1, 1]}).content, reply_to=m) for m, (n, v) in zip(messages, names_and_values)]
+    aggregated, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(aggregated["w"].numpy(), [1.15, 1, 1], rtol=1e-6)
+    assert list(strategy.accepted) == ["client_001", "client_002"]
+    assert strategy.rejected == [{"client": "client_001", "reason": SAME_NAME}]
+
+
 def test_broken_data_stops_the_round_unless_tolerated(in_a_run):
     from flwr.serverapp.strategy import FedAvg
 

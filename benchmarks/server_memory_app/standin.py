@@ -58,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     received = arrays_of(msg.content[ARRAYS])
     rng = np.random.default_rng(context.node_id % 2**32)
     trained = {k: v + 1e-4 * rng.standard_normal(v.shape, dtype=np.float32) for k, v in received.items()}
-    folder = Path(f"client_{context.node_id % 1000:03d}")
+    folder = Path(f"node_{context.node_id}")  # a name of its own per node
     return client_reply(msg, folder, {NUM_EXAMPLES: 1.0}, **{ARRAYS: record_of(trained)})
 
 

@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 # an update larger than this times the global model's norm is garbage, not training
 ABSURD_UPDATE_RATIO = 1.0
+SAME_NAME = (
+    "a second reply this round from a client of this name: two nodes share a client folder "
+    "(each SuperNode needs its own --node-config data-dir); only the first reply is aggregated"
+)
 
 
 def l2_norm(arrays) -> float:
@@ -204,6 +208,8 @@ class ScreenedStrategy(Strategy):
                 reply, self.reference, model_norm, self.max_update_norm, self.names, self.messages
             )
             self.clipped += [clip] if clip else []
+            if kept is not None and client_of(kept) in self.accepted:
+                kept, rejection = None, {"client": client_of(reply), "reason": SAME_NAME}
             if rejection:
                 logger.warning("round update rejected: %s", rejection)
                 self.rejected.append(rejection)
