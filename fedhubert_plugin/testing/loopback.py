@@ -18,10 +18,11 @@ BIN = Path(sys.executable).parent
 
 
 class LoopbackFederation:
-    """A SuperLink and SuperNodes as processes on 127.0.0.1, with their logs in ``workdir``."""
+    """A SuperLink and SuperNodes as processes on 127.0.0.1, with their logs in ``workdir``; the SuperLink keeps
+    its state in ``workdir/state.db``, or in memory without ``state_file``."""
 
-    def __init__(self, workdir: Path, tls_dir: Optional[Path] = None):
-        self.workdir = workdir
+    def __init__(self, workdir: Path, tls_dir: Optional[Path] = None, state_file: bool = True):
+        self.workdir, self.state_file = workdir, state_file
         self.port = free_port()
         self.tls_dir = tls_dir
         flwr_home = workdir / "flwr_home"
@@ -79,8 +80,7 @@ class LoopbackFederation:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--database",
-                str(self.workdir / "state.db"),
+                *(["--database", str(self.workdir / "state.db")] if self.state_file else []),
                 "--disable-runtime-dependency-installation",
             ],
         )
