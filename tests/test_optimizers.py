@@ -147,14 +147,14 @@ def round_peaks(strategy, clients: int, tensors: int = 64, size: int = 20_000) -
     return peaks
 
 
-def test_a_streamed_fedadam_round_holds_five_model_sizes_whatever_the_clients(in_a_run):
+def test_a_streamed_fedadam_round_holds_six_model_sizes_whatever_the_clients(in_a_run):
     ours = {
         n: round_peaks(InPlaceFedAdam(**{**ARGUMENTS, "min_available_nodes": n, "min_train_nodes": n}), n)
         for n in (2, 8)
     }
     flowers = round_peaks(FedAdam(**ARGUMENTS), 3)  # Flower's own FedAdam, which is given the list of replies
     print(f"peak heap per round, in model sizes: ours {ours}, Flower's FedAdam with 3 clients {flowers}")
-    # the global weights, two moments, the float32 sum of the updates and the reply being read, plus a few
+    # the global weights, two moments, the float64 sum of the updates (two) and the reply being read, plus a few
     # working copies of one tensor (1/64 of the model here); Flower adds its copy while it reads a reply
-    assert all(peak <= 5.25 for peaks in ours.values() for peak in peaks), ours
+    assert all(peak <= 6.25 for peaks in ours.values() for peak in peaks), ours
     assert flowers[1] > 9.0, flowers

@@ -2,20 +2,22 @@
 
 Flower's FedOpt strategies copy the weights they send, and each round build the mean, the update,
 both moments and the new weights as new dicts: twelve to thirteen model sizes at the peak of a
-round (``tests/test_optimizers.py``). The subclasses here
-keep Flower's classes and arguments as the public face and change only how memory is held:
+round (``tests/test_optimizers.py``). The subclasses here keep Flower's classes and arguments as
+the public face and change only how memory is held:
 
 - the weights sent are read where Flower's record holds them (``wire.views_of``), not copied;
 - the moments are float32 arrays, updated in place tensor by tensor;
-- the new weights are made tensor by tensor from the running float32 sum of the replies' updates
+- the new weights are made tensor by tensor from the running float64 sum of the replies' updates
   (``streaming.RunningMean``), whose tensors are freed as they are used, and are written straight
   into Flower's Arrays, which the next round sends without a copy.
 
-At the server that is the global model, two moments, the sum and the one reply being folded in,
-plus Flower's own copy while it reads a reply (its chunks, then the Array they make): six model
-sizes whatever the number of clients
-(``benchmarks/server_memory.py``). The arithmetic is Flower's, in float32 from the float32 mean, as
-Flower's own strategies compute it on float32 weights (``tests/test_optimizers.py``).
+At the server that is the global model, two moments, the sum (two sizes: in float32, the order
+replies arrive in changed the weights of a resumed run by up to 2.5e-6) and the one reply being
+folded in, plus Flower's own copy while it reads a reply (its chunks, then the Array they make):
+seven model sizes whatever the number of clients, as long as replies come one at a time. Flower's pull returns
+every reply ready at a poll, so replies that arrive together are held together
+(``benchmarks/results/server_memory.md``). The arithmetic is Flower's, in float32 from the float32
+mean, as Flower's own strategies compute it on float32 weights (``tests/test_optimizers.py``).
 """
 
 from typing import Iterable, Optional, Tuple

@@ -48,9 +48,9 @@ def replies_as_they_come(grid: Grid, messages: Iterable[Message], timeout: float
 
 
 class RunningMean:
-    """The weighted mean of the replies added so far, arrays and metrics, holding one float32 sum: of the
-    updates (each reply minus the weights sent), which are small beside the weights, so that the sum keeps
-    float32's relative precision on them and the order replies arrive in does not show in the mean."""
+    """The weighted mean of the replies added so far, arrays and metrics, holding only the float64 sums of the
+    updates (each reply minus the weights sent). In float64, the order replies arrive in does not show in the
+    float32 mean: a run repeated, or resumed, gives the same weights."""
 
     def __init__(self, weighted_by_key: str, sent: Mapping[str, np.ndarray]):
         self.key, self.sent = weighted_by_key, sent
@@ -63,7 +63,7 @@ class RunningMean:
         metrics = reply.content[METRICS]
         weight = float(metrics[self.key])
         for name, array in reply.content[ARRAYS].items():
-            update = np.subtract(view_of(array), self.sent[name], dtype=np.float32)
+            update = np.subtract(view_of(array), self.sent[name], dtype=np.float64)
             update *= weight
             if name in self.updates:
                 self.updates[name] += update
@@ -83,7 +83,7 @@ class RunningMean:
         mean = self.updates.pop(name)
         mean /= self.weight
         mean += self.sent[name]
-        return mean
+        return mean.astype(np.float32)
 
     def metric_record(self) -> MetricRecord:
         """The weighted mean of every metric but the weighing key, as Flower's FedAvg reports them."""
