@@ -32,6 +32,16 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
+class Nodes:
+    """Stands in for Flower's Grid where a strategy samples nodes: ``count`` SuperNodes connected, ids 1..count."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def get_node_ids(self):
+        return list(range(1, self.count + 1))
+
+
 def teacher_tensors_in_tiny_student(names) -> set:
     """The tiny student's tensors that the tiny teacher's fit (same name and shape; width 64 against 128):
     the conv extractor, its layer norm, the label embeddings, the final projection's bias (final_dim 64 in

@@ -22,7 +22,7 @@ from fedhubert_plugin.federation.server.screening import screen_reply
 from fedhubert_plugin.federation.server.strategies import base_strategy
 from fedhubert_plugin.federation.simulation import ray_backend_config, simulate, simulate_pretraining
 from fedhubert_plugin.federation.wire import record_of
-from tests.helpers import TINY, metric_lines, pretrain_settings, valid_losses
+from tests.helpers import TINY, Nodes, metric_lines, pretrain_settings, valid_losses
 
 # Ray workers cannot import this test module: ship its functions by value
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -173,15 +173,12 @@ def test_a_robust_strategy_barely_moves_under_one_garbage_client_and_plain_avera
 
 
 def test_waiting_for_missing_nodes_stops_after_the_timeout_with_the_count():
-    class TwoNodes:  # stands in for Flower's Grid: two SuperNodes connected, the third never comes
-        def get_node_ids(self):
-            return [1, 2]
-
+    # two SuperNodes connected, the third never comes
     with pytest.raises(
         RuntimeError, match=r"only 2 of the 3 nodes needed are connected after 0.5 s \(min-available-nodes"
     ):
-        wait_for_nodes(TwoNodes(), 3, timeout=0.5)
-    assert wait_for_nodes(TwoNodes(), 2, timeout=0.5) == [1, 2]  # enough: returns at once
+        wait_for_nodes(Nodes(2), 3, timeout=0.5)
+    assert wait_for_nodes(Nodes(2), 2, timeout=0.5) == [1, 2]  # enough: returns at once
 
 
 def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in_a_run):
@@ -189,16 +186,12 @@ def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in
 
     from fedhubert_plugin.federation.server.screening import ScreenedStrategy
 
-    class ThreeNodes:  # stands in for Flower's Grid
-        def get_node_ids(self):
-            return [1, 2, 3]
-
     reference = {"w": np.ones(3, np.float32)}
     strategy = ScreenedStrategy(
         FedAvg(min_available_nodes=3, min_train_nodes=1), 0.0, min_train_nodes=2, round_timeout=9
     )
     outgoing = ArrayRecord({"w": Array(reference["w"].astype(np.float16))})  # float16 transport
-    messages = list(strategy.configure_train(1, outgoing, ConfigRecord({}), ThreeNodes()))
+    messages = list(strategy.configure_train(1, outgoing, ConfigRecord({}), Nodes(3)))
     assert len(messages) == 3 and strategy.reference["w"].dtype == np.float32
 
     def answer(message, name, w):
@@ -212,7 +205,7 @@ def test_the_screened_strategy_aggregates_only_what_passes_and_names_the_rest(in
     assert list(strategy.accepted) == ["client_001", "client_002"] and [r["client"] for r in strategy.rejected] == [
         "client_003"
     ]
-    messages = list(strategy.configure_train(2, outgoing, ConfigRecord({}), ThreeNodes()))
+    messages = list(strategy.configure_train(2, outgoing, ConfigRecord({}), Nodes(3)))
     replies = [answer(messages[0], "client_001", [1.1, 1, 1]), answer(messages[1], "client_003", [np.nan, 1, 1])]
     with pytest.raises(
         RuntimeError, match=r"round 2: 1 usable client updates of 3 .*--resume \(flwr run: --run-config"
@@ -225,14 +218,8 @@ def test_a_second_reply_under_a_clients_name_is_rejected_not_merged(in_a_run):
     from fedhubert_plugin.federation.server.optimizers import StreamingFedAvg
     from fedhubert_plugin.federation.server.screening import SAME_NAME, ScreenedStrategy
 
-    class ThreeNodes:  # stands in for Flower's Grid
-        def get_node_ids(self):
-            return [1, 2, 3]
-
     strategy = ScreenedStrategy(StreamingFedAvg(min_available_nodes=3), 0.0, 2, 9, streaming=True)
-    messages = list(
-        strategy.configure_train(1, record_of({"w": np.ones(3, np.float32)}), ConfigRecord({}), ThreeNodes())
-    )
+    messages = list(strategy.configure_train(1, record_of({"w": np.ones(3, np.float32)}), ConfigRecord({}), Nodes(3)))
     # two SuperNodes given the same data-dir reply under one client name
     names_and_values = [("client_001", 1.1), ("client_002", 1.2), ("client_001", 1.3)]
     replies = [Message(reply(n, {"w": [v, 1, 1]}).content, reply_to=m) for m, (n, v) in zip(messages, names_and_values)]
@@ -248,14 +235,10 @@ def test_broken_data_stops_the_round_unless_tolerated(in_a_run):
     from fedhubert_plugin.federation.server.screening import ScreenedStrategy
     from fedhubert_plugin.federation.wire import broken_data_reply
 
-    class TwoNodes:  # stands in for Flower's Grid
-        def get_node_ids(self):
-            return [1, 2]
-
     outgoing = ArrayRecord({"w": Array(np.ones(3, np.float32))})
     for tolerate in (False, True):
         strategy = ScreenedStrategy(FedAvg(min_available_nodes=2, min_train_nodes=1), 0.0, 1, 9, tolerate)
-        messages = list(strategy.configure_train(1, outgoing, ConfigRecord({}), TwoNodes()))
+        messages = list(strategy.configure_train(1, outgoing, ConfigRecord({}), Nodes(2)))
         good = Message(reply("client_000", {"w": [1.1, 1, 1]}).content, reply_to=messages[0])
         broken = broken_data_reply(messages[1], Path("clients/client_001"), ValueError("x/valid.km not found"))
         if not tolerate:
@@ -273,10 +256,6 @@ def test_broken_data_stops_the_round_unless_tolerated(in_a_run):
 def test_folding_replies_as_they_come_aggregates_like_the_list_of_all_replies(name, in_a_run):
     from fedhubert_plugin.federation.server.screening import ScreenedStrategy
 
-    class FourNodes:  # stands in for Flower's Grid
-        def get_node_ids(self):
-            return [1, 2, 3, 4]
-
     rng = np.random.default_rng(0)
     reference = {"w": rng.standard_normal(1000).astype(np.float32), "b": np.ones(3, np.float32)}
     noise = {
@@ -289,7 +268,7 @@ def test_folding_replies_as_they_come_aggregates_like_the_list_of_all_replies(na
     for streaming in (True, False):
         strategy = ScreenedStrategy(base_strategy(settings), 0.0, 2, 9, streaming=streaming)
         for rnd in (1, 2):  # FedAdam's moments carry over to round 2
-            messages = list(strategy.configure_train(rnd, record_of(reference), ConfigRecord({}), FourNodes()))
+            messages = list(strategy.configure_train(rnd, record_of(reference), ConfigRecord({}), Nodes(4)))
             replies = []
             for i, message in enumerate(messages):
                 answer = reply(f"client_00{i}", {k: v + noise[rnd, i][k] for k, v in reference.items()})

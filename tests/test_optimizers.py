@@ -15,17 +15,10 @@ from fedhubert_plugin.federation.server.optimizers import (
 )
 from fedhubert_plugin.federation.server.screening import ScreenedStrategy
 from fedhubert_plugin.federation.wire import npy_bytes_of, record_of, views_of
+from tests.helpers import Nodes
 
 FLOWER_AND_OURS = [(FedAdam, InPlaceFedAdam), (FedYogi, InPlaceFedYogi), (FedAdagrad, InPlaceFedAdagrad)]
 ARGUMENTS = dict(min_available_nodes=1, min_train_nodes=1, eta=0.05, eta_l=1.0, tau=1e-3)
-
-
-class Nodes:  # stands in for Flower's Grid
-    def __init__(self, count: int):
-        self.count = count
-
-    def get_node_ids(self):
-        return list(range(1, self.count + 1))
 
 
 def reply_to(message: Message, arrays: dict, examples: float) -> Message:

@@ -24,7 +24,7 @@ from fedhubert_plugin.federation.server.strategies import build_strategy
 from fedhubert_plugin.federation.simulation import ray_backend_config, simulate
 from fedhubert_plugin.federation.wire import ClientConfig, config_record, record_of
 from fedhubert_plugin.recipes import recipe_initial_model
-from tests.helpers import TINY, fairseq_env, metric_lines, pretrain_settings, valid_losses
+from tests.helpers import TINY, Nodes, fairseq_env, metric_lines, pretrain_settings, valid_losses
 
 
 @pytest.mark.e2e
@@ -65,10 +65,6 @@ def test_the_dp_server_adds_gaussian_noise_of_z_times_c_over_the_sampled_clients
     """The same replies aggregated with noise and without (same seed) differ by the noise alone: about
     std * sqrt(parameters), std = z * C / 4 sampled clients per coordinate."""
 
-    class FourNodes:  # stands in for Flower's Grid
-        def get_node_ids(self):
-            return [1, 2, 3, 4]
-
     rng = np.random.default_rng(0)
     reference = {"w": rng.standard_normal(20000).astype(np.float32), "b": np.ones(10, np.float32)}
     # client-clipped updates: norm about 0.04, under C = 0.1
@@ -81,7 +77,7 @@ def test_the_dp_server_adds_gaussian_noise_of_z_times_c_over_the_sampled_clients
             "unused", "unused", 1, strategy="fedavg", dp_clipping_norm=0.1, dp_noise_multiplier=noise_multiplier
         )
         strategy = build_strategy(settings)
-        messages = list(strategy.configure_train(1, record_of(reference), ConfigRecord({}), FourNodes()))
+        messages = list(strategy.configure_train(1, record_of(reference), ConfigRecord({}), Nodes(4)))
         replies = []
         for i, (message, weights) in enumerate(zip(messages, local)):
             content = RecordDict(

@@ -7,11 +7,10 @@ reply is in, and its deployment grid polls every 3 s).
 FedAvg, FedAdam, FedYogi and FedAdagrad (without DP) aggregate a weighted mean of the client
 weights and then take their server step. ``RunningMean`` folds each screened reply into a
 weighted sum of the updates as it arrives (weighted like Flower, by the strategy's
-``weighted_by_key``), and the server's step
-(``optimizers``) takes the mean from it tensor by tensor: the server never holds more than one
-client's weights. Robust strategies (median, trimmed mean, Krum) need every reply at once, and
-Flower's DP wrapper calibrates its noise on the replies it is given: those keep the list of
-replies (``streams``).
+``weighted_by_key``), and the server's step (``optimizers``) takes the mean from it tensor by
+tensor: the server folds one client's weights at a time. Robust strategies (median, trimmed
+mean, Krum) need every reply at once, and Flower's DP wrapper calibrates its noise on the replies
+it is given: those keep the list of replies (``streams``).
 """
 
 import time
