@@ -5,7 +5,7 @@ one utterance at a time, GPU when present) on toy utterances; HuBERT Base at lay
 tiny recipe at layer 1, initial weights (speed does not depend on training). Disk is what a
 client holds while its k-means runs: float32 frames at 50 Hz.
 
-    .venv/bin/python benchmarks/checkpoint_features.py [--seconds 120]
+    .venv/bin/python benchmarks/checkpoint_features.py [--seconds 120] [--toy DIR]
 
 writes benchmarks/results/checkpoint_features.json and .md.
 """
@@ -27,17 +27,19 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = [("base", "pretrain/base.yaml", 6), ("tiny", "pretrain/tiny.yaml", 1)]
 
 
-def toy_utterances(folder: Path, seconds: float):
-    """At least ``seconds`` of toy speech, as float32 arrays."""
-    write_toy_data(
-        folder,
-        speakers=16,
-        dev_speakers=1,
-        utterances_per_speaker=12,
-        keyword_speakers=2,
-        keyword_repeats=1,
-        force=True,
-    )
+def toy_utterances(folder: Path, seconds: float, synthesize: bool = True):
+    """At least ``seconds`` of toy speech, as float32 arrays; from the toy corpus in ``folder``, written there first
+    when ``synthesize``."""
+    if synthesize:
+        write_toy_data(
+            folder,
+            speakers=16,
+            dev_speakers=1,
+            utterances_per_speaker=12,
+            keyword_speakers=2,
+            keyword_repeats=1,
+            force=True,
+        )
     wavs, total = [], 0.0
     for flac in sorted((folder / "LibriSpeech" / TRAIN_SUBSET).rglob("*.flac")):
         wav, _ = sf.read(flac, dtype="float32")
@@ -51,11 +53,12 @@ def toy_utterances(folder: Path, seconds: float):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=120.0, help="audio to extract (default 120 s)")
+    parser.add_argument("--toy", type=Path, help="a toy corpus already written (default: synthesize one)")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        wavs, audio = toy_utterances(Path(tmp) / "toy", args.seconds)
+        wavs, audio = toy_utterances(args.toy or Path(tmp) / "toy", args.seconds, synthesize=args.toy is None)
         for name, recipe, layer in MODELS:
             ckpt = export_initial(
                 REPO / "recipes" / "librispeech" / recipe, Path(tmp) / f"{name}.pt", 100, 100, ["common.fp16=false"]

@@ -27,10 +27,10 @@ CODE = ("fedhubert_plugin", "upstream", "recipes", "requirements", "setup.cfg", 
 
 def git_commit() -> str:
     """The commit this run's code is at (short hash), ``+changes`` when the code in the working tree differs from
-    it (results and docs do not count: a run writes results)."""
+    it (results and docs do not count: a run writes results); outside a git checkout, ``FEDHUBERT_COMMIT``."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    if head.returncode:
-        return "unknown (not a git checkout)"
+    if head.returncode:  # a copy of the tree without .git, e.g. on a GPU machine: the commit it was copied from
+        return os.environ.get("FEDHUBERT_COMMIT", "unknown (not a git checkout)")
     status = ["git", "status", "--porcelain", "--", *CODE]
     dirty = subprocess.run(status, capture_output=True, text=True, cwd=REPO).stdout.strip()
     return head.stdout.strip() + ("+changes" if dirty else "")

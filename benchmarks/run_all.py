@@ -109,15 +109,27 @@ def overhead_and_memory(work: Path, toy: Path, updates: int, recipe: str = "tiny
     }
 
 
-def gpu(work: Path, toy: Path, updates: int, recipe: str, overrides: List[str], gpus_per_client: float) -> Dict:
-    """6: 1 and 5 with ``recipe`` on the GPU (GPU memory, samples per second too), and one round of two clients
-    sharing it (``gpus_per_client`` each). On a CPU, ``run_all.gpu(..., "tiny", ["common.cpu=true"], 0.0)`` runs
-    the same steps."""
+def shared_gpu(work: Path, toy: Path, clients: int, updates: int, recipe: str, overrides: List[str]) -> Dict:
+    """One round of ``clients`` clients on one GPU, ``1 / clients`` of it each: round seconds, each client's peak
+    GPU memory and samples per second."""
+    data = prepare(toy, work / f"{clients}_clients", clients)
+    extra = ["--gpus-per-client", str(1 / clients)]
+    save = work / f"shared_gpu_{clients}_{recipe}"
+    shared = federated(data, save, 1, updates, recipe, extra=extra, overrides=overrides)
+    trained = shared["rounds"][0]["clients"]
+    return {
+        "clients": clients,
+        "gpus_per_client": 1 / clients,
+        "round_seconds": shared["rounds"][0]["round_seconds"],
+        "client_peak_gpu_mb": {name: c.get("train_peak_gpu_mb", 0.0) for name, c in trained.items()},
+        "client_samples_per_second": {name: c["train_samples_per_second"] for name, c in trained.items()},
+    }
+
+
+def gpu(work: Path, toy: Path, updates: int, recipe: str, overrides: List[str]) -> Dict:
+    """6: 1 and 5 with ``recipe`` on the GPU (GPU memory, samples per second too), and one round of two, then four,
+    clients sharing it. On a CPU, ``run_all.gpu(..., "tiny", ["common.cpu=true"])`` runs the same steps."""
     one = overhead_and_memory(work, toy, updates, recipe, overrides)
-    two = prepare(toy, work / "two_clients", 2)
-    extra = ["--gpus-per-client", str(gpus_per_client)]
-    shared = federated(two, work / f"shared_gpu_{recipe}", 1, updates, recipe, extra=extra, overrides=overrides)
-    clients = shared["rounds"][0]["clients"]
     return {
         **one,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -125,8 +137,7 @@ def gpu(work: Path, toy: Path, updates: int, recipe: str, overrides: List[str], 
         if one["plain_fairseq_peak_gpu_mb"]
         else float("nan"),
         "samples_per_second_ratio": one["client_samples_per_second"] / one["plain_fairseq_samples_per_second"],
-        "shared_gpu_round_seconds": shared["rounds"][0]["round_seconds"],
-        "shared_gpu_client_peak_gpu_mb": {name: c.get("train_peak_gpu_mb", 0.0) for name, c in clients.items()},
+        "shared_gpu": [shared_gpu(work, toy, clients, updates, recipe, overrides) for clients in (2, 4)],
     }
 
 
@@ -155,13 +166,17 @@ def gpu_markdown(g: Dict) -> List[str]:
             f"{g['client_samples_per_second']:.1f}",
             f"{g['samples_per_second_ratio']:.2f} (≥ 0.95)",
         ),
+    ] + [
         row(
-            "two clients sharing the GPU, one round",
+            f"{s['clients']} clients sharing the GPU ({s['gpus_per_client']:g} each), one round",
             "",
-            f"{g['shared_gpu_round_seconds']:.1f} s; peak GPU MB per client "
-            + ", ".join(f"{v:.0f}" for v in g["shared_gpu_client_peak_gpu_mb"].values()),
+            f"{s['round_seconds']:.1f} s; per client: peak GPU "
+            + ", ".join(f"{v:.0f}" for v in s["client_peak_gpu_mb"].values())
+            + " MB; samples/s "
+            + ", ".join(f"{v:.1f}" for v in s["client_samples_per_second"].values()),
             "",
-        ),
+        )
+        for s in g["shared_gpu"]
     ]
 
 
@@ -308,7 +323,7 @@ def main() -> None:
             c = communication(args.work, toy, args.rounds, args.local_updates)
             write_results("communication", [c], communication_table(c), f"Toy corpus, 4 clients, {args.rounds} rounds.")
         elif name == "gpu" and torch.cuda.is_available():
-            g = gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true"], 0.5)
+            g = gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true"])
             write_results("gpu", [g], gpu_markdown(g), "Base recipe in fp16 on the GPU.")
         elif name == "gpu":
             print("gpu: not run, no NVIDIA GPU on this machine; results/gpu.md is left as it is", flush=True)

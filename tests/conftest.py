@@ -5,6 +5,7 @@ Everything runs on CPU and talks to nothing but the local disk. Helpers are in `
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,15 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def toy_corpus(tmp_path_factory) -> Path:
-    """The default toy corpus (seed 0)."""
+    """The default toy corpus (seed 0); ``FEDHUBERT_TOY_CORPUS`` names one already written by `fedhubert toy-data`
+    with the defaults (for a machine without espeak-ng, such as a GPU machine that runs only the GPU tests)."""
+    given = os.environ.get("FEDHUBERT_TOY_CORPUS")
+    if given:
+        summary = Path(given) / "toy_data.json"
+        if not summary.is_file():
+            fix = "write it with `fedhubert toy-data`"
+            raise pytest.UsageError(f"FEDHUBERT_TOY_CORPUS={given} has no toy_data.json; {fix}")
+        return Path(given)
     out = tmp_path_factory.mktemp("toy") / "toy"
     write_toy_data(out, seed=0)
     return out

@@ -9,6 +9,7 @@ import os
 import tempfile
 from typing import Any, Dict
 
+import torch
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
@@ -16,6 +17,8 @@ from fedhubert_plugin import console
 from fedhubert_plugin.federation.client.app import client_app
 from fedhubert_plugin.federation.server.app import server_app_for
 from fedhubert_plugin.federation.settings import FederationSettings
+
+logger = logging.getLogger(__name__)
 
 
 def ray_backend_config(num_cpus_per_client: float = 1.0, num_gpus_per_client: float = 0.0) -> Dict[str, Any]:
@@ -43,6 +46,15 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
     )
 
 
+def gpus_per_client_here(asked: float) -> float:
+    """``asked`` GPUs per virtual client, or 0 with a warning on a machine without a GPU (Ray would wait forever
+    for a GPU it does not have)."""
+    if asked > 0 and not torch.cuda.is_available():
+        logger.warning("--gpus-per-client %g: this machine has no GPU; the clients train on CPU", asked)
+        return 0.0
+    return asked
+
+
 def simulate_pretraining(settings: FederationSettings, num_clients: int) -> None:
     """Run the federation of ``settings`` with Flower's simulation runtime, one virtual SuperNode per client."""
     settings.validate()  # before Ray starts
@@ -50,5 +62,5 @@ def simulate_pretraining(settings: FederationSettings, num_clients: int) -> None
         server_app_for(settings),
         client_app,
         num_clients,
-        ray_backend_config(settings.cpus_per_client, settings.gpus_per_client),
+        ray_backend_config(settings.cpus_per_client, gpus_per_client_here(settings.gpus_per_client)),
     )
