@@ -15,8 +15,8 @@ commits, so a reader sees which figures are older.
 3. data preparation against fairseq's simple_kmeans scripts at 0.5, 2 and 8 h of audio
    (benchmarks/prepare_vs_fairseq.py);
 4. quality (benchmarks/quality.py): centralized against federated runs and random init, 3 seeds;
-6. GPU: 1 and 5 with the Base recipe in fp16, and a round of two clients sharing the GPU, when
-   there is an NVIDIA GPU (`--sections gpu`);
+6. GPU: 1 and 5 with the Base recipe in fp16, and a round of two, then four, clients sharing the GPU,
+   when there is an NVIDIA GPU (`--sections gpu`; 11b, activation_memory_gpu, too);
 7.-13. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
    activation_memory.py, faults_privacy.py and demo.py, each a script of its own.
 
@@ -49,9 +49,12 @@ SECTIONS = {
     "deployment": "9. Deployment rounds against simulation rounds",
     "server_memory": "10. Server memory against clients per round, Base's and Large's tensors",
     "activation_memory": "11. Base's training memory against max_tokens, activation checkpointing",
+    "activation_memory_gpu": "11b. The same on the GPU: the CPU estimate checked",
     "faults_privacy": "12. Robust aggregation, differential privacy, secure aggregation",
     "demo": "13. The demo (`fedhubert demo`)",
 }
+# sections that need an NVIDIA GPU (skipped, with a line saying so, on a machine without one)
+GPU_SECTIONS = {"gpu", "activation_memory_gpu"}
 # sections that are a script of their own (benchmarks/<name>.py), with the arguments run_all gives it
 OWN_SCRIPTS = {
     "prepare_vs_fairseq": ["--hours", "0.5", "2", "8"],
@@ -62,6 +65,7 @@ OWN_SCRIPTS = {
     "deployment": [],
     "server_memory": [],
     "activation_memory": [],
+    "activation_memory_gpu": ["--device", "cuda"],
     "faults_privacy": [],
     "demo": [],
 }
@@ -322,14 +326,18 @@ def main() -> None:
         elif name == "communication":
             c = communication(args.work, toy, args.rounds, args.local_updates)
             write_results("communication", [c], communication_table(c), f"Toy corpus, 4 clients, {args.rounds} rounds.")
-        elif name == "gpu" and torch.cuda.is_available():
+        elif name in GPU_SECTIONS and not torch.cuda.is_available():
+            print(f"{name}: not run, no NVIDIA GPU on this machine; results/{name}.md is left as it is", flush=True)
+        elif name == "gpu":
             g = gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true"])
             write_results("gpu", [g], gpu_markdown(g), "Base recipe in fp16 on the GPU.")
-        elif name == "gpu":
-            print("gpu: not run, no NVIDIA GPU on this machine; results/gpu.md is left as it is", flush=True)
         else:
-            script = "quality" if name == "quality_sweep" else name
+            script = {"quality_sweep": "quality", "activation_memory_gpu": "activation_memory"}.get(name, name)
             extra = ["--sweep"] if name == "quality_sweep" else OWN_SCRIPTS[name]
+            if name == "checkpoint_features":
+                extra = ["--toy", str(toy)]  # the corpus written above
+            if name.startswith("activation_memory"):
+                extra = [*extra, "--work", str(args.work / "activation_memory")]  # one toy shard for CPU and GPU
             run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *extra], args.work / f"{name}.log")
         RESULTS_MD.write_text(gather())  # after every section: a failure keeps what was measured
     RESULTS_MD.write_text(gather())

@@ -12,6 +12,7 @@ from fedhubert_plugin.federation.settings import (
     from_run_config,
     run_config_defaults,
 )
+from fedhubert_plugin.federation.simulation import gpus_per_client_here
 from fedhubert_plugin.federation.wire import ClientConfig, config_record, from_config_record
 from fedhubert_plugin.recipes import find_recipe
 from tests.helpers import REPO
@@ -112,3 +113,12 @@ def test_local_epochs_replace_local_updates_in_the_messages():
     assert config.epoch_rounds == 3 * 2  # each client sizes its lr schedule to rounds x local epochs of its data
     message_keys = {"num-updates", "server-round", "validate", "site-processes", "epoch-rounds"}
     assert set(config_record(config)) <= set(run_config_defaults()) | message_keys
+
+
+def test_gpus_per_client_on_a_machine_without_a_gpu_trains_on_cpu(monkeypatch, caplog):
+    # Ray would wait forever for a GPU the machine does not have
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert gpus_per_client_here(0.5) == 0.0
+    assert "--gpus-per-client 0.5: this machine has no GPU" in caplog.text
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert gpus_per_client_here(0.25) == 0.25
