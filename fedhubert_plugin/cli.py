@@ -86,10 +86,10 @@ def run_probe(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from fedhubert_plugin.export import export
+    from fedhubert_plugin.export import export, how_to_load
 
     out = export(from_args(ExportConfig, args))
-    print(f"wrote {out} (s3prl format: run_downstream.py -u hubert_local -k {out})")
+    print(f"wrote {out} ({how_to_load(out)})")
 
 
 def run_demo_command(args: argparse.Namespace) -> None:
@@ -168,10 +168,12 @@ COMMANDS = {
     "export": Command(
         run_export,
         (ExportConfig,),
-        "write a checkpoint in s3prl's converted HuBERT format (for stock s3prl)",
+        "write a checkpoint in s3prl's converted HuBERT format (for stock s3prl), or a SUPERB upstream folder",
         "--checkpoint converts a fairseq-format checkpoint (SAVE/server/checkpoint_best.pt, "
         "fairseq-hydra-train's) or an s3prl one; --initial writes the untrained model of a recipe (the "
-        "weights federated round 1 starts from), the random-init baseline for downstream comparisons.",
+        "weights federated round 1 starts from), the random-init baseline for downstream comparisons. "
+        "--out FILE writes one .pt; --superb DIR writes the SUPERB hidden-set upstream folder (expert.py, "
+        "hubconf.py, model.pt) that loads with torch and s3prl alone.",
     ),
     "demo": Command(
         run_demo_command,

@@ -1,20 +1,24 @@
-"""``fedhubert export``: checkpoints in s3prl's converted HuBERT format.
+"""``fedhubert export``: checkpoints in s3prl's converted HuBERT format, or a SUPERB upstream folder.
 
 Stock s3prl (``-u hubert_local -k X.pt``, no fedhubert installed) reads only that format.
 ``export_s3prl`` converts any fedhubert or fairseq HuBERT checkpoint; ``export_initial``
 writes the untrained model of a recipe (the weights federated round 1 starts from), the
-random-init baseline of downstream comparisons.
+random-init baseline of downstream comparisons. With ``--superb DIR`` the model goes to
+``DIR/model.pt`` beside the ``expert.py`` and ``hubconf.py`` of ``superb_upstream``: the folder
+the SUPERB hidden-set submission asks for, loadable with torch and s3prl alone.
 """
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import torch
 
+from fedhubert_plugin import superb_upstream
 from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint, save_s3prl_checkpoint
 from fedhubert_plugin.files import atomic_write
-from fedhubert_plugin.options import REQUIRED, option
+from fedhubert_plugin.options import option
 from fedhubert_plugin.recipes import recipe_initial_model
 
 
@@ -22,7 +26,14 @@ from fedhubert_plugin.recipes import recipe_initial_model
 class ExportConfig:
     """Options of ``fedhubert export``: the argument of ``export``."""
 
-    out: Path = option(REQUIRED, "output .pt file")
+    out: Optional[Path] = option(None, "output .pt file", one_of="target", required=True)
+    superb: Optional[Path] = option(
+        None,
+        "write a SUPERB hidden-set upstream folder here instead: expert.py, hubconf.py and model.pt",
+        one_of="target",
+        required=True,
+        metavar="DIR",
+    )
     checkpoint: Optional[Path] = option(None, "checkpoint to convert", one_of="source", required=True)
     initial: Optional[str] = option(
         None,
@@ -52,8 +63,29 @@ def export_initial(
     return Path(out)
 
 
+def write_superb_upstream(folder: Path) -> None:
+    """Put the hidden-set upstream's ``expert.py`` and ``hubconf.py`` into ``folder`` (beside its ``model.pt``)."""
+    for name in superb_upstream.FILES:
+        shutil.copyfile(superb_upstream.HERE / name, Path(folder) / name)
+
+
 def export(cfg: ExportConfig) -> Path:
-    """Convert ``cfg.checkpoint``, or write the initial model of the recipe ``cfg.initial``; returns ``cfg.out``."""
+    """Convert ``cfg.checkpoint``, or write the initial model of the recipe ``cfg.initial``, to ``cfg.out`` or to
+    ``cfg.superb/model.pt`` with the SUPERB upstream's files; returns the file or the folder written."""
+    model = Path(cfg.out) if cfg.out else Path(cfg.superb) / "model.pt"
+    model.parent.mkdir(parents=True, exist_ok=True)
     if cfg.checkpoint:
-        return export_s3prl(cfg.checkpoint, cfg.out)
-    return export_initial(cfg.initial, cfg.out, cfg.n_clusters, cfg.label_rate, cfg.overrides)
+        export_s3prl(cfg.checkpoint, model)
+    else:
+        export_initial(cfg.initial, model, cfg.n_clusters, cfg.label_rate, cfg.overrides)
+    if cfg.superb:
+        write_superb_upstream(cfg.superb)
+        return Path(cfg.superb)
+    return model
+
+
+def how_to_load(exported: Path) -> str:
+    """How a user loads what ``export`` wrote: a SUPERB upstream folder or one s3prl-format file."""
+    if Path(exported).is_dir():
+        return f"SUPERB upstream: torch.hub.load('{exported}', 'customized_upstream', source='local')"
+    return f"s3prl format: run_downstream.py -u hubert_local -k {exported}"

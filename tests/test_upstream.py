@@ -1,8 +1,13 @@
-"""The s3prl upstream hubert_local: same hidden states as s3prl's own, from every checkpoint format."""
+"""The s3prl upstream hubert_local: same hidden states as s3prl's own, from every checkpoint format; the SUPERB
+hidden-set folder of `fedhubert export --superb` gives the same ones with no fedhubert installed."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from fedhubert_plugin import cli
 from fedhubert_plugin.checkpoints import CheckpointError
 from fedhubert_plugin.export import export_initial, export_s3prl
 from upstream.hubert_local.hubconf import hubert_local
@@ -72,3 +77,37 @@ def test_unreadable_or_foreign_checkpoints_are_refused_with_the_file(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}}, other)
     with pytest.raises(CheckpointError, match="other.pt is neither an s3prl HuBERT checkpoint"):
         hubert_local(ckpt=str(other))
+
+
+# a process where fedhubert cannot be imported: what the SUPERB committee runs has torch and s3prl only
+LOAD_WITHOUT_FEDHUBERT = """
+import sys
+sys.modules["fedhubert_plugin"] = None
+sys.modules["upstream"] = None
+import torch
+folder, wavs, out = sys.argv[1:]
+upstream = torch.hub.load(folder, "customized_upstream", source="local")
+with torch.no_grad():
+    states = upstream.eval()(torch.load(wavs))["hidden_states"]
+torch.save({"states": list(states), "rate": upstream.get_downsample_rates("hidden_states")}, out)
+"""
+
+
+@pytest.mark.e2e
+def test_the_superb_hidden_set_folder_loads_without_fedhubert_with_hubert_locals_states(trained_run, wavs, tmp_path):
+    folder = tmp_path / "submission"
+    assert cli.main(["export", "--checkpoint", str(trained_run["checkpoint"]), "--superb", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["expert.py", "hubconf.py", "model.pt"]
+    torch.save(wavs, tmp_path / "wavs.pt")
+    loader = [sys.executable, "-c", LOAD_WITHOUT_FEDHUBERT, str(folder), str(tmp_path / "wavs.pt")]
+    done = subprocess.run([*loader, str(tmp_path / "out.pt")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = torch.load(tmp_path / "out.pt")
+    assert loaded["rate"] == 320
+    assert_same_states(loaded["states"], hidden_states(hubert_local(ckpt=str(trained_run["checkpoint"])), wavs))
+
+
+def test_export_writes_a_file_or_a_superb_folder_not_both(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--initial", "tiny", "--out", str(tmp_path / "m.pt"), "--superb", str(tmp_path / "d")])
+    assert "not allowed with argument" in capsys.readouterr().err
