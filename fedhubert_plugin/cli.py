@@ -37,8 +37,11 @@ USER_ERRORS = (FileExistsError, FileNotFoundError, ValueError, RuntimeError)
 
 def run_toy_data(args: argparse.Namespace) -> None:
     from fedhubert_plugin.toy_data import write_toy_data
+    from fedhubert_plugin.toy_superb import write_toy_superb_data
 
-    summary = write_toy_data(**asdict(from_args(ToyDataConfig, args)))
+    config = asdict(from_args(ToyDataConfig, args))
+    superb = config.pop("superb")
+    summary = write_toy_data(**config)
     print(
         f"LibriSpeech root:     {summary.librispeech_root} "
         f"({summary.train_utterances} train, {summary.dev_utterances} dev utterances)"
@@ -48,6 +51,9 @@ def run_toy_data(args: argparse.Namespace) -> None:
     )
     print(f"Speech Commands root: {summary.speech_commands_root} ({summary.keyword_train_files} files)")
     print(f"Speech Commands test: {summary.speech_commands_test_root} ({summary.keyword_test_files} files)")
+    if superb:
+        tasks = write_toy_superb_data(config["out"], config["seed"], config["workers"])
+        print(f"SUPERB IC, SID roots: {tasks.fluent_commands_root}, {tasks.voxceleb1_root}")
 
 
 def run_prepare(args: argparse.Namespace) -> None:

@@ -29,7 +29,7 @@ DISTILL_DEFAULTS = {"recipe": "student", "eta": 1e-3}
 
 @dataclass
 class ToyDataConfig:
-    """Options of ``fedhubert toy-data``: the arguments of ``toy_data.write_toy_data``."""
+    """Options of ``fedhubert toy-data``: the arguments of ``toy_data.write_toy_data``, and ``superb``."""
 
     out: Path = option(REQUIRED, "output folder (must be empty unless --force)")
     speakers: int = option(8, "speakers in the train subset")
@@ -48,6 +48,9 @@ class ToyDataConfig:
     seed: int = option(0, "seed of the voices, sentences and noise: the same seed writes the same bytes")
     workers: int = option(4, "parallel synthesis processes")
     force: bool = option(False, "replace a non-empty output folder")
+    superb: bool = option(
+        False, "also the corpora of SUPERB's IC (Fluent Speech Commands layout) and SID (VoxCeleb1 layout)"
+    )
 
 
 @dataclass

@@ -7,7 +7,9 @@ fairseq-format server checkpoints and distilled students), and s3prl's own exper
 checkpoints load on torch >= 2.6. Those hold the run's ``argparse.Namespace``, which
 ``torch.load``'s default ``weights_only=True`` refuses, so ``-m evaluate -e dev-best.ckpt``
 and resuming with ``-e`` fail in stock s3prl. We allow-list exactly that class (plus the
-fairseq classes of HuBERT checkpoints); the safety stays on.
+fairseq classes of HuBERT checkpoints); the safety stays on. And s3prl's speaker
+identification (``voxceleb1``) caches its file lists inside s3prl's installed package, shared
+by every run whatever its data: here the cache is the experiment folder's own.
 """
 
 import argparse
@@ -18,7 +20,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -48,9 +50,35 @@ def with_device(argv: List[str]) -> List[str]:
     return [*argv, "--device", "cpu"]
 
 
+def experiment_dir(argv: List[str]) -> Optional[Path]:
+    """The experiment folder of an s3prl command line: ``-p``, the folder of the ``-e`` checkpoint, or s3prl's
+    ``result/downstream/<-n>``; None when it names none (s3prl then refuses it)."""
+    folders = {
+        ("-p", "--expdir"): Path,
+        ("-e", "--past_exp"): lambda ckpt: Path(ckpt).parent,
+        ("-n", "--expname"): lambda name: Path("result") / "downstream" / name,
+    }
+    for flags, folder_of in folders.items():
+        for i, arg in enumerate(argv[:-1]):
+            if arg in flags:
+                return folder_of(argv[i + 1])
+    return None
+
+
+def keep_file_lists_in(exp: Path) -> None:
+    """s3prl's voxceleb1 dataset keeps its train/dev/test file lists in ``<s3prl>/downstream/voxceleb1/.cache``,
+    which a run on other data would read back (its files, not the data given): keep them in ``exp`` instead."""
+    from s3prl.downstream.voxceleb1 import dataset
+
+    dataset.CACHE_PATH = str(Path(exp) / "file_lists")
+
+
 def run_downstream(argv: List[str]) -> None:
     """Run s3prl's ``run_downstream`` with ``argv`` (its own command line; ``--device cpu`` added without a GPU)."""
     register_upstream()
+    exp = experiment_dir(argv)
+    if exp is not None:
+        keep_file_lists_in(exp)
     allow_fairseq_checkpoint_classes()
     torch.serialization.add_safe_globals(DOWNSTREAM_CHECKPOINT_CLASSES)
     from s3prl import run_downstream as s3prl_run_downstream

@@ -19,6 +19,7 @@ import torch
 import torchaudio
 
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
+from fedhubert_plugin.toy_superb import ToySuperbSummary, write_toy_superb_data
 from tests.helpers import (
     N_CLUSTERS,
     PLUGIN_DIR,
@@ -31,7 +32,7 @@ from tests.helpers import (
 )
 
 # Fixtures of tests that train, run Flower or run `fedhubert prepare` (tens of seconds to minutes on 2 cores)
-HEAVY_FIXTURES = {"messy_librispeech", "prepared", "trained_run", "federated_run"}
+HEAVY_FIXTURES = {"messy_librispeech", "prepared", "trained_run", "federated_run", "superb_corpora"}
 
 
 ROOT_LOGGER = logging.getLogger()
@@ -113,6 +114,12 @@ def toy_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy") / "toy"
     write_toy_data(out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def superb_corpora(tmp_path_factory) -> ToySuperbSummary:
+    """The toy corpora of SUPERB's IC and SID (`fedhubert toy-data --superb`, seed 0)."""
+    return write_toy_superb_data(tmp_path_factory.mktemp("superb"), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,16 @@
-"""SUPERB downstream with s3prl's run_downstream: KS end to end on the toy keyword set, and the recipes."""
+"""SUPERB downstream with s3prl's run_downstream: KS, IC and SID end to end on the toy corpora, and the recipes."""
 
 import builtins
+import csv
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
 from fedhubert_plugin.cli import main
+from fedhubert_plugin.downstream import experiment_dir
 from tests.helpers import REPO, fairseq_env
 
 SUPERB = REPO / "recipes" / "superb"
@@ -100,13 +103,58 @@ def test_run_superb_script_on_a_fairseq_format_checkpoint(federated_run, toy_cor
     assert accuracy_in((tmp_path / "exp" / "test.log").read_text()) > BEST_CONSTANT_ANSWER
 
 
+def run_superb(task, ckpt, exp, *data_and_extra) -> float:
+    """``recipes/superb/run_superb.sh``'s train and test of ``task``; the test accuracy it printed."""
+    cmd = ["bash", str(SUPERB / "run_superb.sh"), task, str(ckpt), str(exp), *map(str, data_and_extra)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return accuracy_in((exp / "test.log").read_text())
+
+
+@pytest.mark.e2e
+def test_intent_classification_writes_the_predictions_superb_scores(federated_run, superb_corpora, tmp_path):
+    exp = tmp_path / "ic"
+    root = superb_corpora.fluent_commands_root
+    # the user's override is merged with the data path (a lone -o in its place would leave file_path null)
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    printed = run_superb("ic_tiny", ckpt, exp, root, "--", "-o", "config.runner.total_steps=40")
+    assert (exp / "states-40.ckpt").is_file()
+    with open(Path(root) / "data" / "test_data.csv") as table:
+        rows = list(csv.DictReader(table))
+    test_set = {Path(row["path"]).stem: [row["action"], row["object"], row["location"]] for row in rows}
+    predicted = {row[0]: row[1:] for row in csv.reader(open(exp / "test_predict.csv"))}
+    truth = {row[0]: row[1:] for row in csv.reader(open(exp / "test_truth.csv"))}
+    assert truth == test_set and predicted.keys() == test_set.keys()  # every test utterance, once
+    assert printed == pytest.approx(sum(predicted[u] == truth[u] for u in truth) / len(truth))
+
+
+@pytest.mark.e2e
+def test_speaker_identification_keeps_its_file_lists_in_the_experiment(federated_run, superb_corpora, tmp_path):
+    import s3prl.downstream.voxceleb1.dataset as s3prl_sid
+
+    exp = tmp_path / "sid"
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    package_cache = Path(s3prl_sid.__file__).parent / ".cache"
+    cached_before = sorted(package_cache.glob("*")) if package_cache.exists() else []
+    printed = run_superb("sid_tiny", ckpt, exp, superb_corpora.voxceleb1_root, superb_corpora.voxceleb1_iden_split)
+    split = [line.split() for line in Path(superb_corpora.voxceleb1_iden_split).read_text().splitlines()]
+    test_set = {"-".join(Path(path).with_suffix("").parts): path.split("/")[0] for kind, path in split if kind == "3"}
+    predicted = dict(line.split() for line in (exp / "test_predict.txt").read_text().splitlines())
+    truth = dict(line.split() for line in (exp / "test_truth.txt").read_text().splitlines())
+    assert truth == test_set and predicted.keys() == test_set.keys()
+    assert printed == pytest.approx(sum(predicted[u] == truth[u] for u in truth) / len(truth))
+    # s3prl caches these inside its installed package, where a run on other data would read them back
+    assert sorted(p.name for p in (exp / "file_lists").iterdir()) == ["dev.pkl", "test.pkl", "train.pkl"]
+    assert (sorted(package_cache.glob("*")) if package_cache.exists() else []) == cached_before
+
+
 def test_run_superb_script_names_what_a_task_needs(tmp_path):
     proc = subprocess.run(
         ["bash", str(SUPERB / "run_superb.sh"), "sid", "x.pt", str(tmp_path), "/voxceleb1"],
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2 and "VOXCELEB1_WAV_ROOT IDEN_SPLIT_TXT" in proc.stderr
+    assert proc.returncode == 2 and "VOXCELEB1_ROOT IDEN_SPLIT_TXT" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -115,7 +163,9 @@ def test_run_superb_script_names_what_a_task_needs(tmp_path):
         ("ks", "speech_commands"),
         ("ks_tiny", "speech_commands"),
         ("ic", "fluent_commands"),
+        ("ic_tiny", "fluent_commands"),
         ("sid", "voxceleb1"),
+        ("sid_tiny", "voxceleb1"),
         ("er", "emotion"),
         ("asr", "asr"),
         ("pr", "ctc"),
@@ -148,6 +198,14 @@ def test_superb_configs_fit_s3prls_runner_and_experts(config, downstream):
 
 def script_block(script: str, config: str) -> str:
     """The case branch of run_superb.sh that handles ``config``."""
-    name = "ks|ks_tiny" if config.startswith("ks") else config
+    task = config.removesuffix("_tiny")
+    name = f"{task}|{task}_tiny" if f"    {task}|{task}_tiny)" in script else task
     start = script.index(f"    {name})")
     return script[start : script.index(";;", start)]
+
+
+def test_the_experiment_folder_of_an_s3prl_command_line():
+    assert experiment_dir(["-m", "train", "-d", "voxceleb1", "-p", "exp/sid"]) == Path("exp/sid")
+    assert experiment_dir(["-m", "evaluate", "-e", "exp/sid/dev-best.ckpt"]) == Path("exp/sid")
+    assert experiment_dir(["-m", "train", "-n", "sid"]) == Path("result/downstream/sid")  # s3prl's default
+    assert experiment_dir(["-m", "train", "-d", "voxceleb1"]) is None

@@ -1,0 +1,119 @@
+"""Toy corpora for two more SUPERB tasks, spoken by espeak-ng (``fedhubert toy-data --superb``).
+
+- ``fluent_speech_commands/``: the layout of Fluent Speech Commands that s3prl's
+  ``fluent_commands`` downstream (intent classification, IC) reads: ``data/{train,valid,test}_data.csv``
+  (``path,speakerId,transcription,action,object,location``) and ``wavs/speakers/<speaker>/<speaker>-<n>.wav``.
+  Every command of a small grammar of home commands, each split spoken by its own speakers, as in
+  the real corpus.
+- ``voxceleb1/``: the layout of VoxCeleb1 that s3prl's ``voxceleb1`` downstream (speaker
+  identification, SID) reads: ``dev/wav/id1000N/<video>/<n>.wav`` and ``iden_split.txt``
+  (``1`` train, ``2`` dev, ``3`` test), every speaker in all three splits.
+
+Its own random stream (from the seed), so the LibriSpeech and Speech Commands toy corpora are
+the same bytes with or without it.
+"""
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+
+from fedhubert_plugin.toy_data import VOCABULARY, Voice, draw_voices, synthesize_all
+
+logger = logging.getLogger(__name__)
+
+# (what is said, action) for each object; locations are said after it ("in the kitchen") or not at all
+ACTIONS = {
+    "lights": [("turn on", "activate"), ("turn off", "deactivate")],
+    "music": [("turn on", "activate"), ("turn off", "deactivate")],
+    "heat": [("turn up", "increase"), ("turn down", "decrease")],
+    "volume": [("turn up", "increase"), ("turn down", "decrease")],
+}
+LOCATIONS = ["none", "kitchen", "bedroom"]
+INTENT_SPEAKERS = {"train": 3, "valid": 1, "test": 1}
+SID_SPEAKERS = 4
+SID_UTTERANCES = {1: 6, 2: 2, 3: 2}  # per speaker: iden_split.txt's train, dev and test
+Job = Tuple[Voice, str, Path, Tuple[str, ...]]
+
+
+@dataclass
+class ToySuperbSummary:
+    """Where the toy SUPERB corpora are: s3prl's data paths of each task."""
+
+    fluent_commands_root: str  # IC: config.downstream_expert.datarc.file_path
+    voxceleb1_root: str  # SID: config.downstream_expert.datarc.file_path
+    voxceleb1_iden_split: str  # SID: config.downstream_expert.datarc.meta_data
+    intent_utterances: int
+    speaker_utterances: int
+
+
+def commands() -> List[Tuple[str, str, str, str]]:
+    """Every command of the grammar: (transcription, action, object, location)."""
+    said = []
+    for obj, actions in ACTIONS.items():
+        for words, action in actions:
+            for location in LOCATIONS:
+                where = "" if location == "none" else f" in the {location}"
+                said.append((f"{words} the {obj}{where}", action, obj, location))
+    return said
+
+
+def fluent_commands_jobs(root: Path, voices: List[Voice]) -> List[Job]:
+    """Synthesis jobs of the Fluent Speech Commands layout, and its three csv files."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    jobs, first = [], 0
+    for split, count in INTENT_SPEAKERS.items():
+        rows = []
+        for speaker, voice in enumerate(voices[first : first + count], start=first):
+            name = f"speaker{speaker:02d}"
+            folder = root / "wavs" / "speakers" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for n, (text, action, obj, location) in enumerate(commands()):
+                path = folder / f"{name}-{n:03d}.wav"  # s3prl names each prediction by the file's stem
+                jobs.append((voice, text, path, ()))
+                rows.append([str(path.relative_to(root)), name, text, action, obj, location])
+        first += count
+        with open(root / "data" / f"{split}_data.csv", "w", newline="") as out:
+            table = csv.writer(out)
+            table.writerow(["path", "speakerId", "transcription", "action", "object", "location"])
+            table.writerows(rows)
+    return jobs
+
+
+def voxceleb1_jobs(rng: np.random.Generator, root: Path, voices: List[Voice]) -> List[Job]:
+    """Synthesis jobs of the VoxCeleb1 layout (one video per speaker), and ``iden_split.txt``."""
+    jobs, split_lines = [], []
+    for n, voice in enumerate(voices):
+        video = f"v{int(rng.integers(0, 16**10)):010x}"
+        relative = Path(f"id{10001 + n}") / video
+        (root / "dev" / "wav" / relative).mkdir(parents=True, exist_ok=True)
+        index = 1
+        for split, count in SID_UTTERANCES.items():
+            for _ in range(count):
+                wav = relative / f"{index:05d}.wav"
+                jobs.append((voice, " ".join(rng.choice(VOCABULARY, size=6)), root / "dev" / "wav" / wav, ()))
+                split_lines.append(f"{split} {wav}\n")
+                index += 1
+    (root / "iden_split.txt").write_text("".join(split_lines))
+    return jobs
+
+
+def write_toy_superb_data(out: Path, seed: int = 0, workers: int = 4) -> ToySuperbSummary:
+    """Write the toy IC and SID corpora under ``out`` (next to the other toy corpora)."""
+    rng = np.random.default_rng([seed, 28])  # a stream of its own: the other toy corpora stay as they are
+    voices = draw_voices(rng, sum(INTENT_SPEAKERS.values()) + SID_SPEAKERS)
+    intent = fluent_commands_jobs(Path(out) / "fluent_speech_commands", voices[: sum(INTENT_SPEAKERS.values())])
+    speaker = voxceleb1_jobs(rng, Path(out) / "voxceleb1", voices[sum(INTENT_SPEAKERS.values()) :])
+    synthesize_all(intent + speaker, workers)
+    summary = ToySuperbSummary(
+        fluent_commands_root=str(Path(out) / "fluent_speech_commands"),
+        voxceleb1_root=str(Path(out) / "voxceleb1"),
+        voxceleb1_iden_split=str(Path(out) / "voxceleb1" / "iden_split.txt"),
+        intent_utterances=len(intent),
+        speaker_utterances=len(speaker),
+    )
+    logger.info("toy SUPERB data written to %s: %s", out, summary)
+    return summary
