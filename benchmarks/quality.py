@@ -38,11 +38,12 @@ from common import RECIPES, RESULTS, fairseq_train, federated, machine_meta, pre
 
 from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint
 from fedhubert_plugin.data.manifest import write_manifest
-from fedhubert_plugin.downstream import keyword_spotting
+from fedhubert_plugin.downstream import superb_task
+from fedhubert_plugin.export import random_init_checkpoint
 from fedhubert_plugin.federation.client.local_trainer import LocalTrainer
 from fedhubert_plugin.federation.client.work import EvaluateTask, TrainerSpec
 from fedhubert_plugin.federation.schedule import scheduled_overrides
-from fedhubert_plugin.probe import probe, random_init_checkpoint
+from fedhubert_plugin.probe import probe
 from fedhubert_plugin.targets.features import feature_extractor
 from fedhubert_plugin.targets.labels import SPLITS, label_client, remove_cached_features
 from fedhubert_plugin.targets.quality import alignment_files, client_labels, label_quality, read_alignments
@@ -145,12 +146,12 @@ def score(models: Dict[str, Path], heldout: Dict[str, Path], toy: Path, work: Pa
             scores[result.name]["transformer_layer"] = transformer.layer
             scores[result.name]["transformer_pnmi"] = result.best_transformer_pnmi
         if result.name in models:
-            ks = keyword_spotting(
+            ks = superb_task(
+                "ks",
                 models[result.name],
                 work / "ks" / f"{result.name}_seed{seed}",
                 KS_CONFIG,
-                toy / "speech_commands" / "train",
-                toy / "speech_commands" / "test",
+                [toy / "speech_commands" / "train", toy / "speech_commands" / "test"],
             )
             scores[result.name]["ks_accuracy"] = ks["test_acc"]
         if result.name in heldout:

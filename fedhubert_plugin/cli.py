@@ -1,8 +1,8 @@
 """The ``fedhubert`` command line.
 
 Every command's options come from dataclasses (``COMMANDS``): ``configs``, ``export.ExportConfig``,
-``targets.LabelQualityConfig`` and ``FederationSettings``, through ``options``. A command builds
-its dataclass from the parsed arguments and calls the library function that does the job.
+``superb.SuperbConfig``, ``targets.LabelQualityConfig`` and ``FederationSettings``, through ``options``.
+A command builds its dataclass from the parsed arguments and calls the library function that does the job.
 
 Building the parser imports only fairseq (through the plugin's registration) and those
 declarations: every heavy import (Flower, Ray, s3prl, scikit-learn, TensorBoard) happens inside
@@ -25,9 +25,11 @@ from fedhubert_plugin.configs import (
     ToyDataConfig,
     from_prepared_data,
 )
+from fedhubert_plugin.downstream import run_downstream
 from fedhubert_plugin.export import ExportConfig
 from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.options import add_options, from_args, option_values
+from fedhubert_plugin.superb import SuperbConfig
 from fedhubert_plugin.targets import LabelQualityConfig
 
 logger = logging.getLogger("fedhubert")
@@ -41,19 +43,9 @@ def run_toy_data(args: argparse.Namespace) -> None:
 
     config = asdict(from_args(ToyDataConfig, args))
     superb = config.pop("superb")
-    summary = write_toy_data(**config)
-    print(
-        f"LibriSpeech root:     {summary.librispeech_root} "
-        f"({summary.train_utterances} train, {summary.dev_utterances} dev utterances)"
-    )
-    print(
-        f"Phone alignments:     {summary.alignments_root}/{{100hz,50hz}} ({summary.train_minutes} min of train audio)"
-    )
-    print(f"Speech Commands root: {summary.speech_commands_root} ({summary.keyword_train_files} files)")
-    print(f"Speech Commands test: {summary.speech_commands_test_root} ({summary.keyword_test_files} files)")
+    print(write_toy_data(**config).describe())
     if superb:
-        tasks = write_toy_superb_data(config["out"], config["seed"], config["workers"])
-        print(f"SUPERB IC, SID roots: {tasks.fluent_commands_root}, {tasks.voxceleb1_root}")
+        print(write_toy_superb_data(config["out"], config["seed"], config["workers"]).describe())
 
 
 def run_prepare(args: argparse.Namespace) -> None:
@@ -98,16 +90,16 @@ def run_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} ({how_to_load(out)})")
 
 
+def run_superb_command(args: argparse.Namespace) -> None:
+    from fedhubert_plugin.superb import run_superb
+
+    print(run_superb(from_args(SuperbConfig, args)))
+
+
 def run_demo_command(args: argparse.Namespace) -> None:
     from fedhubert_plugin.demo import run_demo
 
     run_demo(from_args(DemoConfig, args))
-
-
-def run_downstream_command(argv: List[str]) -> None:
-    from fedhubert_plugin.downstream import run_downstream
-
-    run_downstream(argv)
 
 
 class Command(NamedTuple):
@@ -181,6 +173,13 @@ COMMANDS = {
         "--out FILE writes one .pt; --superb DIR writes the SUPERB hidden-set upstream folder (expert.py, "
         "hubconf.py, model.pt) that loads with torch and s3prl alone.",
     ),
+    "superb": Command(
+        run_superb_command,
+        (SuperbConfig,),
+        "SUPERB tasks (KS, IC, SID) on one or more checkpoints, one table beside HuBERT Base's published figures",
+        "Each task on each frozen checkpoint in OUT/<task>/<name> (a pair done is read back: a rerun resumes), then "
+        "OUT/superb.{json,md}. --toy: a `fedhubert toy-data --superb` folder and the *_tiny configs.",
+    ),
     "demo": Command(
         run_demo_command,
         (DemoConfig,),
@@ -230,7 +229,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     downstream = split_global_options(argv)
     if downstream is not None:  # s3prl's own command line follows: hand it over untouched
         args = build_parser().parse_args(argv[:downstream] + ["downstream"])
-        args.run = lambda _: run_downstream_command(argv[downstream + 1 :])
+        args.run = lambda _: run_downstream(argv[downstream + 1 :])
     else:
         args = build_parser().parse_args(argv)
     console.configure(args.verbose)

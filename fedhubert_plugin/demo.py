@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from fedhubert_plugin.configs import DISTILL_DEFAULTS, DemoConfig, DistillConfig, from_prepared_data
-from fedhubert_plugin.downstream import keyword_spotting
+from fedhubert_plugin.downstream import superb_task
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server.runlog import read_metrics
 from fedhubert_plugin.federation.simulation import simulate_pretraining
@@ -134,9 +134,8 @@ def downstream_phase(cfg: DemoConfig, data: Dict, upstreams: Dict[str, Tuple[str
     """s3prl keyword spotting of each upstream (folder under OUT/downstream: (label, checkpoint)), by label."""
     ks_config, results = find_recipe(PAIRED[cfg.recipe][1]), {}
     for folder, (label, ckpt) in upstreams.items():
-        results[label] = keyword_spotting(
-            ckpt, cfg.out / "downstream" / folder, ks_config, data["keywords"], data["keywords_test"]
-        )
+        keywords = [data["keywords"], data["keywords_test"]]
+        results[label] = superb_task("ks", ckpt, cfg.out / "downstream" / folder, ks_config, keywords)
         logger.info("KS %s: test accuracy %.3f", label, results[label]["test_acc"])
     return results
 

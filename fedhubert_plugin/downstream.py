@@ -19,8 +19,9 @@ import logging
 import re
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -96,8 +97,26 @@ def run_downstream(argv: List[str]) -> None:
         sys.argv, builtins.isinstance = saved_argv, saved_isinstance
 
 
-def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test_root: Path) -> Dict:
-    """s3prl keyword spotting on the frozen upstream ``ckpt``: train, then test the best dev checkpoint.
+@dataclass(frozen=True)
+class SuperbTask:
+    """A SUPERB task as s3prl runs it here: its downstream and the ``datarc`` keys of its data paths, in the order
+    ``recipes/superb/run_superb.sh`` takes them."""
+
+    downstream: str
+    datarc: Tuple[str, ...]
+
+
+# the tasks that run end to end here (on the toy corpora too); their metric is s3prl's test accuracy
+SUPERB_TASKS = {
+    "ks": SuperbTask("speech_commands", ("speech_commands_root", "speech_commands_test_root")),
+    "ic": SuperbTask("fluent_commands", ("file_path",)),
+    "sid": SuperbTask("voxceleb1", ("file_path", "meta_data")),
+}
+
+
+def superb_task(task: str, ckpt: Path, exp: Path, config: Path, data: Sequence[Path]) -> Dict:
+    """s3prl's SUPERB ``task`` (``SUPERB_TASKS``) on the frozen upstream ``ckpt``, its data paths ``data``: train,
+    then test the best dev checkpoint, in ``exp``.
 
     Returns the test accuracy, the upstream's parameter count and which s3prl checkpoint was
     tested; kept in ``exp/test.json``, which a second call returns without training again.
@@ -105,13 +124,13 @@ def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test
     done = Path(exp) / "test.json"
     if done.is_file():
         return json.loads(done.read_text())
-    paths = (
-        f"config.downstream_expert.datarc.speech_commands_root='{train_root}',,"
-        f"config.downstream_expert.datarc.speech_commands_test_root='{test_root}'"
-    )
+    keys = SUPERB_TASKS[task].datarc
+    if len(data) != len(keys):
+        raise ValueError(f"SUPERB {task} takes {len(keys)} data path(s) ({', '.join(keys)}), got {len(data)}")
+    paths = ",,".join(f"config.downstream_expert.datarc.{key}='{path}'" for key, path in zip(keys, data))
     console = Path(exp) / "console.log"  # s3prl's prints and progress bars, when the command runs quiet
     with console_to(console):
-        evaluated = train_and_test(ckpt, exp, config, paths)
+        evaluated = train_and_test(SUPERB_TASKS[task].downstream, ckpt, exp, config, paths)
     scores = re.findall(r"^test at step \d+: ([0-9.]+)$", (Path(exp) / "log.log").read_text(), flags=re.M)
     if not scores:
         raise RuntimeError(f"s3prl wrote no test accuracy to {Path(exp) / 'log.log'} (its output: {console})")
@@ -126,8 +145,8 @@ def keyword_spotting(ckpt: Path, exp: Path, config: Path, train_root: Path, test
     return result
 
 
-def train_and_test(ckpt: Path, exp: Path, config: Path, paths: str) -> Path:
-    """s3prl's training of the keyword spotter on ``ckpt``, then its test of the best dev checkpoint (returned)."""
+def train_and_test(downstream: str, ckpt: Path, exp: Path, config: Path, paths: str) -> Path:
+    """s3prl's training of ``downstream`` on ``ckpt``, then its test of the best dev checkpoint (returned)."""
     run_downstream(
         [
             "-m",
@@ -137,7 +156,7 @@ def train_and_test(ckpt: Path, exp: Path, config: Path, paths: str) -> Path:
             "-k",
             str(ckpt),
             "-d",
-            "speech_commands",
+            downstream,
             "-c",
             str(config),
             "-p",

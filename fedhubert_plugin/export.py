@@ -11,12 +11,18 @@ the SUPERB hidden-set submission asks for, loadable with torch and s3prl alone.
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from fedhubert_plugin import superb_upstream
-from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint, save_s3prl_checkpoint
+from fedhubert_plugin.checkpoints import (
+    as_s3prl_state,
+    hubert_model,
+    load_checkpoint,
+    s3prl_state,
+    save_s3prl_checkpoint,
+)
 from fedhubert_plugin.files import atomic_write
 from fedhubert_plugin.options import option
 from fedhubert_plugin.recipes import recipe_initial_model
@@ -89,3 +95,24 @@ def how_to_load(exported: Path) -> str:
     if Path(exported).is_dir():
         return f"SUPERB upstream: torch.hub.load('{exported}', 'customized_upstream', source='local')"
     return f"s3prl format: run_downstream.py -u hubert_local -k {exported}"
+
+
+def named_checkpoints(entries: Sequence[str]) -> Dict[str, Path]:
+    """Name -> path of ``NAME=PATH`` entries, each naming an existing checkpoint."""
+    checkpoints = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not Path(path).is_file():
+            raise FileNotFoundError(f"--checkpoint {entry}: give NAME=PATH of an existing checkpoint")
+        checkpoints[name] = Path(path)
+    return checkpoints
+
+
+def random_init_checkpoint(checkpoint: Path, out: Path, seed: int) -> Path:
+    """``checkpoint``'s architecture with freshly initialised weights (seeded), in s3prl's format at ``out``."""
+    state = as_s3prl_state(load_checkpoint(checkpoint), checkpoint)
+    torch.manual_seed(seed)
+    model, _ = hubert_model(state, load_weights=False)
+    fresh = s3prl_state(state["task_cfg"], state["model_cfg"], model.state_dict(), state["dictionaries_symbols"])
+    atomic_write(out, lambda tmp: torch.save(fresh, tmp))
+    return out

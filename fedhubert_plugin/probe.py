@@ -30,10 +30,10 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from fedhubert_plugin.checkpoints import as_s3prl_state, hubert_model, load_checkpoint, s3prl_state
 from fedhubert_plugin.configs import ProbeConfig
 from fedhubert_plugin.console import progress_bar
-from fedhubert_plugin.files import atomic_write, atomic_write_json, atomic_write_text
+from fedhubert_plugin.export import named_checkpoints, random_init_checkpoint
+from fedhubert_plugin.files import atomic_write_json, atomic_write_text
 from fedhubert_plugin.targets.features import PRESETS
 from fedhubert_plugin.targets.quality import label_quality, read_alignments
 
@@ -181,16 +181,6 @@ def mfcc_features(split: Split) -> List[List[np.ndarray]]:
     return [[PRESETS["hubert"](sf.read(path, dtype="float32")[0])] for path in split.audio]
 
 
-def random_init_checkpoint(checkpoint: Path, out: Path, seed: int) -> Path:
-    """``checkpoint``'s architecture with freshly initialised weights (seeded), in s3prl's format at ``out``."""
-    state = as_s3prl_state(load_checkpoint(checkpoint), checkpoint)
-    torch.manual_seed(seed)
-    model, _ = hubert_model(state, load_weights=False)
-    fresh = s3prl_state(state["task_cfg"], state["model_cfg"], model.state_dict(), state["dictionaries_symbols"])
-    atomic_write(out, lambda tmp: torch.save(fresh, tmp))
-    return out
-
-
 def probe(
     checkpoints: Dict[str, Path],
     librispeech_root: Path,
@@ -226,17 +216,6 @@ def probe(
             train_states, test_states = hidden_states(path, [train, test], device)
             results.append(score_layers(name, train_states, test_states, train, test, seed, train_frames))
     return results
-
-
-def named_checkpoints(entries: Sequence[str]) -> Dict[str, Path]:
-    """Name -> path of ``NAME=PATH`` entries, each naming an existing checkpoint."""
-    checkpoints = {}
-    for entry in entries:
-        name, sep, path = entry.partition("=")
-        if not sep or not Path(path).is_file():
-            raise FileNotFoundError(f"--checkpoint {entry}: give NAME=PATH of an existing checkpoint")
-        checkpoints[name] = Path(path)
-    return checkpoints
 
 
 def probe_checkpoints(cfg: ProbeConfig) -> Tuple[List[ProbeResult], Dict[str, Path]]:

@@ -93,6 +93,19 @@ class ToyDataSummary:
     alignments_root: str
     seed: int
 
+    def describe(self) -> str:
+        """Where each corpus is and how much it holds, a line each (what `fedhubert toy-data` prints)."""
+        return "\n".join(
+            [
+                f"LibriSpeech root:     {self.librispeech_root} "
+                f"({self.train_utterances} train, {self.dev_utterances} dev utterances)",
+                f"Phone alignments:     {self.alignments_root}/{{100hz,50hz}} "
+                f"({self.train_minutes} min of train audio)",
+                f"Speech Commands root: {self.speech_commands_root} ({self.keyword_train_files} files)",
+                f"Speech Commands test: {self.speech_commands_test_root} ({self.keyword_test_files} files)",
+            ]
+        )
+
 
 def draw_voices(rng: np.random.Generator, count: int) -> List[Voice]:
     """``count`` distinct voices; accent and variant combinations never repeat."""

@@ -49,6 +49,13 @@ class ToySuperbSummary:
     intent_utterances: int
     speaker_utterances: int
 
+    def describe(self) -> str:
+        """Where each corpus is and how much it holds (what `fedhubert toy-data --superb` prints)."""
+        return (
+            f"SUPERB IC root:       {self.fluent_commands_root} ({self.intent_utterances} files)\n"
+            f"SUPERB SID root:      {self.voxceleb1_root} ({self.speaker_utterances} files)"
+        )
+
 
 def commands() -> List[Tuple[str, str, str, str]]:
     """Every command of the grammar: (transcription, action, object, location)."""

@@ -16,7 +16,7 @@ def test_an_error_prints_its_message_and_with_v_its_traceback(tmp_path, capsys):
 
 def test_downstream_hands_its_arguments_to_s3prl_after_global_options(monkeypatch):
     received = []
-    monkeypatch.setattr(cli, "run_downstream_command", received.append)
+    monkeypatch.setattr(cli, "run_downstream", received.append)
     assert cli.main(["-v", "downstream", "-m", "train", "-u", "hubert_local", "-v", "x"]) == 0
     assert cli.main(["downstream", "-h"]) == 0
     assert received == [["-m", "train", "-u", "hubert_local", "-v", "x"], ["-h"]]

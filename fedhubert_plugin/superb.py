@@ -1,0 +1,132 @@
+"""``fedhubert superb``: SUPERB tasks on one or more checkpoints, one table.
+
+Each task trains and tests s3prl's downstream on every checkpoint, frozen, in ``OUT/<task>/<name>``:
+s3prl's logs and the prediction files SUPERB scores stay there. A pair already done (its
+``test.json``) is read back, so running the command again resumes where it stopped.
+``OUT/superb.json`` and ``OUT/superb.md`` hold the table: each task's test accuracy per
+checkpoint, beside HuBERT Base's published figure. The tasks that run here are
+``downstream.SUPERB_TASKS`` (KS, IC, SID); ``recipes/superb/README.md`` has the others.
+"""
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from fedhubert_plugin.downstream import SUPERB_TASKS, superb_task
+from fedhubert_plugin.export import named_checkpoints, random_init_checkpoint
+from fedhubert_plugin.files import atomic_write_json, atomic_write_text
+from fedhubert_plugin.options import REQUIRED, option
+from fedhubert_plugin.recipes import RECIPES_DIR
+
+logger = logging.getLogger(__name__)
+
+CONFIGS = RECIPES_DIR / "superb"
+# test accuracy in %, HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021, arXiv:2105.01051, Table 2)
+HUBERT_BASE_PUBLISHED = {"ks": 96.30, "ic": 98.34, "sid": 81.42}
+# where `fedhubert toy-data --superb` puts each task's data, in SUPERB_TASKS' order
+TOY_DATA = {
+    "ks": ("speech_commands/train", "speech_commands/test"),
+    "ic": ("fluent_speech_commands",),
+    "sid": ("voxceleb1", "voxceleb1/iden_split.txt"),
+}
+
+
+@dataclass
+class SuperbConfig:
+    """Options of ``fedhubert superb``: the argument of ``run_superb``."""
+
+    checkpoint: List[str] = option(
+        REQUIRED, "a checkpoint (either format) and its name in the table; repeat", repeat=True, metavar="NAME=PATH"
+    )
+    out: Path = option(REQUIRED, "output folder: OUT/<task>/<name>/ (s3prl's experiments), superb.json, superb.md")
+    tasks: List[str] = option(list(SUPERB_TASKS), "SUPERB tasks to run", choices=tuple(SUPERB_TASKS))
+    toy: Optional[Path] = option(
+        None, "a `fedhubert toy-data --superb` folder: every task's data from it, and the *_tiny configs", one_of="data"
+    )
+    data: List[str] = option(
+        [],
+        "a task's data paths in run_superb.sh's order, e.g. sid=/VoxCeleb1,/VoxCeleb1/iden_split.txt; repeat per task",
+        repeat=True,
+        metavar="TASK=PATHS",
+        one_of="data",
+    )
+    random_init: bool = option(False, "also each checkpoint's architecture with fresh weights (seeded)")
+    seed: int = option(0, "seed of the random init")
+
+
+def task_data(cfg: SuperbConfig) -> Dict[str, List[Path]]:
+    """Each task's data paths, from ``--toy`` or ``--data``; a task without any is named with the fix."""
+    if cfg.toy:
+        return {task: [Path(cfg.toy) / part for part in TOY_DATA[task]] for task in cfg.tasks}
+    given = {}
+    for entry in cfg.data:
+        task, sep, paths = entry.partition("=")
+        if not sep or task not in SUPERB_TASKS:
+            raise ValueError(f"--data {entry}: give TASK=PATH[,PATH], TASK one of {', '.join(SUPERB_TASKS)}")
+        given[task] = [Path(path) for path in paths.split(",")]
+    missing = [task for task in cfg.tasks if task not in given]
+    if missing:
+        keys = "; ".join(f"{task}: {', '.join(SUPERB_TASKS[task].datarc)}" for task in missing)
+        raise ValueError(f"no data for {', '.join(missing)}: pass --data TASK=PATHS ({keys}) or --toy")
+    return given
+
+
+def upstreams(cfg: SuperbConfig) -> Dict[str, Path]:
+    """The checkpoints by name, with their random-init twins (written once under ``OUT/random_init``)."""
+    named = named_checkpoints(cfg.checkpoint)
+    if cfg.random_init:
+        for name, path in list(named.items()):
+            fresh = Path(cfg.out) / "random_init" / f"{folder_name(name)}.pt"
+            if not fresh.is_file():
+                fresh.parent.mkdir(parents=True, exist_ok=True)
+                random_init_checkpoint(path, fresh, cfg.seed)
+            named[f"{name} (random init)"] = fresh
+    return named
+
+
+def folder_name(name: str) -> str:
+    """A checkpoint's name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def run_superb(cfg: SuperbConfig) -> str:
+    """Every task of ``cfg`` on every checkpoint (resuming those done); the table, written to ``cfg.out`` as
+    ``superb.json`` and ``superb.md`` (returned)."""
+    data, models = task_data(cfg), upstreams(cfg)
+    scores: Dict[str, Dict[str, float]] = {}
+    for task in cfg.tasks:
+        config = CONFIGS / f"{task}{'_tiny' if cfg.toy else ''}.yaml"
+        for name, ckpt in models.items():
+            result = superb_task(task, ckpt, Path(cfg.out) / task / folder_name(name), config, data[task])
+            scores.setdefault(task, {})[name] = 100 * result["test_acc"]
+            logger.info("SUPERB %s, %s: test accuracy %.2f %%", task, name, scores[task][name])
+    table = {
+        "checkpoints": {name: str(path) for name, path in models.items()},
+        "metric": "test accuracy (%)",
+        "scores": scores,
+        "hubert_base_published": {task: HUBERT_BASE_PUBLISHED[task] for task in cfg.tasks},
+        "configs": "*_tiny.yaml (toy data)" if cfg.toy else "the SUPERB configs",
+    }
+    markdown = superb_markdown(table, list(models))
+    atomic_write_json(Path(cfg.out) / "superb.json", table)
+    atomic_write_text(Path(cfg.out) / "superb.md", markdown)
+    return markdown
+
+
+def superb_markdown(table: Dict, names: Sequence[str]) -> str:
+    """``superb.md``: a row per task, a column per checkpoint, then HuBERT Base's published figure."""
+    lines = [
+        "| task | metric | " + " | ".join(names) + " | HuBERT Base, published |",
+        "| --- | --- | " + " | ".join("---" for _ in names) + " | --- |",
+    ]
+    for task, by_name in table["scores"].items():
+        row = " | ".join(f"{by_name[name]:.2f}" for name in names)
+        lines.append(f"| {task.upper()} | {table['metric']} | {row} | {table['hubert_base_published'][task]:.2f} |")
+    lines += [
+        "",
+        f"Configs: {table['configs']}. Published: HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021), "
+        "trained on LibriSpeech 960 h and scored on the full task data; toy runs are not comparable with it.",
+    ]
+    return "\n".join(lines) + "\n"
