@@ -176,7 +176,7 @@ COMMANDS = {
     "superb": Command(
         run_superb_command,
         (SuperbConfig,),
-        "SUPERB tasks (KS, IC, SID) on one or more checkpoints, one table beside HuBERT Base's published figures",
+        "SUPERB tasks (KS, IC, SID, ASR) on one or more checkpoints, one table beside HuBERT Base's published figures",
         "Each task on each frozen checkpoint in OUT/<task>/<name> (a pair done is read back: a rerun resumes), then "
         "OUT/superb.{json,md}. --toy: a `fedhubert toy-data --superb` folder and the *_tiny configs.",
     ),

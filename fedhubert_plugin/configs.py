@@ -49,7 +49,9 @@ class ToyDataConfig:
     workers: int = option(4, "parallel synthesis processes")
     force: bool = option(False, "replace a non-empty output folder")
     superb: bool = option(
-        False, "also the corpora of SUPERB's IC (Fluent Speech Commands layout) and SID (VoxCeleb1 layout)"
+        False,
+        "also the corpora of SUPERB's IC (Fluent Speech Commands layout) and SID (VoxCeleb1 layout), and ASR's "
+        "length tables and char.dict",
     )
 
 

@@ -99,18 +99,22 @@ def run_downstream(argv: List[str]) -> None:
 
 @dataclass(frozen=True)
 class SuperbTask:
-    """A SUPERB task as s3prl runs it here: its downstream and the ``datarc`` keys of its data paths, in the order
-    ``recipes/superb/run_superb.sh`` takes them."""
+    """A SUPERB task as s3prl runs it here: its downstream, the ``datarc`` keys of its data paths (in the order
+    ``recipes/superb/run_superb.sh`` takes them), its test split and its metric: ``accuracy`` (s3prl writes it to
+    ``log.log``, a fraction) or ``wer`` (s3prl prints it, in %)."""
 
     downstream: str
     datarc: Tuple[str, ...]
+    test_split: str = "test"
+    metric: str = "accuracy"
 
 
-# the tasks that run end to end here (on the toy corpora too); their metric is s3prl's test accuracy
+# the tasks that run end to end here, on the toy corpora too
 SUPERB_TASKS = {
     "ks": SuperbTask("speech_commands", ("speech_commands_root", "speech_commands_test_root")),
     "ic": SuperbTask("fluent_commands", ("file_path",)),
     "sid": SuperbTask("voxceleb1", ("file_path", "meta_data")),
+    "asr": SuperbTask("asr", ("libri_root", "bucket_file", "dict_path"), test_split="test-clean", metric="wer"),
 }
 
 
@@ -118,25 +122,27 @@ def superb_task(task: str, ckpt: Path, exp: Path, config: Path, data: Sequence[P
     """s3prl's SUPERB ``task`` (``SUPERB_TASKS``) on the frozen upstream ``ckpt``, its data paths ``data``: train,
     then test the best dev checkpoint, in ``exp``.
 
-    Returns the test accuracy, the upstream's parameter count and which s3prl checkpoint was
-    tested; kept in ``exp/test.json``, which a second call returns without training again.
+    Returns the metric and its test score in % (``test_acc`` too, a fraction, for accuracy), the upstream's
+    parameter count and which s3prl checkpoint was tested; kept in ``exp/test.json``, which a second call
+    returns without training again.
     """
     done = Path(exp) / "test.json"
     if done.is_file():
         return json.loads(done.read_text())
-    keys = SUPERB_TASKS[task].datarc
-    if len(data) != len(keys):
-        raise ValueError(f"SUPERB {task} takes {len(keys)} data path(s) ({', '.join(keys)}), got {len(data)}")
-    paths = ",,".join(f"config.downstream_expert.datarc.{key}='{path}'" for key, path in zip(keys, data))
+    spec = SUPERB_TASKS[task]
+    if len(data) != len(spec.datarc):
+        keys = ", ".join(spec.datarc)
+        raise ValueError(f"SUPERB {task} takes {len(spec.datarc)} data path(s) ({keys}), got {len(data)}")
+    paths = ",,".join(f"config.downstream_expert.datarc.{key}='{path}'" for key, path in zip(spec.datarc, data))
     console = Path(exp) / "console.log"  # s3prl's prints and progress bars, when the command runs quiet
     with console_to(console):
-        evaluated = train_and_test(SUPERB_TASKS[task].downstream, ckpt, exp, config, paths)
-    scores = re.findall(r"^test at step \d+: ([0-9.]+)$", (Path(exp) / "log.log").read_text(), flags=re.M)
-    if not scores:
-        raise RuntimeError(f"s3prl wrote no test accuracy to {Path(exp) / 'log.log'} (its output: {console})")
+        evaluated = train_and_test(spec, ckpt, exp, config, paths)
+    score = reported_score(spec, Path(exp), console)
     weights = as_s3prl_state(load_checkpoint(ckpt), ckpt)["model_weight"]
     result = {
-        "test_acc": float(scores[-1]),
+        "metric": spec.metric,
+        "score": score,
+        **({"test_acc": score / 100} if spec.metric == "accuracy" else {}),
         "parameters": sum(v.numel() for v in weights.values()),
         "checkpoint": str(ckpt),
         "evaluated": evaluated.name,
@@ -145,8 +151,20 @@ def superb_task(task: str, ckpt: Path, exp: Path, config: Path, data: Sequence[P
     return result
 
 
-def train_and_test(downstream: str, ckpt: Path, exp: Path, config: Path, paths: str) -> Path:
-    """s3prl's training of ``downstream`` on ``ckpt``, then its test of the best dev checkpoint (returned)."""
+def reported_score(spec: SuperbTask, exp: Path, console: Path) -> float:
+    """The test score s3prl reported in ``exp``, in %: the accuracy of its ``log.log``, or the WER it printed."""
+    if spec.metric == "accuracy":
+        where, pattern = exp / "log.log", r"^test at step \d+: ([0-9.]+)$"
+    else:
+        where, pattern = console, rf"^{re.escape(spec.test_split)} wer: ([0-9.]+)$"
+    scores = re.findall(pattern, where.read_text(), flags=re.M) if where.is_file() else []
+    if not scores:
+        raise RuntimeError(f"s3prl wrote no test {spec.metric} to {where} (its output: {console})")
+    return float(scores[-1]) * (100 if spec.metric == "accuracy" else 1)
+
+
+def train_and_test(spec: SuperbTask, ckpt: Path, exp: Path, config: Path, paths: str) -> Path:
+    """s3prl's training of the task's downstream on ``ckpt``, then its test of the best dev checkpoint (returned)."""
     run_downstream(
         [
             "-m",
@@ -156,7 +174,7 @@ def train_and_test(downstream: str, ckpt: Path, exp: Path, config: Path, paths: 
             "-k",
             str(ckpt),
             "-d",
-            downstream,
+            spec.downstream,
             "-c",
             str(config),
             "-p",
@@ -166,8 +184,8 @@ def train_and_test(downstream: str, ckpt: Path, exp: Path, config: Path, paths: 
             "--auto_resume",
         ]
     )
-    best = Path(exp) / "dev-best.ckpt"
-    if not best.is_file():  # dev accuracy never rose above 0: test the last state instead
+    best = next(Path(exp).glob("*-best.ckpt"), None)  # dev-best.ckpt, or ASR's dev-clean-best.ckpt
+    if best is None:  # the dev metric never improved on its start: test the last state instead
         best = max(Path(exp).glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
-    run_downstream(["-m", "evaluate", "-e", str(best)])
+    run_downstream(["-m", "evaluate", "-t", spec.test_split, "-e", str(best)])
     return best

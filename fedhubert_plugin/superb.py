@@ -4,8 +4,8 @@ Each task trains and tests s3prl's downstream on every checkpoint, frozen, in ``
 s3prl's logs and the prediction files SUPERB scores stay there. A pair already done (its
 ``test.json``) is read back, so running the command again resumes where it stopped.
 ``OUT/superb.json`` and ``OUT/superb.md`` hold the table: each task's test accuracy per
-checkpoint, beside HuBERT Base's published figure. The tasks that run here are
-``downstream.SUPERB_TASKS`` (KS, IC, SID); ``recipes/superb/README.md`` has the others.
+checkpoint (accuracy, or WER for ASR), beside HuBERT Base's published figure. The tasks that run here are
+``downstream.SUPERB_TASKS`` (KS, IC, SID, ASR); ``recipes/superb/README.md`` has the others.
 """
 
 import logging
@@ -23,13 +23,15 @@ from fedhubert_plugin.recipes import RECIPES_DIR
 logger = logging.getLogger(__name__)
 
 CONFIGS = RECIPES_DIR / "superb"
-# test accuracy in %, HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021, arXiv:2105.01051, Table 2)
-HUBERT_BASE_PUBLISHED = {"ks": 96.30, "ic": 98.34, "sid": 81.42}
+# HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021, arXiv:2105.01051): accuracy or WER (no LM), in %
+HUBERT_BASE_PUBLISHED = {"ks": 96.30, "ic": 98.34, "sid": 81.42, "asr": 6.42}
+METRICS = {"accuracy": "test accuracy (%)", "wer": "test WER (%), no LM"}
 # where `fedhubert toy-data --superb` puts each task's data, in SUPERB_TASKS' order
 TOY_DATA = {
     "ks": ("speech_commands/train", "speech_commands/test"),
     "ic": ("fluent_speech_commands",),
     "sid": ("voxceleb1", "voxceleb1/iden_split.txt"),
+    "asr": ("LibriSpeech", "asr/len_for_bucket", "asr/char.dict"),
 }
 
 
@@ -100,11 +102,11 @@ def run_superb(cfg: SuperbConfig) -> str:
         config = CONFIGS / f"{task}{'_tiny' if cfg.toy else ''}.yaml"
         for name, ckpt in models.items():
             result = superb_task(task, ckpt, Path(cfg.out) / task / folder_name(name), config, data[task])
-            scores.setdefault(task, {})[name] = 100 * result["test_acc"]
-            logger.info("SUPERB %s, %s: test accuracy %.2f %%", task, name, scores[task][name])
+            scores.setdefault(task, {})[name] = result["score"]
+            logger.info("SUPERB %s, %s: test %s %.2f %%", task, name, result["metric"], result["score"])
     table = {
         "checkpoints": {name: str(path) for name, path in models.items()},
-        "metric": "test accuracy (%)",
+        "metrics": {task: METRICS[SUPERB_TASKS[task].metric] for task in cfg.tasks},
         "scores": scores,
         "hubert_base_published": {task: HUBERT_BASE_PUBLISHED[task] for task in cfg.tasks},
         "configs": "*_tiny.yaml (toy data)" if cfg.toy else "the SUPERB configs",
@@ -123,7 +125,8 @@ def superb_markdown(table: Dict, names: Sequence[str]) -> str:
     ]
     for task, by_name in table["scores"].items():
         row = " | ".join(f"{by_name[name]:.2f}" for name in names)
-        lines.append(f"| {task.upper()} | {table['metric']} | {row} | {table['hubert_base_published'][task]:.2f} |")
+        published = table["hubert_base_published"][task]
+        lines.append(f"| {task.upper()} | {table['metrics'][task]} | {row} | {published:.2f} |")
     lines += [
         "",
         f"Configs: {table['configs']}. Published: HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021), "

@@ -1,4 +1,4 @@
-"""Toy corpora for two more SUPERB tasks, spoken by espeak-ng (``fedhubert toy-data --superb``).
+"""Toy corpora for more SUPERB tasks, spoken by espeak-ng (``fedhubert toy-data --superb``).
 
 - ``fluent_speech_commands/``: the layout of Fluent Speech Commands that s3prl's
   ``fluent_commands`` downstream (intent classification, IC) reads: ``data/{train,valid,test}_data.csv``
@@ -8,6 +8,10 @@
 - ``voxceleb1/``: the layout of VoxCeleb1 that s3prl's ``voxceleb1`` downstream (speaker
   identification, SID) reads: ``dev/wav/id1000N/<video>/<n>.wav`` and ``iden_split.txt``
   (``1`` train, ``2`` dev, ``3`` test), every speaker in all three splits.
+- ``asr/``: what s3prl's ``asr`` downstream (speech recognition, ASR) needs beside a LibriSpeech
+  layout and that its pip package lacks: the length tables of s3prl's
+  ``preprocess/generate_len_for_bucket.py`` (``len_for_bucket/<subset>.csv``) and a character
+  dictionary (``char.dict``: letters, apostrophe and ``|`` between words, with their counts).
 
 Its own random stream (from the seed), so the LibriSpeech and Speech Commands toy corpora are
 the same bytes with or without it.
@@ -15,13 +19,15 @@ the same bytes with or without it.
 
 import csv
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import soundfile as sf
 
-from fedhubert_plugin.toy_data import VOCABULARY, Voice, draw_voices, synthesize_all
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, VOCABULARY, Voice, draw_voices, synthesize_all
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ class ToySuperbSummary:
     fluent_commands_root: str  # IC: config.downstream_expert.datarc.file_path
     voxceleb1_root: str  # SID: config.downstream_expert.datarc.file_path
     voxceleb1_iden_split: str  # SID: config.downstream_expert.datarc.meta_data
+    asr_files: str  # ASR: len_for_bucket/ (bucket_file) and char.dict (dict_path)
     intent_utterances: int
     speaker_utterances: int
 
@@ -53,7 +60,8 @@ class ToySuperbSummary:
         """Where each corpus is and how much it holds (what `fedhubert toy-data --superb` prints)."""
         return (
             f"SUPERB IC root:       {self.fluent_commands_root} ({self.intent_utterances} files)\n"
-            f"SUPERB SID root:      {self.voxceleb1_root} ({self.speaker_utterances} files)"
+            f"SUPERB SID root:      {self.voxceleb1_root} ({self.speaker_utterances} files)\n"
+            f"SUPERB ASR files:     {self.asr_files} (length tables, char.dict)"
         )
 
 
@@ -108,17 +116,43 @@ def voxceleb1_jobs(rng: np.random.Generator, root: Path, voices: List[Voice]) ->
     return jobs
 
 
-def write_toy_superb_data(out: Path, seed: int = 0, workers: int = 4) -> ToySuperbSummary:
-    """Write the toy IC and SID corpora under ``out`` (next to the other toy corpora)."""
+def write_asr_files(libri_root: Path, subsets: Sequence[str], out: Path) -> None:
+    """``out/len_for_bucket/<subset>.csv`` (``file_path,length,label``: the path under ``libri_root``, samples)
+    for each subset, and ``out/char.dict`` of the first subset's transcripts, as s3prl's asr downstream reads them."""
+    (out / "len_for_bucket").mkdir(parents=True, exist_ok=True)
+    characters: Counter = Counter()
+    for index, subset in enumerate(subsets):
+        flacs = sorted((Path(libri_root) / subset).rglob("*.flac"))
+        if not flacs:
+            raise FileNotFoundError(f"{Path(libri_root) / subset} holds no .flac files: no ASR length table for it")
+        with open(out / "len_for_bucket" / f"{subset}.csv", "w", newline="") as table:
+            rows = csv.writer(table)
+            rows.writerow(["file_path", "length", "label"])
+            rows.writerows([flac.relative_to(libri_root), sf.info(flac).frames, ""] for flac in flacs)
+        if index == 0:
+            for transcripts in (Path(libri_root) / subset).rglob("*.trans.txt"):
+                for line in transcripts.read_text().splitlines():
+                    characters.update(" ".join(line.split()[1:]).upper().replace(" ", "|") + "|")
+    (out / "char.dict").write_text("".join(f"{char} {count}\n" for char, count in characters.most_common()))
+
+
+def write_toy_superb_data(
+    out: Path, seed: int = 0, workers: int = 4, librispeech_root: Optional[Path] = None
+) -> ToySuperbSummary:
+    """Write the toy IC and SID corpora under ``out`` (next to the other toy corpora), and the ASR files of the toy
+    LibriSpeech (``librispeech_root``, default ``out/LibriSpeech``): train on its train subset, dev and test on its
+    dev subset."""
     rng = np.random.default_rng([seed, 28])  # a stream of its own: the other toy corpora stay as they are
     voices = draw_voices(rng, sum(INTENT_SPEAKERS.values()) + SID_SPEAKERS)
     intent = fluent_commands_jobs(Path(out) / "fluent_speech_commands", voices[: sum(INTENT_SPEAKERS.values())])
     speaker = voxceleb1_jobs(rng, Path(out) / "voxceleb1", voices[sum(INTENT_SPEAKERS.values()) :])
     synthesize_all(intent + speaker, workers)
+    write_asr_files(Path(librispeech_root or Path(out) / "LibriSpeech"), [TRAIN_SUBSET, DEV_SUBSET], Path(out) / "asr")
     summary = ToySuperbSummary(
         fluent_commands_root=str(Path(out) / "fluent_speech_commands"),
         voxceleb1_root=str(Path(out) / "voxceleb1"),
         voxceleb1_iden_split=str(Path(out) / "voxceleb1" / "iden_split.txt"),
+        asr_files=str(Path(out) / "asr"),
         intent_utterances=len(intent),
         speaker_utterances=len(speaker),
     )

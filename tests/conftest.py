@@ -117,9 +117,10 @@ def toy_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def superb_corpora(tmp_path_factory) -> ToySuperbSummary:
-    """The toy corpora of SUPERB's IC and SID (`fedhubert toy-data --superb`, seed 0)."""
-    return write_toy_superb_data(tmp_path_factory.mktemp("superb"), seed=0)
+def superb_corpora(toy_corpus, tmp_path_factory) -> ToySuperbSummary:
+    """The toy corpora of SUPERB's IC and SID, and the ASR files of the toy LibriSpeech (`fedhubert toy-data
+    --superb`, seed 0)."""
+    return write_toy_superb_data(tmp_path_factory.mktemp("superb"), seed=0, librispeech_root=toy_corpus / "LibriSpeech")
 
 
 @pytest.fixture(scope="session")

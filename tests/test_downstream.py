@@ -11,6 +11,7 @@ import yaml
 
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.downstream import experiment_dir
+from fedhubert_plugin.toy_data import DEV_SUBSET
 from tests.helpers import REPO, fairseq_env
 
 SUPERB = REPO / "recipes" / "superb"
@@ -103,12 +104,12 @@ def test_run_superb_script_on_a_fairseq_format_checkpoint(federated_run, toy_cor
     assert accuracy_in((tmp_path / "exp" / "test.log").read_text()) > BEST_CONSTANT_ANSWER
 
 
-def run_superb(task, ckpt, exp, *data_and_extra) -> float:
-    """``recipes/superb/run_superb.sh``'s train and test of ``task``; the test accuracy it printed."""
+def run_superb(task, ckpt, exp, *data_and_extra) -> str:
+    """``recipes/superb/run_superb.sh``'s train and test of ``task``; what its test printed (``EXPDIR/test.log``)."""
     cmd = ["bash", str(SUPERB / "run_superb.sh"), task, str(ckpt), str(exp), *map(str, data_and_extra)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return accuracy_in((exp / "test.log").read_text())
+    return (exp / "test.log").read_text()
 
 
 @pytest.mark.e2e
@@ -117,7 +118,7 @@ def test_intent_classification_writes_the_predictions_superb_scores(federated_ru
     root = superb_corpora.fluent_commands_root
     # the user's override is merged with the data path (a lone -o in its place would leave file_path null)
     ckpt = federated_run / "server" / "checkpoint_best.pt"
-    printed = run_superb("ic_tiny", ckpt, exp, root, "--", "-o", "config.runner.total_steps=40")
+    printed = accuracy_in(run_superb("ic_tiny", ckpt, exp, root, "--", "-o", "config.runner.total_steps=40"))
     assert (exp / "states-40.ckpt").is_file()
     with open(Path(root) / "data" / "test_data.csv") as table:
         rows = list(csv.DictReader(table))
@@ -136,7 +137,8 @@ def test_speaker_identification_keeps_its_file_lists_in_the_experiment(federated
     ckpt = federated_run / "server" / "checkpoint_best.pt"
     package_cache = Path(s3prl_sid.__file__).parent / ".cache"
     cached_before = sorted(package_cache.glob("*")) if package_cache.exists() else []
-    printed = run_superb("sid_tiny", ckpt, exp, superb_corpora.voxceleb1_root, superb_corpora.voxceleb1_iden_split)
+    data = [superb_corpora.voxceleb1_root, superb_corpora.voxceleb1_iden_split]
+    printed = accuracy_in(run_superb("sid_tiny", ckpt, exp, *data))
     split = [line.split() for line in Path(superb_corpora.voxceleb1_iden_split).read_text().splitlines()]
     test_set = {"-".join(Path(path).with_suffix("").parts): path.split("/")[0] for kind, path in split if kind == "3"}
     predicted = dict(line.split() for line in (exp / "test_predict.txt").read_text().splitlines())
@@ -146,6 +148,26 @@ def test_speaker_identification_keeps_its_file_lists_in_the_experiment(federated
     # s3prl caches these inside its installed package, where a run on other data would read them back
     assert sorted(p.name for p in (exp / "file_lists").iterdir()) == ["dev.pkl", "test.pkl", "train.pkl"]
     assert (sorted(package_cache.glob("*")) if package_cache.exists() else []) == cached_before
+
+
+@pytest.mark.e2e
+def test_speech_recognition_writes_a_hypothesis_per_test_utterance_and_its_wer(
+    federated_run, toy_corpus, superb_corpora, tmp_path
+):
+    import editdistance
+
+    exp, libri, asr = tmp_path / "asr", toy_corpus / "LibriSpeech", Path(superb_corpora.asr_files)
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    tested = run_superb("asr_tiny", ckpt, exp, libri, asr / "len_for_bucket", asr / "char.dict")
+    printed = re.findall(r"^test-clean wer: ([0-9.]+)$", tested, flags=re.M)
+    transcripts = {}
+    for trans in (libri / DEV_SUBSET).rglob("*.trans.txt"):
+        transcripts.update(line.split(" ", 1) for line in trans.read_text().splitlines())
+    hyps = dict(line.partition(" ")[::2] for line in (exp / "test-clean-noLM-hyp.ark").read_text().splitlines())
+    refs = dict(line.partition(" ")[::2] for line in (exp / "test-clean-noLM-ref.ark").read_text().splitlines())
+    assert refs == transcripts and hyps.keys() == refs.keys()  # the toy's dev subset is ASR's test-clean here
+    errors = sum(editdistance.eval(hyps[u].split(), refs[u].split()) for u in refs)
+    assert float(printed[-1]) == pytest.approx(100 * errors / sum(len(ref.split()) for ref in refs.values()))
 
 
 def test_run_superb_script_names_what_a_task_needs(tmp_path):
@@ -168,6 +190,7 @@ def test_run_superb_script_names_what_a_task_needs(tmp_path):
         ("sid_tiny", "voxceleb1"),
         ("er", "emotion"),
         ("asr", "asr"),
+        ("asr_tiny", "asr"),
         ("pr", "ctc"),
     ],
 )

@@ -20,7 +20,7 @@ def test_superb_tables_each_checkpoint_beside_hubert_base_and_a_rerun_resumes(fe
     assert list(table["scores"]["ic"]) == ["federated", "federated (random init)"]
     for name, folder in (("federated", "federated"), ("federated (random init)", "federated_random_init")):
         done = json.loads((out / "ic" / folder / "test.json").read_text())
-        assert table["scores"]["ic"][name] == pytest.approx(100 * done["test_acc"])
+        assert table["scores"]["ic"][name] == pytest.approx(done["score"]) == 100 * done["test_acc"]
         assert (out / "ic" / folder / "test_predict.csv").is_file()  # what SUPERB scores stays with the run
     assert table["checkpoints"]["federated (random init)"] == str(out / "random_init" / "federated.pt")
     markdown = (out / "superb.md").read_text()
