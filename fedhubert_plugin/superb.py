@@ -6,14 +6,23 @@ s3prl's logs and the prediction files SUPERB scores stay there. A pair already d
 ``OUT/superb.json`` and ``OUT/superb.md`` hold the table: each task's test accuracy per
 checkpoint (accuracy, or WER for ASR), beside HuBERT Base's published figure. The tasks that run here are
 ``downstream.SUPERB_TASKS`` (KS, IC, SID, ASR); ``recipes/superb/README.md`` has the others.
+
+``--submit NAME`` packages that checkpoint's predictions as s3prl's submission script does
+(``predict/<task>_public/predict.*`` in ``OUT/submission/predict.zip``), with ``manifest.json``: the
+checkpoint's sha256, its federated round and updates, the federation's settings, what each file
+came from, and every SUPERB task the package leaves out.
 """
 
+import hashlib
+import json
 import logging
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.downstream import SUPERB_TASKS, superb_task
 from fedhubert_plugin.export import named_checkpoints, random_init_checkpoint
 from fedhubert_plugin.files import atomic_write_json, atomic_write_text
@@ -33,6 +42,14 @@ TOY_DATA = {
     "sid": ("voxceleb1", "voxceleb1/iden_split.txt"),
     "asr": ("LibriSpeech", "asr/len_for_bucket", "asr/char.dict"),
 }
+# the file of each task's experiment that SUPERB scores, and where s3prl's submit/submit.py puts it
+PREDICTIONS = {
+    "ks": ("test_predict.txt", "ks_public/predict.txt"),
+    "ic": ("test_predict.csv", "ic_public/predict.csv"),
+    "sid": ("test_predict.txt", "sid_public/predict.txt"),
+    "asr": ("test-clean-noLM-hyp.ark", "asr_public/predict.ark"),
+}
+ALL_TASKS = ("pr", "ks", "ic", "sid", "er", "asr", "qbe", "sf", "asv", "sd")  # SUPERB's ten
 
 
 @dataclass
@@ -56,6 +73,9 @@ class SuperbConfig:
     )
     random_init: bool = option(False, "also each checkpoint's architecture with fresh weights (seeded)")
     seed: int = option(0, "seed of the random init")
+    submit: Optional[str] = option(
+        None, "package this checkpoint's predictions (a --checkpoint NAME) as SUPERB's predict.zip", metavar="NAME"
+    )
 
 
 def task_data(cfg: SuperbConfig) -> Dict[str, List[Path]]:
@@ -114,7 +134,46 @@ def run_superb(cfg: SuperbConfig) -> str:
     markdown = superb_markdown(table, list(models))
     atomic_write_json(Path(cfg.out) / "superb.json", table)
     atomic_write_text(Path(cfg.out) / "superb.md", markdown)
+    if cfg.submit:
+        write_submission(Path(cfg.out), cfg.submit, models, cfg.tasks)
     return markdown
+
+
+def write_submission(out: Path, name: str, models: Dict[str, Path], tasks: Sequence[str]) -> Path:
+    """``out/submission/predict.zip`` of checkpoint ``name``'s predictions in s3prl's submission layout, and
+    ``manifest.json`` beside it; a prediction file missing from an experiment stops it, naming the file."""
+    if name not in models:
+        raise ValueError(f"--submit {name}: not a --checkpoint name; choose one of {', '.join(models)}")
+    sources = {task: out / task / folder_name(name) / PREDICTIONS[task][0] for task in tasks}
+    missing = [str(path) for path in sources.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--submit {name}: no prediction file {', '.join(missing)}; rerun those tasks")
+    folder = out / "submission"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / "predict.zip", "w", zipfile.ZIP_DEFLATED) as package:
+        for task, source in sources.items():
+            package.write(source, f"predict/{PREDICTIONS[task][1]}")
+    left_out = [task for task in ALL_TASKS if task not in tasks]
+    logger.warning("the SUPERB package leaves out %s: not run here (recipes/superb/README.md)", ", ".join(left_out))
+    atomic_write_json(folder / "manifest.json", manifest(models[name], sources, left_out))
+    return folder / "predict.zip"
+
+
+def manifest(ckpt: Path, sources: Dict[str, Path], left_out: List[str]) -> Dict:
+    """Where a submission comes from: the checkpoint (sha256, federated round, updates), the federation's
+    ``settings.json`` when it sits beside the checkpoint, each task's prediction file, the tasks left out."""
+    state = load_checkpoint(ckpt)
+    history = state.get("optimizer_history") or [{}]
+    settings = Path(ckpt).parent / "settings.json"
+    return {
+        "checkpoint": str(ckpt),
+        "sha256": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
+        "federated_round": (state.get("extra_state") or {}).get("federated_round"),
+        "num_updates": history[-1].get("num_updates"),
+        "federation_settings": json.loads(settings.read_text()) if settings.is_file() else None,
+        "predictions": {task: str(source) for task, source in sources.items()},
+        "left_out": left_out,
+    }
 
 
 def superb_markdown(table: Dict, names: Sequence[str]) -> str:

@@ -1,12 +1,15 @@
 """`fedhubert superb`: the SUPERB tasks that run here, on several checkpoints, one table; a rerun resumes."""
 
+import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.superb import SuperbConfig, task_data
+from fedhubert_plugin.superb import SuperbConfig, task_data, write_submission
 
 
 @pytest.mark.e2e
@@ -27,8 +30,27 @@ def test_superb_tables_each_checkpoint_beside_hubert_base_and_a_rerun_resumes(fe
     ours, fresh = table["scores"]["ic"]["federated"], table["scores"]["ic"]["federated (random init)"]
     assert f"| IC | test accuracy (%) | {ours:.2f} | {fresh:.2f} | 98.34 |" in markdown
     logs = {path: path.stat().st_mtime_ns for path in out.glob("ic/*/log.log")}
-    assert main([*argv, "--out", str(out)]) == 0  # each pair done is read back, not trained again
+    assert main([*argv, "--out", str(out), "--submit", "federated"]) == 0  # each pair done is read back
     assert {path: path.stat().st_mtime_ns for path in out.glob("ic/*/log.log")} == logs and len(logs) == 2
+    # the package s3prl's submit/submit.py makes, from the federated checkpoint's runs
+    with zipfile.ZipFile(out / "submission" / "predict.zip") as package:
+        assert package.namelist() == ["predict/ic_public/predict.csv"]
+        predictions = (out / "ic" / "federated" / "test_predict.csv").read_bytes()
+        assert package.read("predict/ic_public/predict.csv") == predictions
+    manifest = json.loads((out / "submission" / "manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert manifest["federated_round"] == load_checkpoint(ckpt)["extra_state"]["federated_round"] >= 1
+    assert manifest["federation_settings"] == json.loads((ckpt.parent / "settings.json").read_text())
+    assert manifest["left_out"] == ["pr", "ks", "sid", "er", "asr", "qbe", "sf", "asv", "sd"]  # named, not hidden
+
+
+def test_a_submission_without_a_tasks_prediction_file_names_it(tmp_path):
+    (tmp_path / "ks" / "teacher").mkdir(parents=True)
+    (tmp_path / "ks" / "teacher" / "test_predict.txt").write_text("a yes\n")
+    with pytest.raises(FileNotFoundError, match=r"no prediction file .*ic/teacher/test_predict.csv; rerun those"):
+        write_submission(tmp_path, "teacher", {"teacher": tmp_path / "t.pt"}, ["ks", "ic"])
+    with pytest.raises(ValueError, match="--submit student: not a --checkpoint name; choose one of teacher"):
+        write_submission(tmp_path, "student", {"teacher": tmp_path / "t.pt"}, ["ks"])
 
 
 def test_a_task_without_data_is_named_with_the_paths_it_takes(tmp_path):
