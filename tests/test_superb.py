@@ -3,6 +3,7 @@
 import hashlib
 import json
 import zipfile
+from csv import DictReader, reader
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,17 @@ def test_superb_tables_each_checkpoint_beside_hubert_base_and_a_rerun_resumes(fe
     assert main([*argv, "--out", str(out)]) == 0
     table = json.loads((out / "superb.json").read_text())
     assert list(table["scores"]["ic"]) == ["federated", "federated (random init)"]
+    with open(toy / "fluent_speech_commands" / "data" / "test_data.csv") as test_data:
+        rows = list(DictReader(test_data))
+    test_set = {Path(row["path"]).stem: [row["action"], row["object"], row["location"]] for row in rows}
     for name, folder in (("federated", "federated"), ("federated (random init)", "federated_random_init")):
         done = json.loads((out / "ic" / folder / "test.json").read_text())
         assert table["scores"]["ic"][name] == pytest.approx(done["score"]) == 100 * done["test_acc"]
-        assert (out / "ic" / folder / "test_predict.csv").is_file()  # what SUPERB scores stays with the run
+        # what SUPERB scores stays with the run: a prediction for every test utterance, once; the score is theirs
+        predicted = {row[0]: row[1:] for row in reader(open(out / "ic" / folder / "test_predict.csv"))}
+        truth = {row[0]: row[1:] for row in reader(open(out / "ic" / folder / "test_truth.csv"))}
+        assert truth == test_set and predicted.keys() == test_set.keys()
+        assert done["score"] == pytest.approx(100 * sum(predicted[u] == truth[u] for u in truth) / len(truth))
     assert table["checkpoints"]["federated (random init)"] == str(out / "random_init" / "federated.pt")
     markdown = (out / "superb.md").read_text()
     ours, fresh = table["scores"]["ic"]["federated"], table["scores"]["ic"]["federated (random init)"]
