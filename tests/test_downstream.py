@@ -150,6 +150,28 @@ def test_run_superb_script_names_what_a_task_needs(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "task, data, named",
+    [
+        ("qbe", ["quesst14"], ["quesst14/scoring/score-TWV-Cnxe.sh", "quesst14/scoring/language_key_dev.lst"]),
+        ("sf", ["snips", "slots.txt", "character.txt"], ["downstream/ctc/corpus/snips.py", "slots.txt"]),
+        ("pr", ["libri", "lexicon.txt", "phoneme.txt"], ["downstream/ctc/corpus/libriphone.py", "lexicon.txt"]),
+    ],
+)
+def test_tasks_needing_outside_data_or_s3prls_source_stop_before_training_naming_each_file(task, data, named, tmp_path):
+    paths = [str(tmp_path / d) for d in data]
+    proc = subprocess.run(
+        ["bash", str(SUPERB / "run_superb.sh"), task, "x.pt", str(tmp_path / "exp"), *paths],
+        capture_output=True,
+        text=True,
+        env=fairseq_env(),
+    )
+    assert proc.returncode == 2 and f"run_superb.sh {task} cannot start; provide:" in proc.stderr, proc.stderr
+    for what in named:
+        assert what in proc.stderr
+    assert not (tmp_path / "exp").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
     "config,downstream",
     [
         ("ks", "speech_commands"),
@@ -162,6 +184,7 @@ def test_run_superb_script_names_what_a_task_needs(tmp_path):
         ("asr", "asr"),
         ("asr_tiny", "asr"),
         ("pr", "ctc"),
+        ("sf", "ctc"),
     ],
 )
 def test_superb_configs_fit_s3prls_runner_and_experts(config, downstream):

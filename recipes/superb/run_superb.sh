@@ -14,6 +14,9 @@
 #   er        IEMOCAP_ROOT META_DATA_DIR [FOLD, default fold1]        (emotion recognition)
 #   asr       LIBRISPEECH_ROOT BUCKET_DIR CHAR_DICT                   (speech recognition)
 #   pr        LIBRISPEECH_ROOT LEXICON_FILE PHONEME_VOCAB             (phoneme recognition; needs s3prl's source tree)
+#   sf        SNIPS_ROOT SLOTS_FILE CHARACTER_VOCAB                  (slot filling; needs s3prl's source tree)
+#   qbe       QUESST14_ROOT                                          (query by example: no training; each layer on
+#                                                                     dev, the best one on test, QUESST's scoring)
 #
 # CKPT is any fedhubert checkpoint: SAVE/server/best_global_model.pt, checkpoint_best.pt, or a
 # distilled student's. Runs `fedhubert downstream` (our hubert_local, torch >= 2.6 fixes); the
@@ -22,7 +25,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 4 ] || usage
 task=$1 ckpt=$2 expdir=$3
 shift 3
@@ -41,6 +44,16 @@ fedhubert=fedhubert
 [ -x "$here/../../.venv/bin/fedhubert" ] && fedhubert="$here/../../.venv/bin/fedhubert"
 
 need() { [ "${#data[@]}" -ge "$1" ] || { echo "run_superb.sh $task needs: $2" >&2; exit 2; }; }
+python="${fedhubert%fedhubert}python"
+missing=()
+require() { [ -e "$1" ] || missing+=("$1: $2"); }
+require_module() { "$python" -c "import $1" 2>/dev/null || missing+=("Python module $1: $2"); }
+stop_if_missing() {  # before any training: every missing file, module or tool, each with where it comes from
+    [ "${#missing[@]}" -eq 0 ] && return
+    { echo "run_superb.sh $task cannot start; provide:"; printf '  %s\n' "${missing[@]}"; } >&2
+    exit 2
+}
+source_tree="s3prl's source tree, which the pip package lacks (pip install -e <s3prl checkout> in this venv)"
 test_split=test
 case "$task" in
     ks|ks_tiny)
@@ -66,13 +79,55 @@ case "$task" in
     pr)
         need 3 "LIBRISPEECH_ROOT LEXICON_FILE PHONEME_VOCAB"
         downstream=ctc
-        "${fedhubert%fedhubert}python" -c "import s3prl.downstream.ctc.corpus.libriphone" 2>/dev/null || {
-            echo "run_superb.sh pr: s3prl's downstream/ctc/corpus/ is missing (the pip package lacks it); install s3prl from its source tree (pip install -e <s3prl checkout>)" >&2; exit 2; }
+        require_module s3prl.downstream.ctc.corpus.libriphone "downstream/ctc/corpus/libriphone.py of $source_tree"
+        require "${data[0]}" "the LibriSpeech root"
+        require "${data[1]}" "the phone lexicon (s3prl's downstream/ctc/lexicon/)"
+        require "${data[2]}" "the phoneme vocabulary (s3prl's downstream/ctc/vocab/phoneme.txt)"
         paths="config.downstream_expert.corpus.path='${data[0]}',,config.downstream_expert.corpus.lexicon=['${data[1]}'],,config.downstream_expert.text.vocab_file='${data[2]}'" ;;
+    sf)
+        need 3 "SNIPS_ROOT SLOTS_FILE CHARACTER_VOCAB"
+        downstream=ctc
+        require_module s3prl.downstream.ctc.corpus.snips "downstream/ctc/corpus/snips.py of $source_tree"
+        require "${data[0]}" "the audio of SUPERB's SF (SNIPS spoken by synthetic voices, with train/ valid/ test/)"
+        require "${data[1]}" "slots.txt of SUPERB's SF data"
+        require "${data[2]}" "the character vocabulary (s3prl's downstream/ctc/vocab/character.txt)"
+        paths="config.downstream_expert.corpus.path='${data[0]}',,config.downstream_expert.text.slots_file='${data[1]}',,config.downstream_expert.text.vocab_file='${data[2]}'" ;;
+    qbe)
+        need 1 "QUESST14_ROOT"
+        require_module dtw "pip install dtw-python (s3prl's quesst14_dtw aligns with it)"
+        require_module lxml "pip install lxml (s3prl's quesst14_dtw writes its XML)"
+        for file in language_key_utterances.lst language_key_dev.lst language_key_eval.lst score-TWV-Cnxe.sh \
+            groundtruth_quesst14_dev groundtruth_quesst14_eval; do
+            require "${data[0]}/scoring/$file" "part of the QUESST 2014 database (quesst14Database/scoring)"
+        done ;;
     *) usage ;;
 esac
 
+stop_if_missing
 config="$here/$task.yaml"
+
+if [ "$task" = qbe ]; then  # no training: DTW on each layer's features; the best layer on dev is scored on test
+    root=$(cd "${data[0]}" && pwd)
+    qbe_run() {  # SPLIT LAYER OUT: s3prl's detections of the split, scored by QUESST's own script into OUT/score.out
+        "$fedhubert" downstream -m evaluate -t "$1" -u hubert_local -k "$ckpt" -l "$2" -d quesst14_dtw -c "$config" \
+            -p "$3" -o "config.downstream_expert.datarc.dataset_root='$root'${overrides:+,,$overrides}" "${extra[@]}"
+        local truth=groundtruth_quesst14_$([ "$1" = dev ] && echo dev || echo eval)
+        (cd "$root/scoring" && ./score-TWV-Cnxe.sh "$(cd "$3" && pwd)" "$truth" -10)
+    }
+    max_twv() { grep -oE "maxTWV: *[-0-9.]+" "$1/score.out" | grep -oE "[-0-9.]+$"; }
+    layers=$("$python" -c "from upstream.hubert_local.hubconf import hubert_local; import torch; print(len(hubert_local('$ckpt')([torch.zeros(16000)])['hidden_states']))")
+    best_layer="" best_twv=""
+    for layer in $(seq 0 $((layers - 1))); do
+        [ -f "$expdir/dev/$layer/score.out" ] || qbe_run dev "$layer" "$expdir/dev/$layer"
+        twv=$(max_twv "$expdir/dev/$layer")
+        echo "dev layer $layer: maxTWV $twv" | tee -a "$expdir/dev.log"
+        if [ -z "$best_twv" ] || awk "BEGIN { exit !($twv > $best_twv) }"; then best_layer=$layer best_twv=$twv; fi
+    done
+    qbe_run test "$best_layer" "$expdir/test"
+    echo "test (layer $best_layer, the best on dev): maxTWV $(max_twv "$expdir/test")" | tee "$expdir/test.log"
+    exit 0
+fi
+
 "$fedhubert" downstream -m train -u hubert_local -k "$ckpt" -d "$downstream" -c "$config" -p "$expdir" \
     -o "$paths${overrides:+,,$overrides}" "${extra[@]}"
 best=$(ls "$expdir"/*-best.ckpt 2>/dev/null | head -n 1 || true)
