@@ -100,13 +100,18 @@ def run_downstream(argv: List[str]) -> None:
 @dataclass(frozen=True)
 class SuperbTask:
     """A SUPERB task as s3prl runs it here: its downstream, the ``datarc`` keys of its data paths (in the order
-    ``recipes/superb/run_superb.sh`` takes them), its test split and its metric: ``accuracy`` (s3prl writes it to
-    ``log.log``, a fraction) or ``wer`` (s3prl prints it, in %)."""
+    ``recipes/superb/run_superb.sh`` takes them), its dev and test splits and its metric: ``accuracy`` (s3prl
+    writes it to ``log.log``, a fraction; higher is better) or ``wer`` (s3prl prints it, in %; lower is better)."""
 
     downstream: str
     datarc: Tuple[str, ...]
+    dev_split: str = "dev"
     test_split: str = "test"
     metric: str = "accuracy"
+
+    def best(self, scores: Sequence[float]) -> float:
+        """The best of ``scores`` by this task's metric."""
+        return max(scores) if self.metric == "accuracy" else min(scores)
 
 
 # the tasks that run end to end here, on the toy corpora too
@@ -114,17 +119,21 @@ SUPERB_TASKS = {
     "ks": SuperbTask("speech_commands", ("speech_commands_root", "speech_commands_test_root")),
     "ic": SuperbTask("fluent_commands", ("file_path",)),
     "sid": SuperbTask("voxceleb1", ("file_path", "meta_data")),
-    "asr": SuperbTask("asr", ("libri_root", "bucket_file", "dict_path"), test_split="test-clean", metric="wer"),
+    "asr": SuperbTask(
+        "asr", ("libri_root", "bucket_file", "dict_path"), dev_split="dev-clean", test_split="test-clean", metric="wer"
+    ),
 }
 
 
-def superb_task(task: str, ckpt: Path, exp: Path, config: Path, data: Sequence[Path]) -> Dict:
-    """s3prl's SUPERB ``task`` (``SUPERB_TASKS``) on the frozen upstream ``ckpt``, its data paths ``data``: train,
-    then test the best dev checkpoint, in ``exp``.
+def superb_task(
+    task: str, ckpt: Path, exp: Path, config: Path, data: Sequence[Path], overrides: Sequence[str] = ()
+) -> Dict:
+    """s3prl's SUPERB ``task`` (``SUPERB_TASKS``) on the frozen upstream ``ckpt``, its data paths ``data`` (and
+    s3prl ``overrides`` such as ``config.optimizer.lr=1e-3``): train, then test the best dev checkpoint, in ``exp``.
 
-    Returns the metric and its test score in % (``test_acc`` too, a fraction, for accuracy), the upstream's
-    parameter count and which s3prl checkpoint was tested; kept in ``exp/test.json``, which a second call
-    returns without training again.
+    Returns the metric, its best dev score and its test score in % (``test_acc`` too, a fraction, for accuracy),
+    the upstream's parameter count and which s3prl checkpoint was tested; kept in ``exp/test.json``, which a
+    second call returns without training again.
     """
     done = Path(exp) / "test.json"
     if done.is_file():
@@ -133,14 +142,15 @@ def superb_task(task: str, ckpt: Path, exp: Path, config: Path, data: Sequence[P
     if len(data) != len(spec.datarc):
         keys = ", ".join(spec.datarc)
         raise ValueError(f"SUPERB {task} takes {len(spec.datarc)} data path(s) ({keys}), got {len(data)}")
-    paths = ",,".join(f"config.downstream_expert.datarc.{key}='{path}'" for key, path in zip(spec.datarc, data))
+    paths = [f"config.downstream_expert.datarc.{key}='{path}'" for key, path in zip(spec.datarc, data)]
     console = Path(exp) / "console.log"  # s3prl's prints and progress bars, when the command runs quiet
     with console_to(console):
-        evaluated = train_and_test(spec, ckpt, exp, config, paths)
-    score = reported_score(spec, Path(exp), console)
+        evaluated = train_and_test(spec, ckpt, exp, config, ",,".join([*paths, *overrides]))
+    score = reported_scores(spec, Path(exp), console, spec.test_split)[-1]
     weights = as_s3prl_state(load_checkpoint(ckpt), ckpt)["model_weight"]
     result = {
         "metric": spec.metric,
+        "dev_score": spec.best(reported_scores(spec, Path(exp), console, spec.dev_split)),
         "score": score,
         **({"test_acc": score / 100} if spec.metric == "accuracy" else {}),
         "parameters": sum(v.numel() for v in weights.values()),
@@ -151,16 +161,17 @@ def superb_task(task: str, ckpt: Path, exp: Path, config: Path, data: Sequence[P
     return result
 
 
-def reported_score(spec: SuperbTask, exp: Path, console: Path) -> float:
-    """The test score s3prl reported in ``exp``, in %: the accuracy of its ``log.log``, or the WER it printed."""
+def reported_scores(spec: SuperbTask, exp: Path, console: Path, split: str) -> List[float]:
+    """Every score s3prl reported on ``split`` in ``exp``, in %: the accuracies of its ``log.log``, or the WERs it
+    printed."""
     if spec.metric == "accuracy":
-        where, pattern = exp / "log.log", r"^test at step \d+: ([0-9.]+)$"
+        where, pattern = exp / "log.log", rf"^{re.escape(split)} at step \d+: ([0-9.]+)$"
     else:
-        where, pattern = console, rf"^{re.escape(spec.test_split)} wer: ([0-9.]+)$"
+        where, pattern = console, rf"^{re.escape(split)} wer: ([0-9.]+)$"
     scores = re.findall(pattern, where.read_text(), flags=re.M) if where.is_file() else []
     if not scores:
-        raise RuntimeError(f"s3prl wrote no test {spec.metric} to {where} (its output: {console})")
-    return float(scores[-1]) * (100 if spec.metric == "accuracy" else 1)
+        raise RuntimeError(f"s3prl wrote no {split} {spec.metric} to {where} (its output: {console})")
+    return [float(score) * (100 if spec.metric == "accuracy" else 1) for score in scores]
 
 
 def train_and_test(spec: SuperbTask, ckpt: Path, exp: Path, config: Path, paths: str) -> Path:

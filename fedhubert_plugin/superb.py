@@ -7,7 +7,8 @@ s3prl's logs and the prediction files SUPERB scores stay there. A pair already d
 checkpoint (accuracy, or WER for ASR), beside HuBERT Base's published figure. The tasks that run here are
 ``downstream.SUPERB_TASKS`` (KS, IC, SID, ASR); ``recipes/superb/README.md`` has the others.
 
-``--submit NAME`` packages that checkpoint's predictions as s3prl's submission script does
+``--lrs`` searches the learning rate as SUPERB's protocol does: one experiment per rate, the one best on
+dev is the one tested. ``--submit NAME`` packages that checkpoint's predictions as s3prl's submission script does
 (``predict/<task>_public/predict.*`` in ``OUT/submission/predict.zip``), with ``manifest.json``: the
 checkpoint's sha256, its federated round and updates, the federation's settings, what each file
 came from, and every SUPERB task the package leaves out.
@@ -20,7 +21,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.downstream import SUPERB_TASKS, superb_task
@@ -73,6 +74,12 @@ class SuperbConfig:
     )
     random_init: bool = option(False, "also each checkpoint's architecture with fresh weights (seeded)")
     seed: int = option(0, "seed of the random init")
+    lrs: List[float] = option(
+        [],
+        "learning rates to search, as SUPERB's protocol does: each trained, the one best on dev is tested "
+        "(default: the config's)",
+        metavar="LR",
+    )
     submit: Optional[str] = option(
         None, "package this checkpoint's predictions (a --checkpoint NAME) as SUPERB's predict.zip", metavar="NAME"
     )
@@ -118,16 +125,19 @@ def run_superb(cfg: SuperbConfig) -> str:
     ``superb.json`` and ``superb.md`` (returned)."""
     data, models = task_data(cfg), upstreams(cfg)
     scores: Dict[str, Dict[str, float]] = {}
+    experiments: Dict[str, Dict[str, str]] = {}
     for task in cfg.tasks:
         config = CONFIGS / f"{task}{'_tiny' if cfg.toy else ''}.yaml"
         for name, ckpt in models.items():
-            result = superb_task(task, ckpt, Path(cfg.out) / task / folder_name(name), config, data[task])
+            exp, result = best_on_dev(task, ckpt, Path(cfg.out) / task / folder_name(name), config, data[task], cfg.lrs)
             scores.setdefault(task, {})[name] = result["score"]
-            logger.info("SUPERB %s, %s: test %s %.2f %%", task, name, result["metric"], result["score"])
+            experiments.setdefault(task, {})[name] = str(exp)
+            logger.info("SUPERB %s, %s: test %s %.2f %% (%s)", task, name, result["metric"], result["score"], exp)
     table = {
         "checkpoints": {name: str(path) for name, path in models.items()},
         "metrics": {task: METRICS[SUPERB_TASKS[task].metric] for task in cfg.tasks},
         "scores": scores,
+        "experiments": experiments,
         "hubert_base_published": {task: HUBERT_BASE_PUBLISHED[task] for task in cfg.tasks},
         "configs": "*_tiny.yaml (toy data)" if cfg.toy else "the SUPERB configs",
     }
@@ -135,16 +145,32 @@ def run_superb(cfg: SuperbConfig) -> str:
     atomic_write_json(Path(cfg.out) / "superb.json", table)
     atomic_write_text(Path(cfg.out) / "superb.md", markdown)
     if cfg.submit:
-        write_submission(Path(cfg.out), cfg.submit, models, cfg.tasks)
+        write_submission(Path(cfg.out), cfg.submit, models, experiments)
     return markdown
 
 
-def write_submission(out: Path, name: str, models: Dict[str, Path], tasks: Sequence[str]) -> Path:
-    """``out/submission/predict.zip`` of checkpoint ``name``'s predictions in s3prl's submission layout, and
-    ``manifest.json`` beside it; a prediction file missing from an experiment stops it, naming the file."""
+def best_on_dev(
+    task: str, ckpt: Path, exp: Path, config: Path, data: List[Path], lrs: Sequence[float]
+) -> Tuple[Path, Dict]:
+    """The experiment of ``task`` on ``ckpt`` in ``exp`` and its result; with ``lrs``, one in ``exp/lr_<lr>`` per
+    learning rate, and the one whose best dev score is best."""
+    if not lrs:
+        return exp, superb_task(task, ckpt, exp, config, data)
+    runs = {}
+    for lr in lrs:
+        folder = exp / f"lr_{lr:g}"
+        runs[folder] = superb_task(task, ckpt, folder, config, data, [f"config.optimizer.lr={lr}"])
+    best = SUPERB_TASKS[task].best([result["dev_score"] for result in runs.values()])
+    return next((folder, result) for folder, result in runs.items() if result["dev_score"] == best)
+
+
+def write_submission(out: Path, name: str, models: Dict[str, Path], experiments: Dict[str, Dict[str, str]]) -> Path:
+    """``out/submission/predict.zip`` of checkpoint ``name``'s predictions (its experiment of each task, in
+    ``experiments``) in s3prl's submission layout, and ``manifest.json`` beside it; a prediction file missing from
+    an experiment stops it, naming the file."""
     if name not in models:
         raise ValueError(f"--submit {name}: not a --checkpoint name; choose one of {', '.join(models)}")
-    sources = {task: out / task / folder_name(name) / PREDICTIONS[task][0] for task in tasks}
+    sources = {task: Path(runs[name]) / PREDICTIONS[task][0] for task, runs in experiments.items()}
     missing = [str(path) for path in sources.values() if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"--submit {name}: no prediction file {', '.join(missing)}; rerun those tasks")
@@ -153,7 +179,7 @@ def write_submission(out: Path, name: str, models: Dict[str, Path], tasks: Seque
     with zipfile.ZipFile(folder / "predict.zip", "w", zipfile.ZIP_DEFLATED) as package:
         for task, source in sources.items():
             package.write(source, f"predict/{PREDICTIONS[task][1]}")
-    left_out = [task for task in ALL_TASKS if task not in tasks]
+    left_out = [task for task in ALL_TASKS if task not in sources]
     logger.warning("the SUPERB package leaves out %s: not run here (recipes/superb/README.md)", ", ".join(left_out))
     atomic_write_json(folder / "manifest.json", manifest(models[name], sources, left_out))
     return folder / "predict.zip"

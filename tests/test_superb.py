@@ -2,11 +2,13 @@
 
 import hashlib
 import json
+import re
 import zipfile
 from csv import DictReader, reader
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.cli import main
@@ -52,13 +54,34 @@ def test_superb_tables_each_checkpoint_beside_hubert_base_and_a_rerun_resumes(fe
     assert manifest["left_out"] == ["pr", "ks", "sid", "er", "asr", "qbe", "sf", "asv", "sd"]  # named, not hidden
 
 
+@pytest.mark.e2e
+def test_a_learning_rate_search_tests_the_rate_best_on_dev(federated_run, superb_corpora, tmp_path):
+    toy = Path(superb_corpora.fluent_commands_root).parent
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    out = tmp_path / "superb"
+    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(toy), "--tasks", "ic", "--lrs", "1e-2", "1e-4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    runs = {lr: json.loads((out / "ic" / "fed" / f"lr_{lr}" / "test.json").read_text()) for lr in ("0.01", "0.0001")}
+    for lr, run in runs.items():  # each trained with its own rate; its dev score is the best of its log
+        folder = out / "ic" / "fed" / f"lr_{lr}"
+        configs = list(folder.glob("config_*.yaml"))  # the configs s3prl ran (train, test), overrides merged
+        assert configs and all(yaml.safe_load(c.read_text())["optimizer"]["lr"] == float(lr) for c in configs)
+        dev = re.findall(r"^dev at step \d+: ([0-9.]+)$", (folder / "log.log").read_text(), flags=re.M)
+        assert run["dev_score"] == pytest.approx(100 * max(float(score) for score in dev))
+    chosen = max(runs, key=lambda lr: runs[lr]["dev_score"])
+    table = json.loads((out / "superb.json").read_text())
+    assert table["experiments"]["ic"]["fed"] == str(out / "ic" / "fed" / f"lr_{chosen}")
+    assert table["scores"]["ic"]["fed"] == runs[chosen]["score"]
+
+
 def test_a_submission_without_a_tasks_prediction_file_names_it(tmp_path):
     (tmp_path / "ks" / "teacher").mkdir(parents=True)
     (tmp_path / "ks" / "teacher" / "test_predict.txt").write_text("a yes\n")
     with pytest.raises(FileNotFoundError, match=r"no prediction file .*ic/teacher/test_predict.csv; rerun those"):
-        write_submission(tmp_path, "teacher", {"teacher": tmp_path / "t.pt"}, ["ks", "ic"])
+        experiments = {task: {"teacher": str(tmp_path / task / "teacher")} for task in ("ks", "ic")}
+        write_submission(tmp_path, "teacher", {"teacher": tmp_path / "t.pt"}, experiments)
     with pytest.raises(ValueError, match="--submit student: not a --checkpoint name; choose one of teacher"):
-        write_submission(tmp_path, "student", {"teacher": tmp_path / "t.pt"}, ["ks"])
+        write_submission(tmp_path, "student", {"teacher": tmp_path / "t.pt"}, {})
 
 
 def test_a_task_without_data_is_named_with_the_paths_it_takes(tmp_path):
