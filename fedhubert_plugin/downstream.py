@@ -27,6 +27,7 @@ import torch
 
 from fedhubert_plugin.checkpoints import allow_fairseq_checkpoint_classes, as_s3prl_state, load_checkpoint
 from fedhubert_plugin.console import console_to
+from fedhubert_plugin.s3prl_source import use_source_tree
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def keep_file_lists_in(exp: Path) -> None:
 def run_downstream(argv: List[str]) -> None:
     """Run s3prl's ``run_downstream`` with ``argv`` (its own command line; ``--device cpu`` added without a GPU)."""
     register_upstream()
+    use_source_tree()  # S3PRL_SOURCE: the source-tree files pip's s3prl lacks
     exp = experiment_dir(argv)
     if exp is not None:
         keep_file_lists_in(exp)

@@ -10,6 +10,7 @@ import yaml
 
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.downstream import experiment_dir
+from fedhubert_plugin.s3prl_source import use_source_tree
 from fedhubert_plugin.toy_data import DEV_SUBSET
 from tests.helpers import REPO, fairseq_env
 
@@ -225,3 +226,28 @@ def test_the_experiment_folder_of_an_s3prl_command_line():
     assert experiment_dir(["-m", "evaluate", "-e", "exp/sid/dev-best.ckpt"]) == Path("exp/sid")
     assert experiment_dir(["-m", "train", "-n", "sid"]) == Path("result/downstream/sid")  # s3prl's default
     assert experiment_dir(["-m", "train", "-d", "voxceleb1"]) is None
+
+
+def test_s3prl_source_adds_the_checkouts_modules_that_pip_s3prl_lacks(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    import s3prl.downstream.ctc as ctc
+
+    corpus = tmp_path / "s3prl" / "downstream" / "ctc" / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "libriphone.py").write_text("READER = 'from the checkout'\n")
+    monkeypatch.setattr(ctc, "__path__", list(ctc.__path__))  # the installed package as it was, after the test
+    for name in ("s3prl.downstream.ctc.corpus", "s3prl.downstream.ctc.corpus.libriphone"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("s3prl.downstream.ctc.corpus.libriphone")
+    monkeypatch.setenv("S3PRL_SOURCE", str(tmp_path))
+    assert use_source_tree() == tmp_path / "s3prl" / "downstream"
+    assert importlib.import_module("s3prl.downstream.ctc.corpus.libriphone").READER == "from the checkout"
+    assert importlib.import_module("s3prl.downstream.ctc.expert").__file__.startswith(ctc.__path__[0])  # pip's
+    monkeypatch.setenv("S3PRL_SOURCE", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="S3PRL_SOURCE=.*nowhere: no s3prl/downstream folder"):
+        use_source_tree()
+    for name in ("s3prl.downstream.ctc.corpus", "s3prl.downstream.ctc.corpus.libriphone"):
+        sys.modules.pop(name)  # imported from the checkout: gone with it

@@ -47,13 +47,16 @@ need() { [ "${#data[@]}" -ge "$1" ] || { echo "run_superb.sh $task needs: $2" >&
 python="${fedhubert%fedhubert}python"
 missing=()
 require() { [ -e "$1" ] || missing+=("$1: $2"); }
-require_module() { "$python" -c "import $1" 2>/dev/null || missing+=("Python module $1: $2"); }
+require_module() {  # with S3PRL_SOURCE, as fedhubert downstream will import it
+    "$python" -c "from fedhubert_plugin.s3prl_source import use_source_tree; use_source_tree(); import $1" 2>/dev/null ||
+        missing+=("Python module $1: $2")
+}
 stop_if_missing() {  # before any training: every missing file, module or tool, each with where it comes from
     [ "${#missing[@]}" -eq 0 ] && return
     { echo "run_superb.sh $task cannot start; provide:"; printf '  %s\n' "${missing[@]}"; } >&2
     exit 2
 }
-source_tree="s3prl's source tree, which the pip package lacks (pip install -e <s3prl checkout> in this venv)"
+source_tree="s3prl's source tree, which the pip package lacks (S3PRL_SOURCE=<a checkout of s3prl 0.4.18>)"
 test_split=test
 case "$task" in
     ks|ks_tiny)
