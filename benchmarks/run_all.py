@@ -17,8 +17,8 @@ commits, so a reader sees which figures are older.
 4. quality (benchmarks/quality.py): centralized against federated runs and random init, 3 seeds;
 6. GPU: 1 and 5 with the Base recipe in fp16, and a round of two, then four, clients sharing the GPU,
    when there is an NVIDIA GPU (`--sections gpu`; 11b, activation_memory_gpu, too);
-7.-13. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
-   activation_memory.py, faults_privacy.py and demo.py, each a script of its own.
+7.-14. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
+   activation_memory.py, faults_privacy.py, demo.py and superb.py, each a script of its own.
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
 """
@@ -52,6 +52,7 @@ SECTIONS = {
     "activation_memory_gpu": "11b. The same on the GPU: the CPU estimate checked",
     "faults_privacy": "12. Robust aggregation, differential privacy, secure aggregation",
     "demo": "13. The demo (`fedhubert demo`)",
+    "superb": "14. SUPERB on the toy corpora (`fedhubert superb`)",
 }
 # sections that need an NVIDIA GPU (skipped, with a line saying so, on a machine without one)
 GPU_SECTIONS = {"gpu", "activation_memory_gpu"}
@@ -68,6 +69,7 @@ OWN_SCRIPTS = {
     "activation_memory_gpu": ["--device", "cuda"],
     "faults_privacy": [],
     "demo": [],
+    "superb": [],
 }
 
 
