@@ -57,15 +57,31 @@ def apply() -> None:
         logging.getLogger(name).setLevel(level)
 
 
+class Tee:
+    """A text stream that writes to several streams (a log file and the console)."""
+
+    def __init__(self, *streams: Any):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
 @contextlib.contextmanager
 def console_to(path: Path) -> Iterator[None]:
-    """When quiet, what a third-party tool prints while inside goes to ``path`` instead of the console."""
-    if not quiet():
-        yield
-        return
+    """What a third-party tool prints while inside is kept in ``path``: instead of the console when quiet, and
+    on the console too otherwise."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        yield
+    with open(path, "a") as out:
+        stdout, stderr = (out, out) if quiet() else (Tee(out, sys.stdout), Tee(out, sys.stderr))
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            yield
 
 
 def progress_bar(*args: Any, **kwargs: Any) -> tqdm:

@@ -45,3 +45,16 @@ def test_verbose_shows_everything_and_each_flower_line_once():
     assert printed.count("a flower error") == 1 and printed.count("a flower note") == 1
     for shown in ("a fairseq note", "a deprecated call", "in a child"):
         assert shown in printed
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_what_a_tool_prints_is_kept_in_its_log_and_shown_only_with_v(verbose, tmp_path, monkeypatch, capsys):
+    from fedhubert_plugin import console
+
+    monkeypatch.delenv(console.QUIET_ENV, raising=False)
+    if not verbose:
+        monkeypatch.setenv(console.QUIET_ENV, "1")
+    with console.console_to(tmp_path / "tool.log"):
+        print("test-clean wer: 12.5")  # what fedhubert superb reads back from the log
+    assert (tmp_path / "tool.log").read_text() == "test-clean wer: 12.5\n"
+    assert ("test-clean wer: 12.5" in capsys.readouterr().out) == verbose
