@@ -80,8 +80,14 @@ def console_to(path: Path) -> Iterator[None]:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as out:
         stdout, stderr = (out, out) if quiet() else (Tee(out, sys.stdout), Tee(out, sys.stderr))
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            yield
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                yield
+        finally:  # a logging handler the tool set up on these streams would write to a closed file afterwards
+            root = logging.getLogger()
+            for handler in list(root.handlers):
+                if getattr(handler, "stream", None) in (out, stdout, stderr):
+                    root.removeHandler(handler)
 
 
 def progress_bar(*args: Any, **kwargs: Any) -> tqdm:

@@ -58,3 +58,21 @@ def test_what_a_tool_prints_is_kept_in_its_log_and_shown_only_with_v(verbose, tm
         print("test-clean wer: 12.5")  # what fedhubert superb reads back from the log
     assert (tmp_path / "tool.log").read_text() == "test-clean wer: 12.5\n"
     assert ("test-clean wer: 12.5" in capsys.readouterr().out) == verbose
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_logging_handler_set_up_inside_is_gone_after_it(verbose, tmp_path, monkeypatch):
+    import logging
+
+    from fedhubert_plugin import console
+
+    monkeypatch.delenv(console.QUIET_ENV, raising=False)
+    if not verbose:
+        monkeypatch.setenv(console.QUIET_ENV, "1")
+    root, kept = logging.getLogger(), logging.StreamHandler(sys.stderr)
+    root.addHandler(kept)  # one of the process's own, from before
+    with console.console_to(tmp_path / "tool.log"):
+        tools = logging.StreamHandler(sys.stderr)  # what a tool's logging.basicConfig does: on the redirected stream
+        root.addHandler(tools)
+    assert tools not in root.handlers and kept in root.handlers  # it would write to a closed file from now on
+    root.removeHandler(kept)
