@@ -56,21 +56,23 @@ SECTIONS = {
 }
 # sections that need an NVIDIA GPU (skipped, with a line saying so, on a machine without one)
 GPU_SECTIONS = {"gpu", "activation_memory_gpu"}
-# sections that are a script of their own (benchmarks/<name>.py), with the arguments run_all gives it
+# sections that are a script of their own (benchmarks/<name>.py unless SCRIPT_OF names another), with the arguments
+# run_all gives it; {work} and {toy} are run_all's work folder and the toy corpus it wrote there
 OWN_SCRIPTS = {
     "prepare_vs_fairseq": ["--hours", "0.5", "2", "8"],
     "quality": [],
-    "quality_sweep": [],
+    "quality_sweep": ["--sweep"],
     "distill_student": [],
-    "checkpoint_features": [],
+    "checkpoint_features": ["--toy", "{toy}"],
     "deployment": [],
     "server_memory": [],
-    "activation_memory": [],
-    "activation_memory_gpu": ["--device", "cuda"],
+    "activation_memory": ["--work", "{work}/activation_memory"],  # one toy shard for the CPU and the GPU runs
+    "activation_memory_gpu": ["--device", "cuda", "--work", "{work}/activation_memory"],
     "faults_privacy": [],
     "demo": [],
     "superb": [],
 }
+SCRIPT_OF = {"quality_sweep": "quality", "activation_memory_gpu": "activation_memory"}
 
 
 def overhead_and_memory(work: Path, toy: Path, updates: int, recipe: str = "tiny", overrides: List[str] = ()) -> Dict:
@@ -334,13 +336,9 @@ def main() -> None:
             g = gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true"])
             write_results("gpu", [g], gpu_markdown(g), "Base recipe in fp16 on the GPU.")
         else:
-            script = {"quality_sweep": "quality", "activation_memory_gpu": "activation_memory"}.get(name, name)
-            extra = ["--sweep"] if name == "quality_sweep" else OWN_SCRIPTS[name]
-            if name == "checkpoint_features":
-                extra = ["--toy", str(toy)]  # the corpus written above
-            if name.startswith("activation_memory"):
-                extra = [*extra, "--work", str(args.work / "activation_memory")]  # one toy shard for CPU and GPU
-            run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *extra], args.work / f"{name}.log")
+            script = REPO / "benchmarks" / f"{SCRIPT_OF.get(name, name)}.py"
+            extra = [arg.format(work=args.work, toy=toy) for arg in OWN_SCRIPTS[name]]
+            run([sys.executable, str(script), *extra], args.work / f"{name}.log")
         RESULTS_MD.write_text(gather())  # after every section: a failure keeps what was measured
     RESULTS_MD.write_text(gather())
     print(RESULTS_MD.read_text())
