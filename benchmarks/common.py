@@ -76,12 +76,13 @@ def write_results(name: str, rows: List[Dict], table: List[str], note: str, meta
 
 PEAK_RSS = (
     "import resource, runpy, sys, torch; sys.argv = sys.argv[1:]\n"
+    "from fedhubert_plugin.gpu_peak import keep_peak_across_resets, peak_gpu_mb\n"
+    "keep_peak_across_resets()\n"
     "try:\n"
     "    runpy.run_module('fairseq_cli.hydra_train', run_name='__main__')\n"
     "finally:\n"
     "    print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)\n"
-    "    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0\n"
-    "    print('PEAK_GPU_MB', gpu, flush=True)"
+    "    print('PEAK_GPU_MB', peak_gpu_mb(), flush=True)"
 )
 
 

@@ -75,13 +75,16 @@ OWN_SCRIPTS = {
 SCRIPT_OF = {"quality_sweep": "quality", "activation_memory_gpu": "activation_memory"}
 
 
-def overhead_and_memory(work: Path, toy: Path, updates: int, recipe: str = "tiny", overrides: List[str] = ()) -> Dict:
-    """1 and 5: the same shard and K updates, plain fairseq against one federated round with one client."""
+def overhead_and_memory(
+    work: Path, toy: Path, updates: int, recipe: str = "tiny", overrides: List[str] = (), extra: List[str] = ()
+) -> Dict:
+    """1 and 5: the same shard and K updates, plain fairseq against one federated round with one client
+    (``extra``: more `fedhubert pretrain` flags)."""
     one = prepare(toy, work / "one_client", 1)
     shard = one / "clients" / "client_000"
     plain = fairseq_train(shard, work / f"plain_{recipe}", updates, recipe, list(overrides))
-    single = federated(one, work / f"fed_one_round_{recipe}", 1, updates, recipe, overrides=overrides)
-    steady = federated(one, work / f"fed_three_rounds_{recipe}", 3, updates, recipe, overrides=overrides)
+    single = federated(one, work / f"fed_one_round_{recipe}", 1, updates, recipe, extra, overrides)
+    steady = federated(one, work / f"fed_three_rounds_{recipe}", 3, updates, recipe, extra, overrides)
     first = single["rounds"][0]
     client = first["clients"]["client_000"]
     later = [line["round_seconds"] for line in steady["rounds"][1:]]
@@ -137,7 +140,7 @@ def shared_gpu(work: Path, toy: Path, clients: int, updates: int, recipe: str, o
 def gpu(work: Path, toy: Path, updates: int, recipe: str, overrides: List[str]) -> Dict:
     """6: 1 and 5 with ``recipe`` on the GPU (GPU memory, samples per second too), and one round of two, then four,
     clients sharing it. On a CPU, ``run_all.gpu(..., "tiny", ["common.cpu=true"])`` runs the same steps."""
-    one = overhead_and_memory(work, toy, updates, recipe, overrides)
+    one = overhead_and_memory(work, toy, updates, recipe, overrides, ["--gpus-per-client", "1"])
     return {
         **one,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

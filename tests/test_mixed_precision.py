@@ -40,3 +40,10 @@ def test_half_precision_rounds_return_and_resume_from_the_fp32_master_weights(cl
         as_half = torch.from_numpy(global_weights[name]).to(dtype).float().numpy()
         lost_in_half += int((as_half != global_weights[name]).sum())
     assert lost_in_half > 0.9 * sum(global_weights[name].size for name in parameters)  # the copy alone would lose them
+
+
+def test_fp16_on_a_client_without_a_gpu_stops_with_what_to_pass(monkeypatch):
+    # fairseq itself fails deep in its FP16Optimizer ("No CUDA GPUs are available") after building the model
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ValueError, match="common.fp16=true trains on a GPU only.*--gpus-per-client"):
+        LocalTrainer(TrainerSpec(TINY, ("common.fp16=true",)))

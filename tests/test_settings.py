@@ -121,4 +121,7 @@ def test_gpus_per_client_on_a_machine_without_a_gpu_trains_on_cpu(monkeypatch, c
     assert gpus_per_client_here(0.5) == 0.0
     assert "--gpus-per-client 0.5: this machine has no GPU" in caplog.text
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
     assert gpus_per_client_here(0.25) == 0.25
+    assert gpus_per_client_here(0) == 0  # allowed, but Ray hides the GPU from the clients: say so
+    assert "has 1 GPU(s) but --gpus-per-client is 0" in caplog.text

@@ -48,10 +48,17 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
 
 def gpus_per_client_here(asked: float) -> float:
     """``asked`` GPUs per virtual client, or 0 with a warning on a machine without a GPU (Ray would wait forever
-    for a GPU it does not have)."""
+    for a GPU it does not have); a warning too when the machine has a GPU and none is asked for (Ray hides it from
+    the clients)."""
     if asked > 0 and not torch.cuda.is_available():
         logger.warning("--gpus-per-client %g: this machine has no GPU; the clients train on CPU", asked)
         return 0.0
+    if asked == 0 and torch.cuda.is_available():
+        logger.warning(
+            "this machine has %d GPU(s) but --gpus-per-client is 0: Ray hides them and the clients train on CPU; "
+            "pass --gpus-per-client 1 (or a fraction, to share a GPU)",
+            torch.cuda.device_count(),
+        )
     return asked
 
 

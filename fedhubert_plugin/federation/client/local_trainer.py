@@ -30,6 +30,7 @@ from omegaconf import DictConfig, open_dict
 from fedhubert_plugin.federation.client.work import EvaluateTask, FitTask, TrainerSpec
 from fedhubert_plugin.federation.schedule import client_schedule
 from fedhubert_plugin.federation.wire import NUM_EXAMPLES, UPDATES, LocalResult
+from fedhubert_plugin.gpu_peak import keep_peak_across_resets, peak_gpu_mb
 from fedhubert_plugin.recipes import compose_recipe
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def peak_memory_metrics() -> Dict[str, float]:
     """Peak CPU RSS, and peak GPU memory allocated when a GPU is used (MB)."""
     peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if torch.cuda.is_available():
-        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        peak["peak_gpu_mb"] = peak_gpu_mb()
     return peak
 
 
@@ -143,9 +144,16 @@ class LocalTrainer:
         extra += [f"optimization.lr=[{spec.lr}]"] if spec.lr else []
         self.recipe, self.overrides = spec.recipe, list(spec.overrides) + extra
         self.cfg = compose_recipe(spec.recipe, self.overrides)
+        if self.cfg.common.fp16 and (self.cfg.common.cpu or not torch.cuda.is_available()):
+            raise ValueError(
+                f"recipe {spec.recipe}: common.fp16=true trains on a GPU only, and this client has none (simulation: "
+                "--gpus-per-client 1 or a fraction; deployment: a SuperNode on a GPU machine); on CPU add "
+                "common.fp16=false (or common.bf16=true)"
+            )
         # a fresh fairseq Trainer per round and client: its start-up notes (shared parameters,
         # memory) would repeat every round in every client's log
         logging.getLogger("fairseq.trainer").setLevel(logging.WARNING)
+        keep_peak_across_resets()
         self.model = None
         self.criterion = None
         self.tasks: "OrderedDict[Path, Tuple[DictConfig, object]]" = OrderedDict()
