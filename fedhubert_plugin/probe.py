@@ -6,7 +6,9 @@ encoder layer, then the encoder's output) and for the MFCC baseline (39-dim, 100
 - phone accuracy of a frame-level linear classifier (scikit-learn's logistic regression on
   standardised features), fitted on one subset's speakers and scored on another's;
 - PNMI of k-means (scikit-learn's MiniBatchKMeans, fitted on the first subset) on the second
-  subset's frames, measured as fairseq measures it (``targets.quality``).
+  subset's frames, measured as fairseq measures it (``targets.quality``);
+- speaker accuracy of a frame-level linear speaker classifier on the second subset, fitted on half
+  of each speaker's utterances and scored on the other half (``speaker_probe``).
 
 ``random_init`` also probes each checkpoint's architecture with freshly initialised weights:
 what pretraining bought is the difference.
@@ -34,6 +36,7 @@ from fedhubert_plugin.configs import ProbeConfig
 from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.export import named_checkpoints, random_init_checkpoint
 from fedhubert_plugin.files import atomic_write_json, atomic_write_text
+from fedhubert_plugin.speaker_probe import speaker_accuracy
 from fedhubert_plugin.targets.features import PRESETS
 from fedhubert_plugin.targets.quality import label_quality, read_alignments
 
@@ -57,6 +60,7 @@ class LayerScore:
     layer: int  # 0: the encoder's input (after the conv extractor); n ≥ 1: after n transformer layers; MFCC: 0
     phone_accuracy: float
     pnmi: float
+    speaker_accuracy: float
 
 
 @dataclass
@@ -70,6 +74,11 @@ class ProbeResult:
     def best(self) -> LayerScore:
         """The layer of highest phone accuracy."""
         return max(self.layers, key=lambda score: score.phone_accuracy)
+
+    @property
+    def best_speaker(self) -> LayerScore:
+        """The layer of highest speaker accuracy."""
+        return max(self.layers, key=lambda score: score.speaker_accuracy)
 
     @property
     def best_pnmi(self) -> float:
@@ -124,10 +133,10 @@ def subsample(frames: Tuple[np.ndarray, List[str]], limit: int, seed: int) -> Tu
     return features[keep], [phones[i] for i in keep]
 
 
-def score_layer(
-    layer: int, train: Tuple[np.ndarray, List[str]], test: Tuple[np.ndarray, List[str]], seed: int
-) -> LayerScore:
-    """Linear phone accuracy and k-means PNMI of one layer (train on ``train``, score on ``test``)."""
+def phone_scores(
+    train: Tuple[np.ndarray, List[str]], test: Tuple[np.ndarray, List[str]], seed: int
+) -> Tuple[float, float]:
+    """Linear phone accuracy and k-means PNMI of one layer's frames (fitted on ``train``, scored on ``test``)."""
     scaler = StandardScaler().fit(train[0])
     x_train, x_test = scaler.transform(train[0]), scaler.transform(test[0])
     classifier = LogisticRegression(max_iter=300, random_state=seed).fit(x_train, train[1])
@@ -135,7 +144,7 @@ def score_layer(
     kmeans = MiniBatchKMeans(n_clusters=CLUSTERS, n_init=3, random_state=seed, batch_size=4096).fit(x_train)
     clusters = kmeans.predict(x_test).astype(str)
     pnmi = label_quality({"test": list(test[1])}, {"test": list(clusters)}).pnmi
-    return LayerScore(layer, accuracy, pnmi)
+    return accuracy, pnmi
 
 
 def score_layers(
@@ -152,7 +161,8 @@ def score_layers(
     for layer in progress_bar(range(len(train[0])), desc=f"probe {name}", unit="layer", leave=False):
         layer_train = subsample(frames_and_phones([u[layer] for u in train], train_split.phones), train_frames, seed)
         layer_test = frames_and_phones([u[layer] for u in test], test_split.phones)
-        result.layers.append(score_layer(layer, layer_train, layer_test, seed))
+        speaker = speaker_accuracy([u[layer] for u in test], test_split.audio, seed)
+        result.layers.append(LayerScore(layer, *phone_scores(layer_train, layer_test, seed), speaker))
     best, transformer = result.best, result.best_transformer
     logger.info("probe %s: best layer %d, phone accuracy %.3f", name, best.layer, best.phone_accuracy)
     if transformer is not None:
@@ -233,11 +243,15 @@ def probe_table(results: Sequence[ProbeResult]) -> str:
     PNMI; dashes where there is no transformer layer (MFCC)."""
     rows = [
         "| features | best layer | phone accuracy | PNMI (k-means, 100 clusters) | best transformer layer | "
-        "phone accuracy | PNMI |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "phone accuracy | PNMI | speaker accuracy, best layer (layer) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for result in results:
-        rows.append(f"| {result.name} | {score_cells(result.best)} | {score_cells(result.best_transformer)} |")
+        speaker = result.best_speaker
+        rows.append(
+            f"| {result.name} | {score_cells(result.best)} | {score_cells(result.best_transformer)} "
+            f"| {speaker.speaker_accuracy:.3f} ({speaker.layer}) |"
+        )
     return "\n".join(rows)
 
 

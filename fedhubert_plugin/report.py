@@ -101,9 +101,11 @@ def write_report(out: Path, sections: Dict[str, Optional[str]], timings: Dict[st
 
 
 def plot_probe(results, out: Path) -> Path:
-    """Phone accuracy and k-means PNMI by layer, one line per model (``probe.ProbeResult``), MFCC as a level."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "phone_accuracy", "linear phone accuracy"), (axes[1], "pnmi", "PNMI")):
+    """Phone accuracy, k-means PNMI and speaker accuracy by layer, one line per model (``probe.ProbeResult``), MFCC
+    as a level."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (("phone_accuracy", "linear phone accuracy"), ("pnmi", "PNMI"), ("speaker_accuracy", "speaker accuracy"))
+    for ax, (key, label) in zip(axes, panels):
         for result in results:
             values = [getattr(score, key) for score in result.layers]
             if len(values) == 1:
@@ -114,7 +116,7 @@ def plot_probe(results, out: Path) -> Path:
         ax.set_xlabel("layer (0: conv front end; n ≥ 1: after n transformer layers)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
-    fig.suptitle("what the layers know about phones (held-out speakers)")
+    fig.suptitle("what the layers know about phones and speakers (held-out speakers)")
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)

@@ -1,6 +1,7 @@
 """`fedhubert probe`: linear phone accuracy and k-means PNMI per layer, MFCC baseline, random-init twin."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.probe import subsample
+from fedhubert_plugin.speaker_probe import halves
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 from tests.helpers import TINY
 
@@ -46,7 +48,9 @@ def test_probe_scores_every_layer_against_mfcc_and_a_random_init_twin(toy_corpus
     mfcc = results["MFCC"][0]
     assert mfcc["phone_accuracy"] > 5 / len(phones) and 0.2 < mfcc["pnmi"] < 1  # far above chance on new speakers
     for scores in results.values():
-        assert all(0 <= s["phone_accuracy"] <= 1 and 0 <= s["pnmi"] <= 1 for s in scores)
+        assert all(0 <= s[key] <= 1 for s in scores for key in ("phone_accuracy", "pnmi", "speaker_accuracy"))
+    speakers = {path.name for path in (toy_corpus / "LibriSpeech" / DEV_SUBSET).iterdir()}
+    assert mfcc["speaker_accuracy"] > 1 / len(speakers) + 0.2  # MFCC frames tell the held-out speakers apart
     assert (tmp_path / "probe" / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the best layer, and the best transformer layer: the most accurate of those after at least one transformer
     # layer (s3prl's hidden_states[0] is the encoder's input, the conv front end); MFCC has none
@@ -63,6 +67,8 @@ def test_probe_scores_every_layer_against_mfcc_and_a_random_init_twin(toy_corpus
         assert result["best_transformer_layer"] == top["layer"] >= 1
         assert top["phone_accuracy"] <= best["phone_accuracy"]
         row = f"| {top['layer']} | {top['phone_accuracy']:.3f} | {top['pnmi']:.3f} |"
+        speaker = max(result["layers"], key=lambda s: s["speaker_accuracy"])
+        row += f" {speaker['speaker_accuracy']:.3f} ({speaker['layer']}) |"
         assert any(line.startswith(f"| {result['name']} |") and line.endswith(row) for line in table.splitlines())
 
 
@@ -73,3 +79,10 @@ def test_the_probe_fits_on_a_seeded_subset_of_frames_with_their_own_phones():
     assert np.array_equal(features, subsample(frames, 30, seed=3)[0])
     assert not np.array_equal(features, subsample(frames, 30, seed=4)[0])
     assert subsample(frames, 0, seed=3) is frames and subsample(frames, 100, seed=3) is frames
+
+
+def test_the_speaker_probe_fits_and_scores_on_different_utterances_of_every_speaker():
+    audio = [Path(f"{speaker}-1-{n:04d}.flac") for n in range(3) for speaker in ("19", "26")]
+    fit, score = halves(audio)
+    assert [audio[i].name for i in fit] == ["19-1-0000.flac", "19-1-0002.flac", "26-1-0000.flac", "26-1-0002.flac"]
+    assert [audio[i].name for i in score] == ["19-1-0001.flac", "26-1-0001.flac"]

@@ -1,0 +1,301 @@
+"""Learning curves (issue 30): centralized fairseq against FedAdam speaker non-IID, at equal total updates.
+
+The quality benchmark's corpus (16 train speakers, 31 min, 4 held-out speakers) and prepared data. Per seed, one
+centralized ``fairseq-hydra-train`` run and one federated run (4 clients, FedAdam, speaker non-IID), each with its
+learning-rate schedule sized to the last point and a checkpoint at every point (fairseq's
+``save_interval_updates``; the server's round checkpoints). At every point, on the held-out speakers:
+
+- masked accuracy (fairseq's validation, labels from the run's codebook), beside the majority-cluster rate;
+- the phone probe and PNMI of the best layer and of the best transformer layer, beside MFCC and random init;
+- the speaker probe of the best layer and the best transformer layer (``fedhubert_plugin.speaker_probe``).
+
+Results: ``results/learning_curve.{json,md}`` and ``results/learning_curve.png`` (one panel per measure against
+updates, a band over seeds). Every run and every score is kept under ``--work``: a second call resumes.
+
+    .venv/bin/python benchmarks/learning_curve.py            # 3,200 updates, seeds 0 1 2: about 2 h on 2 cores
+    .venv/bin/python benchmarks/learning_curve.py --updates 1000 --seeds 0
+"""
+
+import argparse
+import json
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import matplotlib
+import numpy as np
+from common import RESULTS, fairseq_train, federated, machine_meta, prepare, provenance
+from quality import DATA, PROBE_FRAMES, corpus, heldout_shard, masked_accuracy, spread, union_shard
+
+from fedhubert_plugin.export import random_init_checkpoint
+from fedhubert_plugin.federation.schedule import scheduled_overrides
+from fedhubert_plugin.probe import probe
+from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+logger = logging.getLogger("learning_curve")
+
+RUNS = ("centralized", "fedadam")
+# measure -> what it is, in the table and the plot
+MEASURES = {
+    "masked_accuracy": "masked accuracy",
+    "phone_accuracy": "phone probe, best layer",
+    "transformer_phone_accuracy": "phone probe, best transformer layer",
+    "transformer_pnmi": "PNMI, best transformer layer",
+    "speaker_accuracy": "speaker probe, best layer",
+    "transformer_speaker_accuracy": "speaker probe, best transformer layer",
+}
+
+
+def points(args: argparse.Namespace) -> List[int]:
+    """The total updates scored: ``args.points`` equal steps up to ``args.updates``, each a whole round."""
+    per_round = args.local_updates * args.clients
+    step = args.updates // args.points
+    if step % per_round or args.updates % args.points:
+        raise SystemExit(f"--updates / --points must be a multiple of a round's {per_round} updates")
+    return [step * i for i in range(1, args.points + 1)]
+
+
+def train(name: str, seed: int, data: Path, args: argparse.Namespace) -> Dict[int, str]:
+    """One run to ``args.updates``; its checkpoint at each point (kept in ``checkpoints.json``: a second call reuses
+    a finished run)."""
+    save = args.work / "runs" / f"{name}_seed{seed}"
+    done = save / "checkpoints.json"
+    if done.is_file():
+        return {int(k): v for k, v in json.loads(done.read_text()).items()}
+    overrides = ["common.cpu=true", f"common.seed={seed}"]
+    at = points(args)
+    if name == "centralized":
+        shard = union_shard(data, args.work / "central_data")
+        every = [f"checkpoint.save_interval_updates={at[0]}", "checkpoint.keep_interval_updates=-1"]
+        fairseq_train(shard, save, args.updates, "tiny", scheduled_overrides("tiny", overrides, args.updates) + every)
+        # fairseq names a checkpoint by epoch and update; the last one is checkpoint_last.pt
+        found = {p: next((save / "checkpoints").glob(f"checkpoint_*_{p}.pt"), None) for p in at[:-1]}
+        found[at[-1]] = save / "checkpoints" / "checkpoint_last.pt"
+        missing = [p for p, path in found.items() if path is None]
+        if missing:
+            raise SystemExit(f"{save}: no checkpoint at updates {missing} (fairseq skips one that ends an epoch)")
+    else:
+        rounds = args.updates // (args.local_updates * args.clients)
+        flags = ["--strategy", "fedadam", "--seed", str(seed), "--min-train-nodes", str(args.clients)]
+        federated(data, save, rounds, args.local_updates, extra=flags, overrides=overrides)
+        per_round = args.local_updates * args.clients
+        found = {p: save / "server" / f"checkpoint_round{p // per_round}.pt" for p in at}
+    checkpoints = {p: str(path) for p, path in found.items()}
+    done.write_text(json.dumps(checkpoints) + "\n")
+    return checkpoints
+
+
+def majority_rate(shard: Path) -> float:
+    """The share of the most frequent cluster among the held-out frames: what always guessing it scores."""
+    labels = (shard / "labels" / "valid.km").read_text().split()
+    return Counter(labels).most_common(1)[0][1] / len(labels)
+
+
+def probe_scores(result) -> Dict[str, float]:
+    """One ``probe.ProbeResult`` as ``MEASURES`` (the transformer ones absent for MFCC), with the layers."""
+    scores = {
+        "phone_accuracy": result.best.phone_accuracy,
+        "phone_layer": result.best.layer,
+        "pnmi": result.best_pnmi,
+        "speaker_accuracy": result.best_speaker.speaker_accuracy,
+    }
+    transformer = result.transformer_layers
+    if transformer:
+        best = max(transformer, key=lambda score: score.phone_accuracy)
+        scores.update(
+            transformer_phone_accuracy=best.phone_accuracy,
+            transformer_layer=best.layer,
+            transformer_pnmi=max(score.pnmi for score in transformer),
+            transformer_speaker_accuracy=max(score.speaker_accuracy for score in transformer),
+        )
+    return scores
+
+
+def score_seed(seed: int, runs: Dict[str, Dict[int, str]], toy: Path, heldout: Path, work: Path) -> Dict:
+    """Every checkpoint of one seed's runs, MFCC and random init, scored (kept in ``scores_seed{seed}.json``)."""
+    cached = work / f"scores_seed{seed}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    models = {f"{name}@{p}": Path(c) for name, checkpoints in runs.items() for p, c in checkpoints.items()}
+    last = runs["centralized"][max(runs["centralized"])]
+    models["random_init"] = random_init_checkpoint(Path(last), work / "runs" / f"random_init_seed{seed}.pt", seed)
+    probed = probe(
+        models, toy / "LibriSpeech", toy / "alignments", TRAIN_SUBSET, DEV_SUBSET, seed=seed, train_frames=PROBE_FRAMES
+    )
+    scores = {result.name: probe_scores(result) for result in probed}
+    for name, path in models.items():
+        scores[name]["masked_accuracy"] = masked_accuracy(path, heldout)
+    cached.write_text(json.dumps(scores) + "\n")
+    return scores
+
+
+def curves(per_seed: Dict[int, Dict], at: List[int]) -> Dict[str, Dict[str, List[Dict]]]:
+    """Per run and measure, its spread over the seeds at every point."""
+    return {
+        name: {
+            measure: [spread([per_seed[seed][f"{name}@{p}"][measure] for seed in per_seed]) for p in at]
+            for measure in MEASURES
+        }
+        for name in RUNS
+    }
+
+
+def updates_to_reach(target: float, at: List[int], values: List[float]) -> Optional[int]:
+    """Where a straight line in log(updates) through the curve reaches ``target``; None if it does not rise."""
+    slope, intercept = np.polyfit(np.log(at), values, 1)
+    return int(round(math.exp((target - intercept) / slope), -2)) if slope > 0 else None
+
+
+def targets(per_seed: Dict[int, Dict], at: List[int], majority: float) -> List[str]:
+    """Issue 30's targets at the last point, met or missed per seed, with the extrapolation where missed."""
+    last, lines = at[-1], []
+
+    def verdict(name: str, measure: str, goal: Dict[int, float], what: str) -> None:
+        values = {seed: scores[f"{name}@{last}"][measure] for seed, scores in per_seed.items()}
+        met = [seed for seed in values if values[seed] >= goal[seed]]
+        cells = ", ".join(f"seed {seed} {values[seed]:.3f} / {goal[seed]:.3f}" for seed in values)
+        line = f"- {name}, {what}: {cells}: {'met' if len(met) == len(values) else '**missed**'}"
+        if len(met) < len(values):
+            seed = min(values, key=lambda s: values[s] - goal[s])
+            curve = [per_seed[seed][f"{name}@{p}"][measure] for p in at]
+            reach = updates_to_reach(goal[seed], at, curve)
+            if reach is None:
+                line += " (not rising)"
+            elif reach > 10 * last:
+                line += f" (seed {seed}'s curve, straight in log updates, stays below it to {10 * last:,})"
+            else:
+                line += f" (seed {seed}'s curve, straight in log updates, reaches it near {reach:,})"
+        lines.append(line)
+
+    for name in RUNS:
+        verdict(name, "masked_accuracy", dict.fromkeys(per_seed, 3 * majority), "masked accuracy ≥ 3× majority")
+        mfcc = {seed: scores["MFCC"]["phone_accuracy"] for seed, scores in per_seed.items()}
+        verdict(name, "transformer_phone_accuracy", mfcc, "best transformer layer's phone probe ≥ MFCC's")
+        pnmi = {seed: scores["MFCC"]["pnmi"] for seed, scores in per_seed.items()}
+        verdict(name, "transformer_pnmi", pnmi, "best transformer layer's k-means PNMI > MFCC's")
+    for measure in ("masked_accuracy", "transformer_phone_accuracy"):
+        ratios = [s[f"fedadam@{last}"][measure] / s[f"centralized@{last}"][measure] for s in per_seed.values()]
+        ok = "met" if min(ratios) >= 0.95 else "**missed**"
+        lines.append(f"- federated / centralized, {MEASURES[measure]}: {', '.join(f'{r:.3f}' for r in ratios)}: {ok}")
+    return lines
+
+
+def table(per_seed: Dict[int, Dict], at: List[int], majority: float) -> List[str]:
+    """Markdown: every run at every point, MFCC and random init; mean ± sd over the seeds."""
+    lines = [
+        "| model | updates | " + " | ".join(MEASURES.values()) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in MEASURES) + " |",
+    ]
+    rows = [(f"{name}@{p}", name, f"{p:,}") for name in RUNS for p in at]
+    rows += [("MFCC", "MFCC", "—"), ("random_init", "random init", "0")]
+    for key, label, updates in rows:
+        cells = []
+        for measure in MEASURES:
+            values = [per_seed[seed][key][measure] for seed in per_seed if measure in per_seed[seed][key]]
+            found = spread(values) if values else None
+            cells.append(f"{found['mean']:.3f} ± {found['sd']:.3f}" if found else "—")
+        lines.append(f"| {label} | {updates} | " + " | ".join(cells) + " |")
+    lines.append(f"| always the most frequent cluster | — | {majority:.3f} |" + " — |" * (len(MEASURES) - 1))
+    return lines
+
+
+def plot(per_seed: Dict[int, Dict], at: List[int], majority: float, out: Path) -> Path:
+    """One panel per measure against updates: each run's mean over the seeds, its min–max band; MFCC and random
+    init as levels (the majority-cluster rate and 3× it for masked accuracy)."""
+    found = curves(per_seed, at)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (measure, label) in zip(axes.flat, MEASURES.items()):
+        for name in RUNS:
+            points_ = found[name][measure]
+            ax.plot(at, [p["mean"] for p in points_], "-o", label=name)
+            ax.fill_between(at, [p["min"] for p in points_], [p["max"] for p in points_], alpha=0.2)
+        if measure == "masked_accuracy":
+            levels = {"majority cluster": majority, "3× majority": 3 * majority}
+        else:
+            base = measure.replace("transformer_", "")
+            levels = {"MFCC": np.mean([s["MFCC"][base] for s in per_seed.values() if base in s["MFCC"]])}
+            levels["random init"] = np.mean([s["random_init"][measure] for s in per_seed.values()])
+        for (level, value), style in zip(levels.items(), (":", "--")):
+            ax.axhline(value, color="grey", linestyle=style, label=level)
+        ax.set_xlabel("fairseq updates in all")
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"tiny recipe, held-out speakers, seeds {', '.join(map(str, per_seed))}: mean and min–max")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def markdown(result: Dict, args: argparse.Namespace) -> str:
+    """results/learning_curve.md: the table, the targets and the plot."""
+    lines = [
+        provenance(result["meta"]),
+        "",
+        f"Corpus: {args.speakers} train speakers, {args.minutes:g} min, 4 held-out speakers. Centralized "
+        f"`fairseq-hydra-train` on all the train speakers against FedAdam over {args.clients} clients (speaker "
+        f"non-IID, {args.local_updates} local updates a round), {args.updates:,} updates in all each, one "
+        f"learning-rate schedule to the end, scored at {', '.join(f'{p:,}' for p in result['points'])}; tiny "
+        f"recipe; seeds {', '.join(map(str, args.seeds))}: mean ± sd. PNMI: k-means (100 clusters) of the "
+        "layer's train-speaker frames scored on the held-out speakers' phones, the way iteration-2 targets are "
+        "made. Speaker probe: 4 held-out speakers (chance 0.25).",
+        "",
+        *result["table"],
+        "",
+        *result["targets"],
+        "",
+        "![learning curves](learning_curve.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=3200, help="total fairseq updates of each run")
+    parser.add_argument("--points", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--local-updates", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--speakers", type=int, default=16)
+    parser.add_argument("--minutes", type=float, default=31)
+    parser.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fedhubert-curves"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    points(args)  # checked before anything runs
+    toy = corpus(args)
+    kmeans, *flags = DATA["speaker"]
+    data = prepare(toy, args.work / "data" / "speaker", args.clients, kmeans, "--subsets", TRAIN_SUBSET, *flags)
+    heldout = heldout_shard(data, toy / "LibriSpeech", args.work / "data" / "heldout_speaker")
+    runs = {(name, seed): train(name, seed, data, args) for seed in args.seeds for name in RUNS}
+    logger.info("trained: %s", json.dumps({f"{n}_seed{s}": c for (n, s), c in runs.items()}))
+    if args.train_only:
+        return
+    at, majority = points(args), majority_rate(heldout)
+    per_seed = {
+        seed: score_seed(seed, {name: runs[name, seed] for name in RUNS}, toy, heldout, args.work)
+        for seed in args.seeds
+    }
+    result = {
+        "meta": machine_meta(),
+        "points": at,
+        "majority_rate": majority,
+        "per_seed": per_seed,
+        "table": table(per_seed, at, majority),
+        "targets": targets(per_seed, at, majority),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    plot(per_seed, at, majority, RESULTS / "learning_curve.png")
+    (RESULTS / "learning_curve.json").write_text(json.dumps({**result, "args": vars(args)}, indent=2, default=str))
+    text = markdown(result, args)
+    (RESULTS / "learning_curve.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
