@@ -17,6 +17,7 @@ updates, a band over seeds). Every run and every score is kept under ``--work``:
 """
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -26,12 +27,15 @@ from typing import Dict, List, Optional
 
 import matplotlib
 import numpy as np
-from common import RESULTS, fairseq_train, federated, machine_meta, prepare, provenance
+from common import REPO, RESULTS, fairseq_train, federated, machine_meta, prepare, provenance
 from quality import DATA, PROBE_FRAMES, corpus, heldout_shard, masked_accuracy, spread, union_shard
 
 from fedhubert_plugin.export import random_init_checkpoint
 from fedhubert_plugin.federation.schedule import scheduled_overrides
+from fedhubert_plugin.federation.server.runlog import read_metrics, updates_behind
 from fedhubert_plugin.probe import probe
+from fedhubert_plugin.reference_curve import MEASURES as CURVE_MEASURES
+from fedhubert_plugin.reference_curve import REFERENCE_FILE
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 
 matplotlib.use("Agg")
@@ -39,7 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 logger = logging.getLogger("learning_curve")
 
-RUNS = ("centralized", "fedadam")
+RUNS = ("centralized", "fedadam")  # the reference curves' run kinds; --strategies adds federated runs
 # measure -> what it is, in the table and the plot
 MEASURES = {
     "masked_accuracy": "masked accuracy",
@@ -81,13 +85,79 @@ def train(name: str, seed: int, data: Path, args: argparse.Namespace) -> Dict[in
             raise SystemExit(f"{save}: no checkpoint at updates {missing} (fairseq skips one that ends an epoch)")
     else:
         rounds = args.updates // (args.local_updates * args.clients)
-        flags = ["--strategy", "fedadam", "--seed", str(seed), "--min-train-nodes", str(args.clients)]
+        flags = ["--strategy", name, "--seed", str(seed), "--min-train-nodes", str(args.clients)]
         federated(data, save, rounds, args.local_updates, extra=flags, overrides=overrides)
         per_round = args.local_updates * args.clients
         found = {p: save / "server" / f"checkpoint_round{p // per_round}.pt" for p in at}
     checkpoints = {p: str(path) for p, path in found.items()}
     done.write_text(json.dumps(checkpoints) + "\n")
     return checkpoints
+
+
+def validation_series(name: str, save: Path) -> Dict[str, List[float]]:
+    """A run's validations: ``updates`` (in all: every client's, summed) and ``CURVE_MEASURES``. Centralized:
+    fairseq's ``valid`` lines; federated: the server's ``metrics.jsonl``, each model at the updates behind it."""
+    series = {"updates": [], **{measure: [] for measure in CURVE_MEASURES}}
+    if name == "centralized":
+        fairseq_names = {"loss": "valid_loss", "acc_masked": "valid_correct_m_0", "acc_unmasked": "valid_correct_u_0"}
+        for line in (save / "train.log").read_text().splitlines():
+            if "[valid][INFO]" in line:
+                stats = json.loads(line[line.index("{") :])
+                series["updates"].append(int(stats["valid_num_updates"]))
+                for measure, key in fairseq_names.items():
+                    series[measure].append(float(stats[key]))
+        return series
+    lines = read_metrics(save)
+    behind = updates_behind(lines)
+    for line in lines:
+        for validation in line["validations"]:
+            series["updates"].append(behind[validation["model_round"]])
+            for measure in CURVE_MEASURES:
+                series[measure].append(validation["metrics"][measure])
+    return series
+
+
+def write_reference(seeds: List[int], args: argparse.Namespace) -> Dict:
+    """``fedhubert_plugin/reference_curves.json``: each run kind's validation curves on a grid of 20 points, the
+    band (min, max) and mean over ``seeds``; ``docs/training-curves.png`` draws them."""
+    grid = np.linspace(args.updates / 20, args.updates, 20)
+    runs = {}
+    for name in RUNS:
+        found = [validation_series(name, args.work / "runs" / f"{name}_seed{seed}") for seed in seeds]
+        runs[name] = {"updates": [int(u) for u in grid]}
+        for measure in CURVE_MEASURES:
+            values = np.array([np.interp(grid, s["updates"], s[measure]) for s in found])
+            runs[name][measure] = {
+                edge: [round(float(v), 4) for v in getattr(values, edge)(axis=0)] for edge in ("min", "max", "mean")
+            }
+    reference = {
+        "recipe": "tiny",
+        "source": f"benchmarks/learning_curve.py, seeds {', '.join(map(str, seeds))}, {args.speakers} train "
+        f"speakers, {args.minutes:g} min; fedadam: {args.clients} clients, {args.local_updates} local updates a round",
+        "runs": runs,
+    }
+    REFERENCE_FILE.write_text(json.dumps(reference, indent=1) + "\n")
+    plot_reference(reference, REPO / "docs" / "training-curves.png")
+    return reference
+
+
+def plot_reference(reference: Dict, out: Path) -> Path:
+    """Validation loss, masked and unmasked accuracy against updates: each run kind's band over seeds and mean."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    labels = {"loss": "validation loss (bits)", "acc_masked": "masked accuracy", "acc_unmasked": "unmasked accuracy"}
+    for ax, measure in zip(axes, CURVE_MEASURES):
+        for name, curve in reference["runs"].items():
+            band = curve[measure]
+            ax.plot(curve["updates"], band["mean"], label=name)
+            ax.fill_between(curve["updates"], band["min"], band["max"], alpha=0.25)
+        ax.set_xlabel("fairseq updates in all")
+        ax.set_title(labels[measure], fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"tiny recipe, reference curves ({reference['source']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
 
 
 def majority_rate(shard: Path) -> float:
@@ -117,31 +187,33 @@ def probe_scores(result) -> Dict[str, float]:
 
 
 def score_seed(seed: int, runs: Dict[str, Dict[int, str]], toy: Path, heldout: Path, work: Path) -> Dict:
-    """Every checkpoint of one seed's runs, MFCC and random init, scored (kept in ``scores_seed{seed}.json``)."""
+    """Every checkpoint of one seed's runs, MFCC and random init, scored (kept in ``scores_seed{seed}.json``; a
+    second call scores only the models it lacks)."""
     cached = work / f"scores_seed{seed}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
+    scores = json.loads(cached.read_text()) if cached.is_file() else {}
     models = {f"{name}@{p}": Path(c) for name, checkpoints in runs.items() for p, c in checkpoints.items()}
     last = runs["centralized"][max(runs["centralized"])]
     models["random_init"] = random_init_checkpoint(Path(last), work / "runs" / f"random_init_seed{seed}.pt", seed)
-    probed = probe(
-        models, toy / "LibriSpeech", toy / "alignments", TRAIN_SUBSET, DEV_SUBSET, seed=seed, train_frames=PROBE_FRAMES
-    )
-    scores = {result.name: probe_scores(result) for result in probed}
+    models = {name: path for name, path in models.items() if name not in scores}
+    if not models:
+        return scores
+    splits = (toy / "LibriSpeech", toy / "alignments", TRAIN_SUBSET, DEV_SUBSET)
+    for result in probe(models, *splits, seed=seed, train_frames=PROBE_FRAMES):
+        scores[result.name] = probe_scores(result)
     for name, path in models.items():
         scores[name]["masked_accuracy"] = masked_accuracy(path, heldout)
     cached.write_text(json.dumps(scores) + "\n")
     return scores
 
 
-def curves(per_seed: Dict[int, Dict], at: List[int]) -> Dict[str, Dict[str, List[Dict]]]:
-    """Per run and measure, its spread over the seeds at every point."""
+def curves(per_seed: Dict[int, Dict], at: List[int], names: List[str]) -> Dict[str, Dict[str, List[Dict]]]:
+    """Per run (``names``) and measure, its spread over the seeds at every point."""
     return {
         name: {
             measure: [spread([per_seed[seed][f"{name}@{p}"][measure] for seed in per_seed]) for p in at]
             for measure in MEASURES
         }
-        for name in RUNS
+        for name in names
     }
 
 
@@ -151,7 +223,7 @@ def updates_to_reach(target: float, at: List[int], values: List[float]) -> Optio
     return int(round(math.exp((target - intercept) / slope), -2)) if slope > 0 else None
 
 
-def targets(per_seed: Dict[int, Dict], at: List[int], majority: float) -> List[str]:
+def targets(per_seed: Dict[int, Dict], at: List[int], majority: float, names: List[str]) -> List[str]:
     """Issue 30's targets at the last point, met or missed per seed, with the extrapolation where missed."""
     last, lines = at[-1], []
 
@@ -172,26 +244,27 @@ def targets(per_seed: Dict[int, Dict], at: List[int], majority: float) -> List[s
                 line += f" (seed {seed}'s curve, straight in log updates, reaches it near {reach:,})"
         lines.append(line)
 
-    for name in RUNS:
+    for name in names:
         verdict(name, "masked_accuracy", dict.fromkeys(per_seed, 3 * majority), "masked accuracy ≥ 3× majority")
         mfcc = {seed: scores["MFCC"]["phone_accuracy"] for seed, scores in per_seed.items()}
         verdict(name, "transformer_phone_accuracy", mfcc, "best transformer layer's phone probe ≥ MFCC's")
         pnmi = {seed: scores["MFCC"]["pnmi"] for seed, scores in per_seed.items()}
         verdict(name, "transformer_pnmi", pnmi, "best transformer layer's k-means PNMI > MFCC's")
-    for measure in ("masked_accuracy", "transformer_phone_accuracy"):
-        ratios = [s[f"fedadam@{last}"][measure] / s[f"centralized@{last}"][measure] for s in per_seed.values()]
+    for strategy, measure in itertools.product(names[1:], ("masked_accuracy", "transformer_phone_accuracy")):
+        ratios = [s[f"{strategy}@{last}"][measure] / s[f"centralized@{last}"][measure] for s in per_seed.values()]
         ok = "met" if min(ratios) >= 0.95 else "**missed**"
-        lines.append(f"- federated / centralized, {MEASURES[measure]}: {', '.join(f'{r:.3f}' for r in ratios)}: {ok}")
+        cells = ", ".join(f"{r:.3f}" for r in ratios)
+        lines.append(f"- {strategy} / centralized, {MEASURES[measure]}, per seed: {cells}: target ≥ 0.95, {ok}")
     return lines
 
 
-def table(per_seed: Dict[int, Dict], at: List[int], majority: float) -> List[str]:
+def table(per_seed: Dict[int, Dict], at: List[int], majority: float, names: List[str]) -> List[str]:
     """Markdown: every run at every point, MFCC and random init; mean ± sd over the seeds."""
     lines = [
         "| model | updates | " + " | ".join(MEASURES.values()) + " |",
         "| --- | --- | " + " | ".join("---" for _ in MEASURES) + " |",
     ]
-    rows = [(f"{name}@{p}", name, f"{p:,}") for name in RUNS for p in at]
+    rows = [(f"{name}@{p}", name, f"{p:,}") for name in names for p in at]
     rows += [("MFCC", "MFCC", "—"), ("random_init", "random init", "0")]
     for key, label, updates in rows:
         cells = []
@@ -204,13 +277,13 @@ def table(per_seed: Dict[int, Dict], at: List[int], majority: float) -> List[str
     return lines
 
 
-def plot(per_seed: Dict[int, Dict], at: List[int], majority: float, out: Path) -> Path:
+def plot(per_seed: Dict[int, Dict], at: List[int], majority: float, names: List[str], out: Path) -> Path:
     """One panel per measure against updates: each run's mean over the seeds, its min–max band; MFCC and random
     init as levels (the majority-cluster rate and 3× it for masked accuracy)."""
-    found = curves(per_seed, at)
+    found = curves(per_seed, at, names)
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (measure, label) in zip(axes.flat, MEASURES.items()):
-        for name in RUNS:
+        for name in names:
             points_ = found[name][measure]
             ax.plot(at, [p["mean"] for p in points_], "-o", label=name)
             ax.fill_between(at, [p["min"] for p in points_], [p["max"] for p in points_], alpha=0.2)
@@ -234,16 +307,18 @@ def plot(per_seed: Dict[int, Dict], at: List[int], majority: float, out: Path) -
 
 def markdown(result: Dict, args: argparse.Namespace) -> str:
     """results/learning_curve.md: the table, the targets and the plot."""
+    at = ", ".join(f"{p:,}" for p in result["points"])
+    federated = " and ".join(args.strategies)
+    seeds = ", ".join(map(str, args.seeds))
     lines = [
         provenance(result["meta"]),
         "",
         f"Corpus: {args.speakers} train speakers, {args.minutes:g} min, 4 held-out speakers. Centralized "
-        f"`fairseq-hydra-train` on all the train speakers against FedAdam over {args.clients} clients (speaker "
-        f"non-IID, {args.local_updates} local updates a round), {args.updates:,} updates in all each, one "
-        f"learning-rate schedule to the end, scored at {', '.join(f'{p:,}' for p in result['points'])}; tiny "
-        f"recipe; seeds {', '.join(map(str, args.seeds))}: mean ± sd. PNMI: k-means (100 clusters) of the "
-        "layer's train-speaker frames scored on the held-out speakers' phones, the way iteration-2 targets are "
-        "made. Speaker probe: 4 held-out speakers (chance 0.25).",
+        f"`fairseq-hydra-train` on all the train speakers against {federated} over {args.clients} clients (speaker "
+        f"non-IID, {args.local_updates} local updates a round), {args.updates:,} updates in all each (every "
+        f"client's, summed), one learning-rate schedule to the end, scored at {at}; tiny recipe; seeds {seeds}: "
+        "mean ± sd. PNMI: k-means (100 clusters) of the layer's train-speaker frames scored on the held-out "
+        "speakers' phones, the way iteration-2 targets are made. Speaker probe: 4 held-out speakers (chance 0.25).",
         "",
         *result["table"],
         "",
@@ -263,6 +338,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--speakers", type=int, default=16)
     parser.add_argument("--minutes", type=float, default=31)
+    parser.add_argument("--strategies", nargs="+", default=["fedadam"], help="federated runs; fedadam first")
     parser.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fedhubert-curves"))
     args = parser.parse_args()
@@ -272,13 +348,15 @@ def main() -> None:
     kmeans, *flags = DATA["speaker"]
     data = prepare(toy, args.work / "data" / "speaker", args.clients, kmeans, "--subsets", TRAIN_SUBSET, *flags)
     heldout = heldout_shard(data, toy / "LibriSpeech", args.work / "data" / "heldout_speaker")
-    runs = {(name, seed): train(name, seed, data, args) for seed in args.seeds for name in RUNS}
+    names = ["centralized", *args.strategies]
+    runs = {(name, seed): train(name, seed, data, args) for seed in args.seeds for name in names}
     logger.info("trained: %s", json.dumps({f"{n}_seed{s}": c for (n, s), c in runs.items()}))
+    write_reference(args.seeds, args)
     if args.train_only:
         return
     at, majority = points(args), majority_rate(heldout)
     per_seed = {
-        seed: score_seed(seed, {name: runs[name, seed] for name in RUNS}, toy, heldout, args.work)
+        seed: score_seed(seed, {name: runs[name, seed] for name in names}, toy, heldout, args.work)
         for seed in args.seeds
     }
     result = {
@@ -286,11 +364,11 @@ def main() -> None:
         "points": at,
         "majority_rate": majority,
         "per_seed": per_seed,
-        "table": table(per_seed, at, majority),
-        "targets": targets(per_seed, at, majority),
+        "table": table(per_seed, at, majority, names),
+        "targets": targets(per_seed, at, majority, names),
     }
     RESULTS.mkdir(exist_ok=True)
-    plot(per_seed, at, majority, RESULTS / "learning_curve.png")
+    plot(per_seed, at, majority, names, RESULTS / "learning_curve.png")
     (RESULTS / "learning_curve.json").write_text(json.dumps({**result, "args": vars(args)}, indent=2, default=str))
     text = markdown(result, args)
     (RESULTS / "learning_curve.md").write_text(text)

@@ -21,6 +21,7 @@ many rounds it trained and failed, and its last error.
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -67,6 +68,7 @@ from fedhubert_plugin.federation.wire import (
     views_of,
 )
 from fedhubert_plugin.files import atomic_write_text
+from fedhubert_plugin.reference_curve import reference_curves
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +245,7 @@ def run_round(
 
 def run_rounds(grid: Grid, settings: FederationSettings, strategy: Strategy) -> None:
     """Rounds until ``settings.num_server_rounds``, after those a resumed run already completed."""
-    log = RunLog(settings.server_dir)
+    log = RunLog(settings.server_dir, reference_curves() if Path(settings.recipe).stem == "tiny" else None)
     schedule = plan_schedule(settings)
     logger.info("%s", schedule.describe(settings))
     cfg, weights = initial_model(settings, schedule)

@@ -20,6 +20,7 @@ from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.server.screening import layers
 from fedhubert_plugin.federation.server.strategies import accountant_state, restore_accountant
 from fedhubert_plugin.files import atomic_write, atomic_write_text
+from fedhubert_plugin.reference_curve import reference_band, reference_note
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,16 @@ def validations(lines: List[Dict]) -> Dict[int, Dict]:
     return dict(sorted(found.items()))
 
 
+def updates_behind(lines: List[Dict], behind: Optional[Dict[int, int]] = None) -> Dict[int, int]:
+    """The updates in all (every client's, summed) behind each round's model, from ``lines`` in order (0: the
+    initial model); ``behind``: the counts of earlier lines to go on from."""
+    behind = dict(behind or {0: 0})
+    for line in lines:
+        made = sum(client.get("train_updates", 0) for client in line["clients"].values())
+        behind[line["round"]] = behind[max(r for r in behind if r < line["round"])] + made
+    return behind
+
+
 def model_name(model_round: int) -> str:
     return "the initial model" if model_round == 0 else f"round {model_round}'s model"
 
@@ -135,12 +146,15 @@ class Progress:
 class RunLog:
     """Writes a run's metrics (JSON lines and TensorBoard in fairseq's ``tb/train``, ``tb/valid`` layout) and state."""
 
-    def __init__(self, server_dir: Path):
+    def __init__(self, server_dir: Path, reference: Optional[Dict] = None):
+        """``reference``: the recipe's reference curves (``reference_curve``), to log each validation beside."""
         from tensorboardX import SummaryWriter  # the writer fairseq uses
 
         self.server_dir = Path(server_dir)
         self.server_dir.mkdir(parents=True, exist_ok=True)
         self.boards = {tag: SummaryWriter(str(self.server_dir / "tb" / tag)) for tag in ("train", "valid")}
+        self.reference = reference
+        self.updates_behind = updates_behind(read_metrics(self.server_dir)) if reference else {}
 
     @property
     def state_path(self) -> Path:
@@ -148,9 +162,15 @@ class RunLog:
 
     def append(self, line: Dict) -> None:
         """Add a round's line to ``metrics.jsonl``, its scalars to TensorBoard, and its summary to the log."""
+        if self.reference:
+            self.place_on_reference(line)
         with open(self.server_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(line) + "\n")
         logger.info("%s", round_summary(line))
+        for validation in line["validations"]:
+            if "reference" in validation:
+                note = reference_note(validation["reference"], validation["updates"], validation["metrics"])
+                logger.info("%s %s", model_name(validation["model_round"]), note)
         if zero_update(line):
             logger.warning(
                 "round %d: every client's update is zero (lr %g): the round learnt nothing and the server applied "
@@ -167,6 +187,16 @@ class RunLog:
                 self.boards["valid"].add_scalar(key, value, validation["model_round"])
         for board in self.boards.values():
             board.flush()
+
+    def place_on_reference(self, line: Dict) -> None:
+        """Give each validation of ``line`` the updates behind its model and, within the reference curves, their
+        band there (FedAdam's)."""
+        self.updates_behind = updates_behind([line], self.updates_behind)
+        for validation in line["validations"]:
+            validation["updates"] = self.updates_behind.get(validation["model_round"], 0)
+            band = reference_band("fedadam", validation["updates"], self.reference)
+            if band:
+                validation["reference"] = band
 
     def save_state(self, progress: Progress, strategy) -> None:
         """What ``--resume`` needs after ``progress.round_done``."""
