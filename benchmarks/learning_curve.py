@@ -218,9 +218,10 @@ def curves(per_seed: Dict[int, Dict], at: List[int], names: List[str]) -> Dict[s
 
 
 def updates_to_reach(target: float, at: List[int], values: List[float]) -> Optional[int]:
-    """Where a straight line in log(updates) through the curve reaches ``target``; None if it does not rise."""
+    """Where a straight line in log(updates) through the curve reaches ``target`` (up to the next hundred); None if
+    it does not rise."""
     slope, intercept = np.polyfit(np.log(at), values, 1)
-    return int(round(math.exp((target - intercept) / slope), -2)) if slope > 0 else None
+    return math.ceil(math.exp((target - intercept) / slope) / 100) * 100 if slope > 0 else None
 
 
 def targets(per_seed: Dict[int, Dict], at: List[int], majority: float, names: List[str]) -> List[str]:
