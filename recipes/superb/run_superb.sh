@@ -13,7 +13,8 @@
 #   sid_tiny  the same, a 60-step CPU configuration for `fedhubert toy-data --superb`
 #   er        IEMOCAP_ROOT META_DATA_DIR [FOLD, default fold1]        (emotion recognition)
 #   asr       LIBRISPEECH_ROOT BUCKET_DIR CHAR_DICT                   (speech recognition)
-#   pr        LIBRISPEECH_ROOT LEXICON_FILE PHONEME_VOCAB             (phoneme recognition; needs s3prl's source tree)
+#   pr        LIBRISPEECH_ROOT PHONEME_VOCAB LEXICON...               (phoneme recognition; needs s3prl's source tree;
+#                                                                     SUPERB reads both g2p lexicons of its ctc/lexicon)
 #   sf        SNIPS_ROOT SLOTS_FILE CHARACTER_VOCAB                  (slot filling; needs s3prl's source tree)
 #   qbe       QUESST14_ROOT                                          (query by example: no training; each layer on
 #                                                                     dev, the best one on test, QUESST's scoring)
@@ -25,7 +26,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 4 ] || usage
 task=$1 ckpt=$2 expdir=$3
 shift 3
@@ -80,13 +81,17 @@ case "$task" in
         downstream=asr test_split=test-clean
         paths="config.downstream_expert.datarc.libri_root='${data[0]}',,config.downstream_expert.datarc.bucket_file='${data[1]}',,config.downstream_expert.datarc.dict_path='${data[2]}'" ;;
     pr)
-        need 3 "LIBRISPEECH_ROOT LEXICON_FILE PHONEME_VOCAB"
+        need 3 "LIBRISPEECH_ROOT PHONEME_VOCAB LEXICON..."
         downstream=ctc
         require_module s3prl.downstream.ctc.corpus.libriphone "downstream/ctc/corpus/libriphone.py of $source_tree"
         require "${data[0]}" "the LibriSpeech root"
-        require "${data[1]}" "the phone lexicon (s3prl's downstream/ctc/lexicon/)"
-        require "${data[2]}" "the phoneme vocabulary (s3prl's downstream/ctc/vocab/phoneme.txt)"
-        paths="config.downstream_expert.corpus.path='${data[0]}',,config.downstream_expert.corpus.lexicon=['${data[1]}'],,config.downstream_expert.text.vocab_file='${data[2]}'" ;;
+        require "${data[1]}" "the phoneme vocabulary (s3prl's downstream/ctc/vocab/phoneme.txt)"
+        lexicons=()
+        for lexicon in "${data[@]:2}"; do
+            require "$lexicon" "a phone lexicon (s3prl's downstream/ctc/lexicon/)"
+            lexicons+=("'$lexicon'")
+        done
+        paths="config.downstream_expert.corpus.path='${data[0]}',,config.downstream_expert.corpus.lexicon=[$(IFS=,; echo "${lexicons[*]}")],,config.downstream_expert.text.vocab_file='${data[1]}'" ;;
     sf)
         need 3 "SNIPS_ROOT SLOTS_FILE CHARACTER_VOCAB"
         downstream=ctc
