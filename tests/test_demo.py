@@ -93,7 +93,9 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restor
     assert all(0.0 < float(row[2]) < 1.0 and 0.0 < float(row[3]) < 1.0 for row in probed)  # accuracy, PNMI
     # the best transformer layer (1 and up; 0 is the conv front end) beside the best layer, as probe.json names it
     layers = {r["name"]: r["best_transformer_layer"] for r in json.loads((out / "probe" / "probe.json").read_text())}
-    assert probed[0][4:] == ["—", "—", "—"] and layers["MFCC"] is None
+    assert probed[0][4:7] == ["—", "—", "—"] and layers["MFCC"] is None
+    # the last column: the best speaker-probe layer's accuracy and its layer, e.g. "0.812 (0)"
+    assert all(0.0 < float(row[7].split()[0]) <= 1.0 and row[7].split()[1].startswith("(") for row in probed)
     for row in probed[1:]:
         assert int(row[4]) == layers[row[0]] >= 1 and float(row[5]) <= float(row[2]) and 0.0 < float(row[6]) < 1.0
     assert "against random init" in sections["What pretraining bought: phone probe"]
