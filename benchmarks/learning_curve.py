@@ -72,7 +72,7 @@ def train(name: str, seed: int, data: Path, args: argparse.Namespace) -> Dict[in
     if done.is_file():
         return {int(k): v for k, v in json.loads(done.read_text()).items()}
     overrides = ["common.cpu=true", f"common.seed={seed}"]
-    at = points(args)
+    at, per_round = points(args), args.local_updates * args.clients
     if name == "centralized":
         shard = union_shard(data, args.work / "central_data")
         every = [f"checkpoint.save_interval_updates={at[0]}", "checkpoint.keep_interval_updates=-1"]
@@ -84,10 +84,8 @@ def train(name: str, seed: int, data: Path, args: argparse.Namespace) -> Dict[in
         if missing:
             raise SystemExit(f"{save}: no checkpoint at updates {missing} (fairseq skips one that ends an epoch)")
     else:
-        rounds = args.updates // (args.local_updates * args.clients)
         flags = ["--strategy", name, "--seed", str(seed), "--min-train-nodes", str(args.clients)]
-        federated(data, save, rounds, args.local_updates, extra=flags, overrides=overrides)
-        per_round = args.local_updates * args.clients
+        federated(data, save, args.updates // per_round, args.local_updates, extra=flags, overrides=overrides)
         found = {p: save / "server" / f"checkpoint_round{p // per_round}.pt" for p in at}
     checkpoints = {p: str(path) for p, path in found.items()}
     done.write_text(json.dumps(checkpoints) + "\n")
@@ -117,9 +115,20 @@ def validation_series(name: str, save: Path) -> Dict[str, List[float]]:
     return series
 
 
-def write_reference(seeds: List[int], args: argparse.Namespace) -> Dict:
+def finished_seeds(work: Path) -> List[int]:
+    """The seeds whose runs of every reference kind (``RUNS``) are trained under ``work``, whatever this call runs."""
+    done = [
+        {int(p.parent.name.rsplit("_seed", 1)[1]) for p in (work / "runs").glob(f"{n}_seed*/checkpoints.json")}
+        for n in RUNS
+    ]
+    return sorted(set.intersection(*done))
+
+
+def write_reference(args: argparse.Namespace) -> Dict:
     """``fedhubert_plugin/reference_curves.json``: each run kind's validation curves on a grid of 20 points, the
-    band (min, max) and mean over ``seeds``; ``docs/training-curves.png`` draws them."""
+    band (min, max) and mean over every seed trained under ``args.work``; ``docs/training-curves.png`` draws
+    them."""
+    seeds = finished_seeds(args.work)
     grid = np.linspace(args.updates / 20, args.updates, 20)
     runs = {}
     for name in RUNS:
@@ -352,7 +361,7 @@ def main() -> None:
     names = ["centralized", *args.strategies]
     runs = {(name, seed): train(name, seed, data, args) for seed in args.seeds for name in names}
     logger.info("trained: %s", json.dumps({f"{n}_seed{s}": c for (n, s), c in runs.items()}))
-    write_reference(args.seeds, args)
+    write_reference(args)
     if args.train_only:
         return
     at, majority = points(args), majority_rate(heldout)

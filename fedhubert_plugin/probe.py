@@ -29,13 +29,12 @@ import numpy as np
 import soundfile as sf
 import torch
 from sklearn.cluster import MiniBatchKMeans
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from fedhubert_plugin.configs import ProbeConfig
 from fedhubert_plugin.console import progress_bar
 from fedhubert_plugin.export import named_checkpoints, random_init_checkpoint
 from fedhubert_plugin.files import atomic_write_json, atomic_write_text
+from fedhubert_plugin.linear_probe import linear_accuracy, standardise, subsample
 from fedhubert_plugin.speaker_probe import speaker_accuracy
 from fedhubert_plugin.targets.features import PRESETS
 from fedhubert_plugin.targets.quality import label_quality, read_alignments
@@ -124,23 +123,12 @@ def frames_and_phones(features: List[np.ndarray], phones: List[List[str]]) -> Tu
     return stacked, [phone for p, n in zip(phones, lengths) for phone in p[:n]]
 
 
-def subsample(frames: Tuple[np.ndarray, List[str]], limit: int, seed: int) -> Tuple[np.ndarray, List[str]]:
-    """At most ``limit`` of the frames (all when ``limit`` is 0), drawn without replacement with ``seed``."""
-    features, phones = frames
-    if not limit or len(phones) <= limit:
-        return frames
-    keep = np.sort(np.random.default_rng(seed).choice(len(phones), size=limit, replace=False))
-    return features[keep], [phones[i] for i in keep]
-
-
 def phone_scores(
     train: Tuple[np.ndarray, List[str]], test: Tuple[np.ndarray, List[str]], seed: int
 ) -> Tuple[float, float]:
     """Linear phone accuracy and k-means PNMI of one layer's frames (fitted on ``train``, scored on ``test``)."""
-    scaler = StandardScaler().fit(train[0])
-    x_train, x_test = scaler.transform(train[0]), scaler.transform(test[0])
-    classifier = LogisticRegression(max_iter=300, random_state=seed).fit(x_train, train[1])
-    accuracy = float(np.mean(classifier.predict(x_test) == np.array(test[1])))
+    x_train, x_test = standardise(train[0], test[0])
+    accuracy = linear_accuracy((x_train, train[1]), (x_test, test[1]), seed)
     kmeans = MiniBatchKMeans(n_clusters=CLUSTERS, n_init=3, random_state=seed, batch_size=4096).fit(x_train)
     clusters = kmeans.predict(x_test).astype(str)
     pnmi = label_quality({"test": list(test[1])}, {"test": list(clusters)}).pnmi

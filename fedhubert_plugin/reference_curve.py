@@ -23,10 +23,10 @@ def reference_curves(path: Path = REFERENCE_FILE) -> Dict:
     return json.loads(Path(path).read_text())
 
 
-def reference_band(kind: str, updates: int, curves: Optional[Dict] = None) -> Optional[Dict[str, list]]:
-    """Each measure's [min, max] over the reference seeds at ``updates`` (linear between the stored points); None
-    beyond the stored updates."""
-    curve = (curves or reference_curves())["runs"][kind]
+def reference_band(kind: str, updates: int, curves: Dict) -> Optional[Dict[str, list]]:
+    """Each measure's [min, max] over the reference seeds (``curves``, as ``reference_curves`` reads them) at
+    ``updates``, linear between the stored points; None beyond the stored updates."""
+    curve = curves["runs"][kind]
     if not curve["updates"][0] <= updates <= curve["updates"][-1]:
         return None
     return {

@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
+
+from fedhubert_plugin.linear_probe import Frames, linear_accuracy, standardise, subsample
 
 FIT_FRAMES = 20_000  # frames the classifier is fitted on at most (a random, seeded subset)
 
@@ -26,7 +26,7 @@ def halves(audio: Sequence[Path]) -> Tuple[List[int], List[int]]:
     return fit, score
 
 
-def frames_of(features: Sequence[np.ndarray], audio: Sequence[Path], indices: List[int]) -> Tuple[np.ndarray, list]:
+def frames_of(features: Sequence[np.ndarray], audio: Sequence[Path], indices: List[int]) -> Frames:
     """The frames of the utterances ``indices``, each labelled with its speaker."""
     stacked = np.concatenate([features[i] for i in indices])
     return stacked, [speaker_of(audio[i]) for i in indices for _ in range(len(features[i]))]
@@ -38,11 +38,7 @@ def speaker_accuracy(features: Sequence[np.ndarray], audio: Sequence[Path], seed
     fit, score = halves(audio)
     if not score:
         raise ValueError("the speaker probe needs two utterances of a speaker at least")
-    x_fit, y_fit = frames_of(features, audio, fit)
-    if len(y_fit) > FIT_FRAMES:
-        keep = np.sort(np.random.default_rng(seed).choice(len(y_fit), size=FIT_FRAMES, replace=False))
-        x_fit, y_fit = x_fit[keep], [y_fit[i] for i in keep]
+    x_fit, y_fit = subsample(frames_of(features, audio, fit), FIT_FRAMES, seed)
     x_score, y_score = frames_of(features, audio, score)
-    scaler = StandardScaler().fit(x_fit)
-    classifier = LogisticRegression(max_iter=300, random_state=seed).fit(scaler.transform(x_fit), y_fit)
-    return float(np.mean(classifier.predict(scaler.transform(x_score)) == np.array(y_score)))
+    x_fit, x_score = standardise(x_fit, x_score)
+    return linear_accuracy((x_fit, y_fit), (x_score, y_score), seed)

@@ -8,7 +8,7 @@ import pytest
 
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.export import export_initial
-from fedhubert_plugin.probe import subsample
+from fedhubert_plugin.linear_probe import subsample
 from fedhubert_plugin.speaker_probe import halves
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 from tests.helpers import TINY
