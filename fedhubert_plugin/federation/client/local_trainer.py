@@ -13,7 +13,6 @@ import copy
 import logging
 import math
 import resource
-import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -137,19 +136,6 @@ def train_steps(
     return done, utterances, lr
 
 
-def data_workers_from_fork_server() -> None:
-    """Start fairseq's DataLoader workers from a fork server when this process runs threads.
-
-    A fork of a process running threads (a Ray actor, the trainer service, CUDA's and pin-memory's) copies
-    their locks mid-use and the previous epochs' persistent worker pools: on a GPU, one-client Base rounds
-    printed ``QueueFeederThread`` errors ("Bad file descriptor", "can only test a child process") and one
-    hung for minutes. Workers forked from a single-threaded server that has imported fairseq start clean.
-    """
-    if threading.active_count() > 1 and torch.multiprocessing.get_start_method(allow_none=True) != "forkserver":
-        torch.multiprocessing.set_start_method("forkserver", force=True)
-        torch.multiprocessing.set_forkserver_preload(["fairseq.tasks", __name__])
-
-
 class LocalTrainer:
     """fairseq Trainer for any client folder, from one recipe and its overrides."""
 
@@ -168,8 +154,6 @@ class LocalTrainer:
         # memory) would repeat every round in every client's log
         logging.getLogger("fairseq.trainer").setLevel(logging.WARNING)
         keep_peak_across_resets()
-        if self.cfg.dataset.num_workers > 0:
-            data_workers_from_fork_server()
         self.model = None
         self.criterion = None
         self.tasks: "OrderedDict[Path, Tuple[DictConfig, object]]" = OrderedDict()
