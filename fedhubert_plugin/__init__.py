@@ -1,10 +1,11 @@
 """fedhubert: federated HuBERT pretraining as a fairseq user-dir plugin.
 
 Importing this package, or passing ``common.user_dir=<path to fedhubert_plugin>`` to
-fairseq, registers the fairseq task ``fed_hubert_pretraining`` and the criterion
-``hubert_distillation``, and allow-lists the classes that fairseq HuBERT checkpoints hold,
-so that fairseq loads them with ``weights_only=True`` on torch >= 2.6 (everywhere but in Flower's
-one-message ClientApp processes, see below).
+fairseq, registers the fairseq task ``fed_hubert_pretraining``, the criterion
+``hubert_distillation`` and the model ``fed_hubert_ctc`` (fine-tuning), and allow-lists
+the classes that fairseq HuBERT checkpoints hold, so that fairseq loads them with
+``weights_only=True`` on torch >= 2.6 (everywhere but in Flower's one-message ClientApp
+processes, see below).
 """
 
 import logging
@@ -35,7 +36,7 @@ if not one_message_process():
     _root = logging.getLogger()
     _root_level, _root_handlers = _root.level, list(_root.handlers)
 
-    from fedhubert_plugin import checkpoints, criterions, tasks  # noqa: E402,F401  (registration with fairseq)
+    from fedhubert_plugin import checkpoints, criterions, models, tasks  # noqa: E402,F401  (registration with fairseq)
 
     _root.setLevel(_root_level)
     for _handler in [h for h in _root.handlers if h not in _root_handlers]:

@@ -6,12 +6,15 @@ and ``federation`` (federated k-means through Flower), which never import each o
 Writes, under ``out``::
 
     utterances.tsv        every usable utterance (id, speaker, chapter, subset, path, samples, seconds)
-    report.json           skipped and converted files with reasons, chapters without transcript
+    report.json           skipped and converted files with reasons, chapters without transcript,
+                          utterances left out of fine-tuning (no transcript, unknown characters)
                           (the scan reads headers; audio that does not decode is found, dropped
                           and reported where each client makes its features)
     partition.json        clients -> speakers, hours, utterance counts
     clients/client_XXX/{train,valid}.tsv                  fairseq manifests
     clients/client_XXX/labels/{train,valid}.km, dict.km.txt, labels.json
+    clients/client_XXX/finetune/{train,valid}.{tsv,ltr,wrd}, dict.ltr.txt   CTC fine-tuning: the utterances
+                          with a transcript, their letters and words (``data.transcripts``)
     kmeans/               the codebook(s); federated: inertia per Lloyd step (metrics.jsonl, tb/)
     prepare.json          settings and label rate; written last, so its presence means complete
 
@@ -26,13 +29,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Set, Tuple
 
 from fedhubert_plugin.codebooks import run_federated_kmeans, run_local_kmeans
 from fedhubert_plugin.configs import PrepareConfig
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.data.partition import leave_out_small_clients, partition_utterances, split_train_valid
 from fedhubert_plugin.data.scan import ScanReport, Utterance, scan_librispeech
+from fedhubert_plugin.data.transcripts import write_finetune_labels
 from fedhubert_plugin.federation.nodes import client_name
 from fedhubert_plugin.files import atomic_write_json, atomic_write_text
 from fedhubert_plugin.targets import KMEANS_MODES, LABELS_META
@@ -57,6 +61,7 @@ class PrepareSummary:
     label_rate: int = 0
     kmeans_inertia_per_frame: float = 0.0
     left_out: int = 0  # clients with too few usable utterances to train and validate (report.json says why)
+    finetune_utterances: int = 0  # usable utterances with a transcript: each client's finetune/ folder
 
 
 def write_utterance_table(path: Path, utterances: List[Utterance]) -> None:
@@ -145,6 +150,19 @@ def write_partition(cfg: PrepareConfig, splits_of: Dict[str, Dict], usable_paths
     return clients
 
 
+def write_finetune_data(cfg: PrepareConfig, splits_of: Dict[str, Dict], usable_paths: Set[str]) -> Tuple[int, List]:
+    """Each client's ``finetune/`` folder from its usable utterances; how many it holds in all, and the
+    utterances left out of fine-tuning with the reason (each logged)."""
+    total, left_out = 0, []
+    for name, splits in splits_of.items():
+        usable = {split: [u for u in split_utts if u.path in usable_paths] for split, split_utts in splits.items()}
+        counts, client_left_out = write_finetune_labels(cfg.librispeech_root, cfg.out / "clients" / name, usable)
+        total, left_out = total + sum(counts.values()), left_out + client_left_out
+    for row in left_out:
+        logger.info("not for fine-tuning: %s (%s)", row["path"], row["reason"])
+    return total, left_out
+
+
 def finish_labels(cfg: PrepareConfig, folders: List[Path], extractor: FeatureExtractor) -> None:
     """Each client's ``labels.json`` (what its labels were made with); its feature cache, no longer needed, goes."""
     labels_meta = {
@@ -188,20 +206,22 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
     splits_of = write_client_manifests(cfg, dict(zip(names, partition)))
 
     folders = [cfg.out / "clients" / name for name in names]
-    summary = PrepareSummary()
-    if cfg.kmeans == "federated":
-        summary.kmeans_inertia_per_frame = run_federated_kmeans(cfg, len(names))
-    else:
-        summary.kmeans_inertia_per_frame = run_local_kmeans(cfg, folders)
+    kmeans = run_federated_kmeans(cfg, len(names)) if cfg.kmeans == "federated" else run_local_kmeans(cfg, folders)
     usable = report_unusable(folders, utterances, report)
     write_utterance_table(cfg.out / "utterances.tsv", usable)
+    finetune_utterances, not_for_finetuning = write_finetune_data(cfg, splits_of, {u.path for u in usable})
     report_json = {**asdict(report), "usable_utterances": len(usable), "left_out_clients": left_out}
-    atomic_write_json(cfg.out / "report.json", report_json)
-    summary.usable_utterances, summary.skipped = len(usable), len(report.skipped)
-    summary.left_out = len(left_out)
-    summary.converted = len(report.converted)
-    summary.clients = write_partition(cfg, splits_of, {u.path for u in usable})
-    summary.label_rate = preset.label_rate
+    atomic_write_json(cfg.out / "report.json", {**report_json, "left_out_of_finetuning": not_for_finetuning})
+    summary = PrepareSummary(
+        clients=write_partition(cfg, splits_of, {u.path for u in usable}),
+        usable_utterances=len(usable),
+        skipped=len(report.skipped),
+        converted=len(report.converted),
+        label_rate=preset.label_rate,
+        kmeans_inertia_per_frame=kmeans,
+        left_out=len(left_out),
+        finetune_utterances=finetune_utterances,
+    )
     finish_labels(cfg, folders, preset)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     atomic_write_json(
@@ -229,7 +249,8 @@ def summary_table(summary: PrepareSummary) -> str:
         )
     lines.append(
         f"{summary.usable_utterances} usable utterances, {summary.skipped} skipped, {summary.converted} converted, "
-        f"{summary.left_out} client(s) left out (see report.json); label rate {summary.label_rate} Hz; "
+        f"{summary.left_out} client(s) left out (see report.json); {summary.finetune_utterances} with a transcript "
+        f"for fine-tuning; label rate {summary.label_rate} Hz; "
         f"k-means inertia per frame {summary.kmeans_inertia_per_frame:.3f}"
     )
     return "\n".join(lines)

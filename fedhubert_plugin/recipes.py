@@ -29,6 +29,7 @@ RECIPES_DIR = APP_DIR / "recipes"
 RECIPE_FOLDERS = (
     RECIPES_DIR / "librispeech" / "pretrain",
     RECIPES_DIR / "librispeech" / "distill",
+    RECIPES_DIR / "librispeech" / "finetune",
     RECIPES_DIR / "superb",
 )
 

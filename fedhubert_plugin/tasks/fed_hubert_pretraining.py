@@ -95,7 +95,8 @@ class FedHubertPretrainingTask(HubertPretrainingTask):
                     f"label file {label_path} has {labelled} lines but manifest {manifest} lists "
                     f"{len(rows)} utterances; {FIX_HINT}"
                 )
-            self.check_label_lengths(manifest, rows, label_path)
+            if self.cfg.label_rate > 0:  # frame labels; -1: a sequence per utterance (fine-tuning's letters)
+                self.check_label_lengths(manifest, rows, label_path)
 
     def check_label_lengths(self, manifest: Path, rows: List[ManifestRow], label_path: Path) -> None:
         """Stop at the first utterance whose label count does not cover its audio at ``task.label_rate``.
@@ -115,7 +116,18 @@ class FedHubertPretrainingTask(HubertPretrainingTask):
                         f"labels made for other audio or at another rate; {FIX_HINT}"
                     )
 
+    def check_fine_tuning(self) -> None:
+        """Stop when fine-tuning would crop the audio: without ``pad_audio`` fairseq's HubertDataset cuts every
+        utterance of a batch to the shortest one's length, and the letters no longer match the speech."""
+        if self.cfg.fine_tuning and not self.cfg.pad_audio:
+            raise ValueError(
+                "task.fine_tuning=true needs task.pad_audio=true (and task.random_crop=false): without it each "
+                "batch is cropped to its shortest utterance while the transcripts stay whole; see "
+                "recipes/librispeech/finetune/"
+            )
+
     def load_dataset(self, split: str, **kwargs) -> None:
+        self.check_fine_tuning()
         self.check_label_rate()
         self.check_split(split)
         super().load_dataset(split, **kwargs)
