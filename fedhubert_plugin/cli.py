@@ -1,23 +1,18 @@
-"""The ``fedhubert`` command line.
+"""The ``fedhubert`` command line: every command's options come from dataclasses (``COMMANDS``) through ``options``.
 
-Every command's options come from dataclasses (``COMMANDS``): ``configs``, ``export.ExportConfig``,
-``superb.SuperbConfig``, ``targets.LabelQualityConfig`` and ``FederationSettings``, through ``options``.
-A command builds its dataclass from the parsed arguments and calls the library function that does the job.
-
-Building the parser imports only fairseq (through the plugin's registration) and those
-declarations: every heavy import (Flower, Ray, s3prl, scikit-learn, TensorBoard) happens inside
-the command that needs it, so ``fedhubert --help`` stays fast.
-"""
+A command builds its dataclass from the parsed arguments and calls the library function that does the job. Building
+the parser imports only fairseq and those declarations; every heavy import (Flower, Ray, s3prl, scikit-learn) happens
+inside the command that needs it, so ``fedhubert --help`` stays fast."""
 
 import argparse
 import logging
 import sys
-from dataclasses import asdict
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from fedhubert_plugin import console
 from fedhubert_plugin.configs import (
     DISTILL_DEFAULTS,
+    AsrEvalConfig,
     DemoConfig,
     DistillConfig,
     PrepareConfig,
@@ -38,14 +33,9 @@ USER_ERRORS = (FileExistsError, FileNotFoundError, ValueError, RuntimeError)
 
 
 def run_toy_data(args: argparse.Namespace) -> None:
-    from fedhubert_plugin.toy_data import write_toy_data
-    from fedhubert_plugin.toy_superb import write_toy_superb_data
+    from fedhubert_plugin.toy_superb import write_toy_corpora
 
-    config = asdict(from_args(ToyDataConfig, args))
-    superb = config.pop("superb")
-    print(write_toy_data(**config).describe())
-    if superb:
-        print(write_toy_superb_data(config["out"], config["seed"], config["workers"]).describe())
+    print(write_toy_corpora(from_args(ToyDataConfig, args)))
 
 
 def run_prepare(args: argparse.Namespace) -> None:
@@ -81,6 +71,12 @@ def run_probe(args: argparse.Namespace) -> None:
     results, written = probe_checkpoints(from_args(ProbeConfig, args))
     print(probe_table(results))
     print(f"every layer: {written['json']}; plot: {written['png']}")
+
+
+def run_asr_eval(args: argparse.Namespace) -> None:
+    from fedhubert_plugin.asr_eval import evaluate_wer, wer_line
+
+    print(wer_line(evaluate_wer(from_args(AsrEvalConfig, args))))
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -172,6 +168,12 @@ COMMANDS = {
         "weights federated round 1 starts from), the random-init baseline for downstream comparisons. "
         "--out FILE writes one .pt; --superb DIR writes the SUPERB hidden-set upstream folder (expert.py, "
         "hubconf.py, model.pt) that loads with torch and s3prl alone.",
+    ),
+    "asr-eval": Command(
+        run_asr_eval,
+        (AsrEvalConfig,),
+        "word error rate of a CTC fine-tuned checkpoint on a finetune/ folder (fairseq's Viterbi decoder)",
+        "Decodes --subset of --data and writes OUT/hypo.word, OUT/ref.word and OUT/wer.json.",
     ),
     "superb": Command(
         run_superb_command,

@@ -2,7 +2,8 @@
 
 Each field is an ``option`` with its default and help; the command line (``cli``) derives its
 options from these fields and builds the dataclass back from them, and the library functions
-take the dataclass (``prepare.prepare``, ``demo.run_demo``, ``probe.probe_checkpoints``).
+take the dataclass (``prepare.prepare``, ``demo.run_demo``, ``probe.probe_checkpoints``,
+``asr_eval.evaluate_wer``).
 ``pretrain`` and ``distill`` take ``FederationSettings``, which ``from_prepared_data`` fills
 in from a prepared folder; ``distill`` adds ``DistillConfig``. The options of ``export`` and
 ``label-quality`` live beside their jobs (``export.ExportConfig``, ``targets.LabelQualityConfig``).
@@ -201,3 +202,16 @@ def from_prepared_data(data_root: str, **values: Any) -> FederationSettings:
         min_available_nodes=meta["num_clients"],
         **values,
     )
+
+
+@dataclass
+class AsrEvalConfig:
+    """Options of ``fedhubert asr-eval``."""
+
+    checkpoint: Path = option(REQUIRED, "CTC fine-tuned checkpoint (fairseq-hydra-train's checkpoint_best.pt)")
+    data: Path = option(
+        REQUIRED, "a finetune/ folder of `fedhubert prepare` (held-out speakers): SUBSET.tsv, .ltr, dict.ltr.txt"
+    )
+    out: Path = option(REQUIRED, "results folder: hypo.word, ref.word, wer.json")
+    subset: str = option("valid", "the split of --data to decode")
+    max_tokens: int = option(1_600_000, "audio samples per batch")

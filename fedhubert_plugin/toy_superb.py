@@ -20,14 +20,23 @@ the same bytes with or without it.
 import csv
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
 
-from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, VOCABULARY, Voice, draw_voices, synthesize_all
+from fedhubert_plugin.configs import ToyDataConfig
+from fedhubert_plugin.toy_data import (
+    DEV_SUBSET,
+    TRAIN_SUBSET,
+    VOCABULARY,
+    Voice,
+    draw_voices,
+    synthesize_all,
+    write_toy_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +167,14 @@ def write_toy_superb_data(
     )
     logger.info("toy SUPERB data written to %s: %s", out, summary)
     return summary
+
+
+def write_toy_corpora(cfg: ToyDataConfig) -> str:
+    """What ``fedhubert toy-data`` writes: the LibriSpeech-layout and keyword corpora, and SUPERB's with
+    ``cfg.superb``; their descriptions."""
+    options = asdict(cfg)
+    superb = options.pop("superb")
+    described = [write_toy_data(**options).describe()]
+    if superb:
+        described.append(write_toy_superb_data(cfg.out, cfg.seed, cfg.workers).describe())
+    return "\n".join(described)

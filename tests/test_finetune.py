@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import editdistance
 import fairseq
 import pytest
 from omegaconf import OmegaConf
 
+from fedhubert_plugin.cli import main
 from fedhubert_plugin.data.manifest import read_manifest
 from fedhubert_plugin.data.scan import Utterance
 from fedhubert_plugin.data.transcripts import ALPHABET, FINETUNE_DIR, letters, why_not_transcribed
@@ -98,7 +100,7 @@ def test_the_base_10h_recipe_is_fairseqs_but_for_the_intended_differences():
 
 
 @pytest.mark.e2e
-def test_fairseq_hydra_train_fine_tunes_a_fedhubert_checkpoint_and_reports_wer(prepared, trained_run, tmp_path):
+def test_fairseq_hydra_train_fine_tunes_a_fedhubert_checkpoint_and_asr_eval_scores_it(prepared, trained_run, tmp_path):
     folder = prepared / "clients" / "client_000" / FINETUNE_DIR
     cmd = [
         str(Path(sys.executable).parent / "fairseq-hydra-train"),
@@ -129,3 +131,22 @@ def test_fairseq_hydra_train_fine_tunes_a_fedhubert_checkpoint_and_reports_wer(p
     state = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_best.pt")
     assert state["cfg"]["model"]["_name"] == "fed_hubert_ctc" and state["cfg"]["task"]["fine_tuning"]
     assert state["model"]["w2v_encoder.proj.weight"].shape[0] == len(ALPHABET) + 4  # letters and fairseq's specials
+
+    held_out = prepared / "clients" / "client_001" / FINETUNE_DIR  # other speakers than the fine-tuning client's
+    out = tmp_path / "asr_eval"
+    checkpoint = tmp_path / "checkpoints" / "checkpoint_best.pt"
+    assert main(["asr-eval", "--checkpoint", str(checkpoint), "--data", str(held_out), "--out", str(out)]) == 0
+    _, rows = read_manifest(held_out / "valid.tsv")
+    expected = dict(zip((path for path, _ in rows), (held_out / "valid.wrd").read_text().splitlines()))
+    references = dict(line.split("\t") for line in (out / "ref.word").read_text().splitlines())
+    hypotheses = dict(line.split("\t") for line in (out / "hypo.word").read_text().splitlines())
+    assert references == expected and set(hypotheses) == set(expected)
+    errors = sum(editdistance.eval(hypotheses[k].split(), references[k].split()) for k in references)
+    result = json.loads((out / "wer.json").read_text())
+    assert result["word_errors"] == errors and result["words"] == sum(len(r.split()) for r in references.values())
+    assert result["wer"] == pytest.approx(100 * errors / result["words"])
+    # a pretraining checkpoint is refused with what to pass instead
+    assert (
+        main(["asr-eval", "--checkpoint", str(trained_run["checkpoint"]), "--data", str(held_out), "--out", str(out)])
+        == 1
+    )
