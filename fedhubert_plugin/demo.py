@@ -31,7 +31,16 @@ from fedhubert_plugin.federation.simulation import simulate_pretraining
 from fedhubert_plugin.prepare import PrepareConfig, prepare, summary_table
 from fedhubert_plugin.probe import ProbeResult, probe, probe_table, write_probe
 from fedhubert_plugin.recipes import find_recipe
-from fedhubert_plugin.report import clients_table, downstream_table, plot_run, rounds_table, write_report
+from fedhubert_plugin.reference_curve import reference_curves
+from fedhubert_plugin.report import (
+    clients_table,
+    downstream_table,
+    plot_against_reference,
+    plot_run,
+    reference_summary,
+    rounds_table,
+    write_report,
+)
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
 
 logger = logging.getLogger(__name__)
@@ -234,12 +243,15 @@ def make_report(
     pretrain_lines, distill_lines = read_metrics(pretrain), read_metrics(distill)
     plot_run(pretrain_lines, "federated pretraining", cfg.out / "pretrain.png")
     plot_run(distill_lines, "federated distillation", cfg.out / "distill.png")
+    plot_against_reference(pretrain_lines, reference_curves(), cfg.out / "reference.png")
     sections = {
         "Data and clients": f"Prepared data: `{prepared}`: speaker non-IID partition, MFCC k-means targets "
         f"learned federated (only per-cluster sums and counts left the clients).\n\n"
         + clients_table(json.loads((prepared / "partition.json").read_text())),
         "Federated pretraining": f"![pretraining](pretrain.png)\n\n{rounds_table(pretrain_lines)}\n\n"
         f"Checkpoints: `{pretrain / 'server'}`; TensorBoard: `{pretrain / 'server' / 'tb'}`.",
+        "Pretraining against the reference curves": "![reference](reference.png)\n\n"
+        + reference_summary(pretrain_lines, reference_curves()),
         "Federated distillation": f"![distillation](distill.png)\n\n{rounds_table(distill_lines)}\n\n"
         "KD loss per round: "
         + ", ".join(f"{line['train'].get('kd_loss', float('nan')):.3f}" for line in distill_lines),

@@ -43,3 +43,9 @@ def reference_note(band: Dict[str, list], updates: int, metrics: Dict[str, float
         f"{loss[0]:.3f}–{loss[1]:.3f}), masked acc {metrics.get('acc_masked', float('nan')):.3f} (reference "
         f"{acc[0]:.3f}–{acc[1]:.3f}); the tiny recipe's reference curves: docs/training-curves.md"
     )
+
+
+def first_reaching(kind: str, measure: str, value: float, curves: Dict) -> Optional[int]:
+    """The first stored updates at which the seeds' mean ``measure`` of ``kind`` reaches ``value``; None if never."""
+    curve = curves["runs"][kind]
+    return next((u for u, mean in zip(curve["updates"], curve[measure]["mean"]) if mean >= value), None)

@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedhubert_plugin.federation.server.runlog import validations  # noqa: E402
+from fedhubert_plugin.federation.server.runlog import updates_behind, validations  # noqa: E402
+from fedhubert_plugin.reference_curve import first_reaching, reference_band  # noqa: E402
 
 
 def plot_run(lines: List[Dict], title: str, out: Path) -> Path:
@@ -45,6 +46,60 @@ def plot_run(lines: List[Dict], title: str, out: Path) -> Path:
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def plot_against_reference(lines: List[Dict], curves: Dict, out: Path) -> Path:
+    """The run's validations (loss, masked accuracy) against the updates behind each model, over the tiny recipe's
+    reference bands (``reference_curve``); updates on a log scale, since the references run 3,200."""
+    behind, validated = updates_behind(lines), validations(lines)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, measure in zip(axes, ("loss", "acc_masked")):
+        for kind, color in (("centralized", "tab:green"), ("fedadam", "tab:blue")):
+            curve = curves["runs"][kind]
+            ax.fill_between(
+                curve["updates"], curve[measure]["min"], curve[measure]["max"], color=color, alpha=0.3, label=kind
+            )
+        models = [r for r in validated if behind.get(r, 0) > 0]
+        ax.plot([behind[r] for r in models], [validated[r]["metrics"].get(measure) for r in models], "k-o", label="run")
+        ax.set_xscale("log")
+        ax.set_xlabel("updates in all (every client's, summed)")
+        ax.set_ylabel(f"valid {measure}")
+        ax.legend(fontsize=7)
+    fig.suptitle("this run against the tiny recipe's reference curves (band: min-max over seeds)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def reference_summary(lines: List[Dict], curves: Dict) -> str:
+    """What the run learned, said beside the reference curves: its validation loss from the initial model to the
+    last, and its masked accuracy against the band at its updates and against twice the references' first point."""
+    behind, validated = updates_behind(lines), validations(lines)
+    first, last = validated[min(validated)]["metrics"], validated[max(validated)]["metrics"]
+    updates, acc = behind.get(max(validated), 0), last.get("acc_masked", math.nan)
+    band = reference_band("fedadam", updates, curves)
+    where = (
+        f"the FedAdam reference's band there: valid loss {band['loss'][0]:.3f}–{band['loss'][1]:.3f}, masked acc "
+        f"{band['acc_masked'][0]:.3f}–{band['acc_masked'][1]:.3f}"
+        if band
+        else f"before the references' first stored point ({curves['runs']['fedadam']['updates'][0]:,} updates)"
+    )
+    twice = {kind: 2 * run["acc_masked"]["mean"][0] for kind, run in curves["runs"].items()}
+    if acc >= min(twice.values()):
+        masked = f"Masked accuracy {acc:.3f}, at least twice the references' at their first point."
+    else:
+        reached = [(kind, first_reaching(kind, "acc_masked", value, curves)) for kind, value in twice.items()]
+        masked = (
+            f"Not shown at this size: masked accuracy {acc:.3f}. The references' masked accuracy doubles its first "
+            "point's after " + " and ".join(f"{u:,} updates ({kind})" for kind, u in reached if u) + ", more than "
+            "a 5-minute demo on 2 cores trains."
+        )
+    return (
+        f"The last validated model has {updates:,} updates behind it; {where}. Learned beyond noise: the valid loss "
+        f"fell from {first['loss']:.3f} (the initial model) to {last['loss']:.3f}. {masked} The whole curves: "
+        "docs/training-curves.md; `benchmarks/learning_curve.py` trains them."
+    )
 
 
 def clients_table(partition: Dict) -> str:
