@@ -47,6 +47,17 @@ def test_missing_label_file_and_dictionary_are_named(client_shard, tmp_path):
         setup_fed_task(shard).load_dataset("train")
 
 
+def test_labels_the_dictionary_does_not_list_are_refused(client_shard, tmp_path):
+    """fairseq would read them as <unk>: with an empty dictionary every target is the same, and the run looks
+    excellent (masked accuracy 0.41 after 2 updates in docs/training-curves.md) while learning nothing."""
+    shard = copy_shard(client_shard, tmp_path)
+    dictionary = shard / "labels" / "dict.km.txt"
+    dictionary.write_text("")
+    with pytest.raises(ShardError) as err:
+        setup_fed_task(shard).load_dataset("train")
+    assert str(dictionary) in str(err.value) and "uses 8 labels that its dictionary" in str(err.value)
+
+
 def test_missing_manifest_is_named(client_shard, tmp_path):
     shard = copy_shard(client_shard, tmp_path)
     with pytest.raises(ShardError, match=str(shard / "test.tsv")):
