@@ -96,6 +96,10 @@ def test_run_config_values_become_typed_settings_with_absolute_paths(tmp_path, m
         ({"local_updates": 0}, "--local-updates (run config local-updates)"),
         ({"init_from": "/nowhere/teacher.pt"}, "--init-from (run config init-from): /nowhere/teacher.pt not found"),
         ({"transport_dtype": "bfloat16"}, "--transport-dtype (run config transport-dtype)"),
+        (  # the client would replace it with the labels' rate: refused rather than silently ignored
+            {"overrides": ["task.label_rate=50"], "label_rate": 100.0},
+            "--overrides (run config overrides): task.label_rate=50, labels: 100 Hz; drop the override",
+        ),
     ],
 )
 def test_validation_names_the_setting_under_both_launchers(change, named):

@@ -215,6 +215,12 @@ class FederationSettings:
                 "wait for as many as train",
             ),
             (self.round_timeout > 0, "round_timeout", str(self.round_timeout), "give the seconds a round may take"),
+            (
+                float(override_value(self.overrides, "task.label_rate") or self.label_rate) == self.label_rate,
+                "overrides",
+                f"task.label_rate={override_value(self.overrides, 'task.label_rate')}, labels: {self.label_rate:g} Hz",
+                "drop the override: the run trains at its labels' rate (label-rate; prepare.json in simulation)",
+            ),
             (self.evaluate_every >= 0, "evaluate_every", str(self.evaluate_every), "give N >= 0 rounds"),
             (
                 0.0 <= self.trimmed_beta < 0.5,
