@@ -341,7 +341,9 @@ def main() -> None:
         elif name in GPU_SECTIONS and not torch.cuda.is_available():
             print(f"{name}: not run, no NVIDIA GPU on this machine; results/{name}.md is left as it is", flush=True)
         elif name == "gpu":
-            g = gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true"])
+            # no DataLoader workers, plain and federated alike: with the recipe's 6, GPU rounds hung in 3 of 4
+            # tries (results/gpu.md; docs/troubleshooting.md)
+            g = gpu(args.work / "gpu", toy, args.local_updates, "base", ["common.fp16=true", "dataset.num_workers=0"])
             write_results("gpu", [g], gpu_markdown(g), "Base recipe in fp16 on the GPU.")
         else:
             script = REPO / "benchmarks" / f"{SCRIPT_OF.get(name, name)}.py"
