@@ -13,6 +13,15 @@ from fedhubert_plugin.federation.server.runlog import updates_behind, validation
 from fedhubert_plugin.reference_curve import first_reaching, reference_band  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, title: str, out: Path) -> Path:
+    """``fig`` with ``title`` written to ``out`` (PNG) and closed; ``out``."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
 def plot_run(lines: List[Dict], title: str, out: Path) -> Path:
     """Loss and masked accuracy (global train per round; global and each client's valid per validated model),
     and bytes per round."""
@@ -41,11 +50,7 @@ def plot_run(lines: List[Dict], title: str, out: Path) -> Path:
     axes[2].set_xticks(rounds)
     axes[2].set_ylabel("MB")
     axes[2].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, title, out)
 
 
 def plot_against_reference(lines: List[Dict], curves: Dict, out: Path) -> Path:
@@ -65,11 +70,7 @@ def plot_against_reference(lines: List[Dict], curves: Dict, out: Path) -> Path:
         ax.set_xlabel("updates in all (every client's, summed)")
         ax.set_ylabel(f"valid {measure}")
         ax.legend(fontsize=7)
-    fig.suptitle("this run against the tiny recipe's reference curves (band: min-max over seeds)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, "this run against the tiny recipe's reference curves (band: min-max over seeds)", out)
 
 
 def reference_summary(lines: List[Dict], curves: Dict) -> str:
@@ -171,8 +172,4 @@ def plot_probe(results, out: Path) -> Path:
         ax.set_xlabel("layer (0: conv front end; n ≥ 1: after n transformer layers)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
-    fig.suptitle("what the layers know about phones and speakers (held-out speakers)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, "what the layers know about phones and speakers (held-out speakers)", out)

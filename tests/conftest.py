@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +20,8 @@ from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
 from fedhubert_plugin.toy_superb import ToySuperbSummary, write_toy_superb_data
 from tests.helpers import (
     N_CLUSTERS,
-    PLUGIN_DIR,
     RECIPES,
-    fairseq_env,
+    fairseq_hydra_train,
     prepare_argv,
     pretrain_settings,
     write_energy_dictionary,
@@ -139,25 +136,15 @@ def client_shard(toy_corpus, tmp_path_factory) -> Path:
 def trained_run(client_shard, tmp_path_factory) -> dict:
     """`fairseq-hydra-train` with the tiny recipe for 4 updates; its checkpoint and JSON logs."""
     run_dir = tmp_path_factory.mktemp("hydra_run")
-    cmd = [
-        str(Path(sys.executable).parent / "fairseq-hydra-train"),
-        "--config-dir",
-        str(RECIPES),
-        "--config-name",
-        "tiny",
+    overrides = [
         f"task.data={client_shard}",
         f"task.label_dir={client_shard / 'labels'}",
-        f"common.user_dir={PLUGIN_DIR}",
-        "common.cpu=true",
         "optimization.max_update=4",
         "lr_scheduler.warmup_updates=2",
         f"checkpoint.save_dir={run_dir / 'checkpoints'}",
         f"common.tensorboard_logdir={run_dir / 'tb'}",
-        f"hydra.run.dir={run_dir}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600, cwd=run_dir)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    log = fairseq_hydra_train(RECIPES, "tiny", overrides, run_dir)
     records = []
     for line in log.splitlines():
         start = line.find("{")

@@ -4,6 +4,8 @@ Fixtures live in ``conftest.py``; everything here is imported as ``from tests.he
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict
 
@@ -106,6 +108,26 @@ def setup_fed_task(shard: Path, **overrides):
 def fairseq_env() -> dict:
     """The environment of a fairseq subprocess: unbuffered, two threads."""
     return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+
+
+def fairseq_hydra_train(config_dir: Path, config_name: str, overrides: list, run_dir: Path) -> str:
+    """Plain ``fairseq-hydra-train`` of ``config_name`` on CPU with the plugin as ``common.user_dir``, in
+    ``run_dir``; its log (stdout and stderr). Fails with the log's tail unless it exits 0."""
+    cmd = [
+        str(Path(sys.executable).parent / "fairseq-hydra-train"),
+        "--config-dir",
+        str(config_dir),
+        "--config-name",
+        config_name,
+        *overrides,
+        f"common.user_dir={PLUGIN_DIR}",
+        "common.cpu=true",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600, cwd=run_dir)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return log
 
 
 def metric_lines(save_dir: Path) -> list:

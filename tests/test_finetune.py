@@ -3,8 +3,6 @@ fine-tuning a fedhubert checkpoint with them."""
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import editdistance
@@ -17,7 +15,7 @@ from fedhubert_plugin.data.manifest import read_manifest
 from fedhubert_plugin.data.scan import Utterance
 from fedhubert_plugin.data.transcripts import ALPHABET, FINETUNE_DIR, letters, why_not_transcribed
 from fedhubert_plugin.recipes import compose_recipe
-from tests.helpers import PLUGIN_DIR, REPO, fairseq_env, setup_fed_task
+from tests.helpers import REPO, fairseq_hydra_train, setup_fed_task
 
 FINETUNE_RECIPES = REPO / "recipes" / "librispeech" / "finetune"
 
@@ -102,25 +100,15 @@ def test_the_base_10h_recipe_is_fairseqs_but_for_the_intended_differences():
 @pytest.mark.e2e
 def test_fairseq_hydra_train_fine_tunes_a_fedhubert_checkpoint_and_asr_eval_scores_it(prepared, trained_run, tmp_path):
     folder = prepared / "clients" / "client_000" / FINETUNE_DIR
-    cmd = [
-        str(Path(sys.executable).parent / "fairseq-hydra-train"),
-        "--config-dir",
-        str(FINETUNE_RECIPES),
-        "--config-name",
-        "tiny_ctc",
+    overrides = [
         f"task.data={folder}",
         f"task.label_dir={folder}",
         f"model.w2v_path={trained_run['checkpoint']}",
-        f"common.user_dir={PLUGIN_DIR}",
-        "common.cpu=true",
         "optimization.max_update=6",
         "model.freeze_finetune_updates=2",
         f"checkpoint.save_dir={tmp_path / 'checkpoints'}",
-        f"hydra.run.dir={tmp_path}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600, cwd=tmp_path)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    log = fairseq_hydra_train(FINETUNE_RECIPES, "tiny_ctc", overrides, tmp_path)
     valid = [json.loads(line[line.index("{") :]) for line in log.splitlines() if '"valid_wer"' in line]
     assert valid and all(float(v["valid_wer"]) >= 0 and float(v["valid_loss"]) > 0 for v in valid)
     assert int(valid[-1]["valid_num_updates"]) == 6

@@ -7,7 +7,14 @@ import torch
 
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.federation.simulation import simulate_pretraining
-from tests.helpers import REPO, SCHEDULE_OF_3_ROUNDS, metric_lines, pretrain_settings, valid_losses
+from tests.helpers import (
+    REPO,
+    SCHEDULE_OF_3_ROUNDS,
+    fairseq_hydra_train,
+    metric_lines,
+    pretrain_settings,
+    valid_losses,
+)
 
 
 @pytest.mark.e2e
@@ -124,35 +131,19 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(federated_run, prepare
 
 @pytest.mark.e2e
 def test_fairseq_hydra_train_continues_from_the_global_checkpoint(federated_run, prepared, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tests.helpers import PLUGIN_DIR, fairseq_env
-
     client = prepared / "clients" / "client_000"
     last = federated_run / "server" / "checkpoint_last.pt"
-    cmd = [
-        str(Path(sys.executable).parent / "fairseq-hydra-train"),
-        "--config-dir",
-        str(REPO / "recipes" / "librispeech" / "pretrain"),
-        "--config-name",
-        "tiny",
+    overrides = [
         f"task.data={client}",
         f"task.label_dir={client / 'labels'}",
-        f"common.user_dir={PLUGIN_DIR}",
-        "common.cpu=true",
         "optimization.max_update=2",
         f"checkpoint.restore_file={last}",
         "checkpoint.reset_optimizer=true",
         "checkpoint.reset_dataloader=true",
         "checkpoint.reset_meters=true",
         f"checkpoint.save_dir={tmp_path / 'ckpt'}",
-        f"hydra.run.dir={tmp_path}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(), timeout=600, cwd=tmp_path)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-3000:]
+    log = fairseq_hydra_train(REPO / "recipes" / "librispeech" / "pretrain", "tiny", overrides, tmp_path)
     assert f"Loaded checkpoint {last}" in log
     first_loss = float(
         json.loads(
