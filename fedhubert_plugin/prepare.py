@@ -134,11 +134,16 @@ def report_unusable(folders: List[Path], utterances: List[Utterance], report: Sc
     return [u for u in utterances if Path(u.path).resolve() not in dropped]
 
 
+def usable_splits(splits: Dict[str, List[Utterance]], usable_paths: Set[str]) -> Dict[str, List[Utterance]]:
+    """One client's ``splits`` without the utterances its feature extraction could not decode."""
+    return {split: [u for u in split_utts if u.path in usable_paths] for split, split_utts in splits.items()}
+
+
 def write_partition(cfg: PrepareConfig, splits_of: Dict[str, Dict], usable_paths: Set[str]) -> Dict[str, Dict]:
     """``partition.json``: per client its speakers, and utterances and hours per split (of the usable ones)."""
     clients = {}
     for name, splits in splits_of.items():
-        splits = {split: [u for u in split_utts if u.path in usable_paths] for split, split_utts in splits.items()}
+        splits = usable_splits(splits, usable_paths)
         clients[name] = {
             "speakers": sorted({u.speaker for split_utts in splits.values() for u in split_utts}),
             **{split: split_summary(split_utts) for split, split_utts in splits.items()},
@@ -155,7 +160,7 @@ def write_finetune_data(cfg: PrepareConfig, splits_of: Dict[str, Dict], usable_p
     utterances left out of fine-tuning with the reason (each logged)."""
     total, left_out = 0, []
     for name, splits in splits_of.items():
-        usable = {split: [u for u in split_utts if u.path in usable_paths] for split, split_utts in splits.items()}
+        usable = usable_splits(splits, usable_paths)
         counts, client_left_out = write_finetune_labels(cfg.librispeech_root, cfg.out / "clients" / name, usable)
         total, left_out = total + sum(counts.values()), left_out + client_left_out
     for row in left_out:
