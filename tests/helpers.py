@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -160,3 +160,15 @@ def pooled_features(folders, extractor) -> np.ndarray:
     return np.concatenate(
         [feats for folder in folders for _, feats, _ in utterance_features(folder / "train.tsv", extractor)]
     )
+
+
+def recipe_differences(theirs: Dict, ours: Dict, sections: Iterable[str], intended: Dict) -> List[Tuple]:
+    """(section, key, fairseq's value, ours) for every value fairseq's recipe ``theirs`` sets in ``sections`` that
+    our composed recipe ``ours`` does not hold, but for the ``intended`` (section, key) differences and the values
+    fairseq leaves to the command line (``???``)."""
+    return [
+        (section, key, value, ours[section].get(key))
+        for section in sections
+        for key, value in theirs[section].items()
+        if (section, key) not in intended and value != "???" and ours[section].get(key) != value
+    ]

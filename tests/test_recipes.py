@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from fedhubert_plugin.federation.client.local_trainer import LocalTrainer
 from fedhubert_plugin.federation.client.work import FitTask, TrainerSpec
 from fedhubert_plugin.recipes import compose_recipe, find_recipe
-from tests.helpers import REPO, TINY
+from tests.helpers import REPO, TINY, recipe_differences
 
 
 def test_recipes_are_found_by_name_or_path(tmp_path, monkeypatch):
@@ -53,13 +53,7 @@ def test_the_large_recipe_is_fairseqs_large_over_base():
     # base first: a recipe composed earlier in the process must not stop one that builds on it
     base = OmegaConf.to_container(compose_recipe("base", ["task.data=d", "task.label_dir=d"]))
     ours = OmegaConf.to_container(compose_recipe("large", ["task.data=d", "task.label_dir=d"]))
-    differences = [
-        (section, key, value, ours[section].get(key))
-        for section in COMPARED
-        for key, value in theirs[section].items()
-        if (section, key) not in INTENDED and ours[section].get(key) != value
-    ]
-    assert not differences
+    assert not recipe_differences(theirs, ours, COMPARED, INTENDED)
     assert ours["task"]["label_rate"] == 50 and ours["model"]["encoder_layers"] == 24
     assert ours["common"] == base["common"]  # what Large does not set is base's
 
