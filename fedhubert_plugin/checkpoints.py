@@ -13,7 +13,7 @@ import math
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -83,6 +83,14 @@ def cluster_dictionary(n_clusters: int) -> Dictionary:
     return Dictionary.load(io.StringIO("".join(f"{i} 1\n" for i in range(n_clusters))))
 
 
+def dictionary_of(symbols: Sequence[str]) -> Dictionary:
+    """The fairseq dictionary whose symbols are ``symbols`` (its special symbols first, as saved)."""
+    dictionary = Dictionary()
+    for symbol in list(symbols)[dictionary.nspecial :]:
+        dictionary.add_symbol(symbol)
+    return dictionary
+
+
 def tensor_of(array: Any) -> torch.Tensor:
     """A tensor sharing ``array``'s memory, to save. The server's weights are read-only views of the bytes
     Flower holds; torch warns that it cannot write to them, which saving never does."""
@@ -95,11 +103,12 @@ def save_fairseq_checkpoint(
     path: Path,
     cfg: DictConfig,
     weights: Mapping[str, np.ndarray],
-    n_clusters: int,
+    task_state: Dict[str, Any],
     num_updates: int,
     extra: Dict[str, Any],
 ) -> None:
-    """A fairseq HuBERT checkpoint of ``weights`` that ``load_model_ensemble_and_task`` loads."""
+    """A fairseq checkpoint of ``weights`` (HuBERT, or HuBERT CTC when ``cfg`` fine-tunes) and its task's label
+    dictionaries (``recipes.task_state``) that ``load_model_ensemble_and_task`` loads."""
     state = {
         "args": None,
         "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
@@ -112,7 +121,7 @@ def save_fairseq_checkpoint(
                 "num_updates": num_updates,
             }
         ],
-        "task_state": {"dictionaries": [cluster_dictionary(n_clusters)]},
+        "task_state": task_state,
         "extra_state": extra,
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -161,6 +170,12 @@ def as_s3prl_state(state: Mapping[str, Any], path: Union[str, Path]) -> Dict[str
     )
 
 
+def normalization_of(state: Mapping[str, Any], path: Union[str, Path]) -> str:
+    """``true`` or ``false``: whether the HuBERT checkpoint ``state`` (of ``path``) heard normalised waveforms: the
+    ``task.normalize`` of a model trained from it (a student, a CTC model: fairseq asserts that they agree)."""
+    return str(bool(as_s3prl_state(state, path)["task_cfg"].get("normalize", False))).lower()
+
+
 def load_hubert_model(path: Union[str, Path]):
     """fairseq's ``HubertModel`` with the weights of any HuBERT checkpoint we write (either format),
     and its task config (``normalize``, ``label_rate``).
@@ -179,12 +194,7 @@ def hubert_model(state: Mapping[str, Any], load_weights: bool = True):
     def config(cls, values: Mapping[str, Any]):
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
-    dictionaries = []
-    for symbols in state["dictionaries_symbols"]:
-        dictionary = Dictionary()
-        for symbol in symbols[dictionary.nspecial :]:
-            dictionary.add_symbol(symbol)
-        dictionaries.append(dictionary)
+    dictionaries = [dictionary_of(symbols) for symbols in state["dictionaries_symbols"]]
     task_cfg = config(HubertPretrainingConfig, state["task_cfg"])
     model = HubertModel(config(HubertConfig, state["model_cfg"]), task_cfg, dictionaries)
     if load_weights:

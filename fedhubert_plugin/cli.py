@@ -9,17 +9,7 @@ import logging
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from fedhubert_plugin import console
-from fedhubert_plugin.configs import (
-    DISTILL_DEFAULTS,
-    AsrEvalConfig,
-    DemoConfig,
-    DistillConfig,
-    PrepareConfig,
-    ProbeConfig,
-    ToyDataConfig,
-    from_prepared_data,
-)
+from fedhubert_plugin import configs, console
 from fedhubert_plugin.downstream import run_downstream
 from fedhubert_plugin.export import ExportConfig
 from fedhubert_plugin.federation.settings import FederationSettings
@@ -35,13 +25,13 @@ USER_ERRORS = (FileExistsError, FileNotFoundError, ValueError, RuntimeError)
 def run_toy_data(args: argparse.Namespace) -> None:
     from fedhubert_plugin.toy_superb import write_toy_corpora
 
-    print(write_toy_corpora(from_args(ToyDataConfig, args)))
+    print(write_toy_corpora(from_args(configs.ToyDataConfig, args)))
 
 
 def run_prepare(args: argparse.Namespace) -> None:
     from fedhubert_plugin.prepare import prepare, summary_table
 
-    print(summary_table(prepare(from_args(PrepareConfig, args))))
+    print(summary_table(prepare(from_args(configs.PrepareConfig, args))))
 
 
 def run_federation(args: argparse.Namespace, **values: Any) -> None:
@@ -50,13 +40,14 @@ def run_federation(args: argparse.Namespace, **values: Any) -> None:
     from fedhubert_plugin.recipes import find_recipe
 
     values = {**option_values(FederationSettings, args), "recipe": str(find_recipe(args.recipe)), **values}
-    settings = from_prepared_data(**values)
+    settings = configs.from_prepared_data(**values)
     simulate_pretraining(settings, num_clients=settings.min_available_nodes)
     print(f"checkpoints in {settings.server_dir}; metrics in {settings.server_dir / 'metrics.jsonl'}")
 
 
-def run_distill(args: argparse.Namespace) -> None:
-    run_federation(args, **from_args(DistillConfig, args).settings(args.overrides))
+def federation_with(config: type) -> Callable[[argparse.Namespace], None]:
+    """``run_federation`` with the settings that the command's own options (``config``: distill, finetune) set."""
+    return lambda args: run_federation(args, **from_args(config, args).settings(args.overrides))
 
 
 def run_label_quality(args: argparse.Namespace) -> None:
@@ -68,7 +59,7 @@ def run_label_quality(args: argparse.Namespace) -> None:
 def run_probe(args: argparse.Namespace) -> None:
     from fedhubert_plugin.probe import probe_checkpoints, probe_table
 
-    results, written = probe_checkpoints(from_args(ProbeConfig, args))
+    results, written = probe_checkpoints(from_args(configs.ProbeConfig, args))
     print(probe_table(results))
     print(f"every layer: {written['json']}; plot: {written['png']}")
 
@@ -76,7 +67,7 @@ def run_probe(args: argparse.Namespace) -> None:
 def run_asr_eval(args: argparse.Namespace) -> None:
     from fedhubert_plugin.asr_eval import evaluate_wer, wer_line
 
-    print(wer_line(evaluate_wer(from_args(AsrEvalConfig, args))))
+    print(wer_line(evaluate_wer(from_args(configs.AsrEvalConfig, args))))
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -95,7 +86,7 @@ def run_superb_command(args: argparse.Namespace) -> None:
 def run_demo_command(args: argparse.Namespace) -> None:
     from fedhubert_plugin.demo import run_demo
 
-    run_demo(from_args(DemoConfig, args))
+    run_demo(from_args(configs.DemoConfig, args))
 
 
 class Command(NamedTuple):
@@ -111,13 +102,13 @@ class Command(NamedTuple):
 COMMANDS = {
     "toy-data": Command(
         run_toy_data,
-        (ToyDataConfig,),
+        (configs.ToyDataConfig,),
         "synthesize a LibriSpeech-layout corpus and a Speech-Commands-layout keyword set with espeak-ng",
         "Write DIR/LibriSpeech/{train-clean-5,dev-clean-2} and DIR/speech_commands/{train,test}.",
     ),
     "prepare": Command(
         run_prepare,
-        (PrepareConfig,),
+        (configs.PrepareConfig,),
         "partition a LibriSpeech tree into clients with fairseq manifests and k-means labels "
         "(MFCC or a checkpoint's layer)",
         "Scan LibriSpeech subsets, split them across clients (non-IID by speaker by default), "
@@ -132,13 +123,22 @@ COMMANDS = {
         "arguments are fairseq/hydra overrides of the recipe (e.g. model.encoder_layers=4).",
     ),
     "distill": Command(
-        run_distill,
-        (DistillConfig, FederationSettings),
+        federation_with(configs.DistillConfig),
+        (configs.DistillConfig, FederationSettings),
         "federated knowledge distillation of a frozen teacher into a smaller student",
         "Same federation as pretrain; each client trains the student with the criterion "
         "hubert_distillation (KD from the teacher + HuBERT loss on its own k-means targets, + layer "
         "regression). The teacher is read from --teacher on each client and never sent.",
-        DISTILL_DEFAULTS,
+        configs.DISTILL_DEFAULTS,
+    ),
+    "finetune": Command(
+        federation_with(configs.FinetuneConfig),
+        (configs.FinetuneConfig, FederationSettings),
+        "federated CTC fine-tuning of a pretrained HuBERT on the clients' transcribed speech (fairseq's hubert_ctc)",
+        "Same federation as pretrain, on each client's finetune/ folder (letters from its transcripts, which never "
+        "leave it); fairseq's hubert_ctc model and ctc criterion with the encoder frozen for the recipe's share of "
+        "the updates. The best round by the clients' pooled validation WER is SAVE/server/checkpoint_best.pt.",
+        configs.FINETUNE_DEFAULTS,
     ),
     "label-quality": Command(
         run_label_quality,
@@ -151,7 +151,7 @@ COMMANDS = {
     ),
     "probe": Command(
         run_probe,
-        (ProbeConfig,),
+        (configs.ProbeConfig,),
         "what each layer of a checkpoint knows about phones: linear phone accuracy and k-means PNMI",
         "For every layer of each checkpoint (s3prl's hidden_states of hubert_local) and for MFCC: a "
         "frame-level linear phone classifier fitted on --train-subset's speakers and scored on --test-subset's, "
@@ -171,7 +171,7 @@ COMMANDS = {
     ),
     "asr-eval": Command(
         run_asr_eval,
-        (AsrEvalConfig,),
+        (configs.AsrEvalConfig,),
         "word error rate of a CTC fine-tuned checkpoint on a finetune/ folder (fairseq's Viterbi decoder)",
         "Decodes --subset of --data and writes OUT/hypo.word, OUT/ref.word and OUT/wer.json.",
     ),
@@ -184,7 +184,7 @@ COMMANDS = {
     ),
     "demo": Command(
         run_demo_command,
-        (DemoConfig,),
+        (configs.DemoConfig,),
         "the whole pipeline in one command: data, prepare, pretrain, distill, KS downstream, report",
         "Toy corpus (or your LibriSpeech and Speech Commands) -> 4 speaker non-IID clients with federated "
         "k-means -> federated HuBERT pretraining -> federated distillation -> s3prl keyword spotting for teacher, "

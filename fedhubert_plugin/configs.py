@@ -4,9 +4,9 @@ Each field is an ``option`` with its default and help; the command line (``cli``
 options from these fields and builds the dataclass back from them, and the library functions
 take the dataclass (``prepare.prepare``, ``demo.run_demo``, ``probe.probe_checkpoints``,
 ``asr_eval.evaluate_wer``).
-``pretrain`` and ``distill`` take ``FederationSettings``, which ``from_prepared_data`` fills
-in from a prepared folder; ``distill`` adds ``DistillConfig``. The options of ``export`` and
-``label-quality`` live beside their jobs (``export.ExportConfig``, ``targets.LabelQualityConfig``).
+``pretrain``, ``distill`` and ``finetune`` take ``FederationSettings``, which ``from_prepared_data`` fills
+in from a prepared folder; ``distill`` adds ``DistillConfig``, ``finetune`` ``FinetuneConfig``. The options
+of ``export`` and ``label-quality`` live beside their jobs (``export.ExportConfig``, ``targets.LabelQualityConfig``).
 
 This module imports nothing heavy: ``fedhubert --help`` builds every command's options from it.
 """
@@ -26,6 +26,8 @@ from fedhubert_plugin.targets import FEATURES, KMEANS_MODES
 # from scratch (0.01, benchmarks/results/quality_sweep.md) overshoots there (the validation loss rose
 # over 3 rounds in tests/test_distill.py); 1e-3 does not
 DISTILL_DEFAULTS = {"recipe": "student", "eta": 1e-3}
+# `fedhubert finetune` starts from pretrained weights too: the same server lr as distillation
+FINETUNE_DEFAULTS = {"recipe": "tiny_ctc", "eta": 1e-3}
 
 
 @dataclass
@@ -142,6 +144,9 @@ class DemoConfig:
     n_clusters: int = option(100, "k-means clusters of the targets")
     rounds: int = option(5, "federated pretraining rounds")
     distill_rounds: int = option(5, "federated distillation rounds")
+    finetune_rounds: int = option(
+        0, "federated CTC fine-tuning rounds of the teacher on the clients' transcripts (0: no fine-tuning phase)"
+    )
     local_updates: int = option(10, "fairseq updates per client per round")
     overrides: List[str] = option([], "fairseq/hydra overrides of the recipes", positional=True)
     seed: int = option(0, "seed of the toy corpus, the clients, k-means and the models")
@@ -170,14 +175,31 @@ class DistillConfig:
             raise FileNotFoundError(
                 f"teacher {teacher} not found: pass SAVE/server/checkpoint_best.pt of a `fedhubert pretrain` run"
             )
-        from fedhubert_plugin.checkpoints import as_s3prl_state, load_checkpoint
+        from fedhubert_plugin.checkpoints import load_checkpoint, normalization_of
 
-        normalize = bool(as_s3prl_state(load_checkpoint(teacher), teacher)["task_cfg"].get("normalize", False))
+        normalize = normalization_of(load_checkpoint(teacher), teacher)
         criterion = {"alpha": self.alpha, "temperature": self.temperature, "hidden_weight": self.hidden_weight}
-        ours = [f"criterion.teacher_checkpoint={teacher}", f"task.normalize={str(normalize).lower()}"]
+        ours = [f"criterion.teacher_checkpoint={teacher}", f"task.normalize={normalize}"]
         ours += [f"criterion.{key}={value}" for key, value in criterion.items() if value is not None]
         values = {"overrides": ours + list(overrides)}
         return {**values, "init_from": str(teacher)} if self.init_from_teacher else values
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of ``fedhubert finetune`` beside the federation's settings."""
+
+    init: Path = option(
+        REQUIRED,
+        "the pretrained HuBERT to fine-tune: SAVE/server/checkpoint_best.pt of `fedhubert pretrain`, or "
+        "fairseq-hydra-train's checkpoint (fairseq's model.w2v_path; read on the server only); the same as "
+        "--init-from with a fine-tuning recipe",
+    )
+
+    def settings(self, overrides: Sequence[str]) -> Dict[str, Any]:
+        """The federation settings of this fine-tuning: the pretrained checkpoint to start from, and ``overrides``
+        (the server settles the rest: ``federation.server.finetuning``)."""
+        return {"init_from": str(Path(self.init).resolve()), "overrides": list(overrides)}
 
 
 def from_prepared_data(data_root: str, **values: Any) -> FederationSettings:

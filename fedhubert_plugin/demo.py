@@ -1,10 +1,11 @@
 """``fedhubert demo``: the whole product in one command, from audio to SUPERB keyword spotting.
 
-Phases (each logs ``[phase i/7]``; the tools underneath show their own progress bars):
+Phases (each logs ``[phase i/7]``, ``i/8`` with fine-tuning; the tools underneath show their own progress bars):
 1. data: the toy corpus (espeak-ng voices), or the given LibriSpeech and Speech Commands;
 2. prepare: speaker non-IID clients, MFCC, federated k-means through Flower;
 3. pretrain: federated HuBERT (fairseq trainers on Flower, FedAdam);
 4. distill: federated distillation of the global model into a smaller student;
+   (with ``--finetune-rounds``: federated CTC fine-tuning of the global model on the clients' transcripts);
 5. downstream: s3prl keyword spotting (train, then test ``dev-best.ckpt``) for the teacher,
    the student and the untrained model (random init);
 6. probe: what the layers of the same three, and MFCC, know about phones (``fedhubert probe``,
@@ -23,7 +24,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from fedhubert_plugin.configs import DISTILL_DEFAULTS, DemoConfig, DistillConfig, from_prepared_data
+from fedhubert_plugin.configs import (
+    DISTILL_DEFAULTS,
+    FINETUNE_DEFAULTS,
+    DemoConfig,
+    DistillConfig,
+    from_prepared_data,
+)
 from fedhubert_plugin.downstream import superb_task
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server.runlog import read_metrics
@@ -35,6 +42,7 @@ from fedhubert_plugin.reference_curve import reference_curves
 from fedhubert_plugin.report import (
     clients_table,
     downstream_table,
+    finetune_summary,
     plot_against_reference,
     plot_run,
     reference_summary,
@@ -45,8 +53,8 @@ from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
 
 logger = logging.getLogger(__name__)
 
-# teacher recipe -> (student recipe, KS config)
-PAIRED = {"tiny": ("tiny_student", "ks_tiny"), "base": ("student", "ks")}
+# teacher recipe -> (student recipe, KS config, CTC fine-tuning recipe)
+PAIRED = {"tiny": ("tiny_student", "ks_tiny", "tiny_ctc"), "base": ("student", "ks", "base_10h")}
 TEACHER, STUDENT, RANDOM_INIT = (
     "teacher (federated HuBERT)",
     "student (federated distillation)",
@@ -149,16 +157,11 @@ def downstream_phase(cfg: DemoConfig, data: Dict, upstreams: Dict[str, Tuple[str
     return results
 
 
-def run_demo(cfg: DemoConfig) -> Path:
-    """Run every phase into ``cfg.out``; returns the report's path."""
-    if cfg.recipe not in PAIRED:
-        raise ValueError(f"--recipe {cfg.recipe!r}: choose one of {', '.join(PAIRED)}")
-    cfg.out.mkdir(parents=True, exist_ok=True)
+def federated_runs(cfg: DemoConfig, phases: Phases, prepared: Path) -> Dict[str, Optional[Path]]:
+    """Federated pretraining, the distillation of its best model and, with ``finetune_rounds``, its CTC
+    fine-tuning: their save dirs by name (finetune: None when not run)."""
     overrides = list(cfg.overrides)
     teacher_recipe, student_recipe = str(find_recipe(cfg.recipe)), str(find_recipe(PAIRED[cfg.recipe][0]))
-    phases = Phases(7)
-    data = phases.run("data", data_phase, cfg)
-    prepared = phases.run("prepare (federated k-means)", prepare_phase, cfg, data)
     pretrain = phases.run(
         "federated pretraining",
         federation_phase,
@@ -181,18 +184,44 @@ def run_demo(cfg: DemoConfig) -> Path:
         eta=DISTILL_DEFAULTS["eta"],
         **teacher.settings(overrides),
     )
+    finetune = None
+    if cfg.finetune_rounds:  # the recipe's own overrides are the teacher's, not the CTC model's
+        finetune = phases.run(
+            "federated fine-tuning (CTC)",
+            federation_phase,
+            cfg,
+            prepared,
+            cfg.out / "finetune",
+            str(find_recipe(PAIRED[cfg.recipe][2])),
+            cfg.finetune_rounds,
+            eta=FINETUNE_DEFAULTS["eta"],
+            init_from=str(teacher.teacher),
+        )
+    return {"pretrain": pretrain, "distill": distill, "finetune": finetune}
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every phase into ``cfg.out``; returns the report's path."""
+    if cfg.recipe not in PAIRED:
+        raise ValueError(f"--recipe {cfg.recipe!r}: choose one of {', '.join(PAIRED)}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    overrides, teacher_recipe = list(cfg.overrides), str(find_recipe(cfg.recipe))
+    phases = Phases(8 if cfg.finetune_rounds else 7)
+    data = phases.run("data", data_phase, cfg)
+    prepared = phases.run("prepare (federated k-means)", prepare_phase, cfg, data)
+    runs = federated_runs(cfg, phases, prepared)
     meta = json.loads((prepared / "prepare.json").read_text())
     random_init = export_initial(
         teacher_recipe, cfg.out / "random_init.pt", meta["n_clusters"], meta["label_rate"], overrides
     )
     upstreams = {  # folder under OUT/downstream: (label, checkpoint)
-        "teacher": (TEACHER, pretrain / "server" / "best_global_model.pt"),
-        "student": (STUDENT, distill / "server" / "best_global_model.pt"),
+        "teacher": (TEACHER, runs["pretrain"] / "server" / "best_global_model.pt"),
+        "student": (STUDENT, runs["distill"] / "server" / "best_global_model.pt"),
         "random_init": (RANDOM_INIT, random_init),
     }
     results = phases.run("SUPERB keyword spotting (s3prl)", downstream_phase, cfg, data, upstreams)
     probed = phases.run("phone probe", probe_phase, cfg, data, {label: ckpt for label, ckpt in upstreams.values()})
-    report = phases.run("report", make_report, cfg, prepared, pretrain, distill, results, probed, phases.seconds)
+    report = phases.run("report", make_report, cfg, prepared, runs, results, probed, phases.seconds)
     print(downstream_table(results))
     if probed:
         print(f"{probe_table(probed)}\n{pretraining_verdict(probed, results)}")
@@ -233,13 +262,13 @@ def pretraining_verdict(probed: List[ProbeResult], downstream: Dict[str, Dict]) 
 def make_report(
     cfg: DemoConfig,
     prepared: Path,
-    pretrain: Path,
-    distill: Path,
+    runs: Dict[str, Optional[Path]],
     results: Dict,
     probed: Optional[List[ProbeResult]],
     seconds: Dict[str, float],
 ) -> Path:
-    """Plots and ``report.md``."""
+    """Plots and ``report.md``; ``runs``: the save dirs of pretrain, distill and finetune (None: not run)."""
+    pretrain, distill = runs["pretrain"], runs["distill"]
     pretrain_lines, distill_lines = read_metrics(pretrain), read_metrics(distill)
     plot_run(pretrain_lines, "federated pretraining", cfg.out / "pretrain.png")
     plot_run(distill_lines, "federated distillation", cfg.out / "distill.png")
@@ -255,6 +284,7 @@ def make_report(
         "Federated distillation": f"![distillation](distill.png)\n\n{rounds_table(distill_lines)}\n\n"
         "KD loss per round: "
         + ", ".join(f"{line['train'].get('kd_loss', float('nan')):.3f}" for line in distill_lines),
+        **({} if runs["finetune"] is None else {"Federated fine-tuning (CTC)": finetune_summary(runs["finetune"])}),
         "Downstream: SUPERB keyword spotting": downstream_table(results)
         + "\n\ns3prl `speech_commands`, frozen upstream, weighted sum of its layers, "
         + f"config `{PAIRED[cfg.recipe][1]}.yaml`; logs under `{cfg.out / 'downstream'}`.",

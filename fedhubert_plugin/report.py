@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedhubert_plugin.federation.server.runlog import updates_behind, validations  # noqa: E402
+from fedhubert_plugin.federation.server.runlog import read_metrics, updates_behind, validations  # noqa: E402
 from fedhubert_plugin.reference_curve import first_reaching, reference_band  # noqa: E402
 
 
@@ -118,20 +118,35 @@ def clients_table(partition: Dict) -> str:
 
 
 def rounds_table(lines: List[Dict]) -> str:
-    """One markdown row per round: train loss, the validation of the round's model, traffic, time."""
+    """One markdown row per round: train loss, the validation of the round's model (masked accuracy, or
+    fine-tuning's WER), traffic, time."""
     validated = validations(lines)
+    wer = any("wer" in v["metrics"] for v in validated.values())
+    measure, title = ("wer", "valid WER %") if wer else ("acc_masked", "valid masked acc")
     rows = [
-        "| round | train loss | its model: valid loss | valid masked acc | clients | MB sent | MB received | seconds |",
+        f"| round | train loss | its model: valid loss | {title} | clients | MB sent | MB received | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for line in lines:
         valid = validated.get(line["round"], {}).get("metrics", {})
         rows.append(
             f"| {line['round']} | {line['train']['loss']:.3f} | {valid.get('loss', math.nan):.3f} | "
-            f"{valid.get('acc_masked', math.nan):.3f} | {len(line['participants'])} | {line['bytes_sent'] / 1e6:.1f} | "
-            f"{line['bytes_received'] / 1e6:.1f} | {line['round_seconds']:.1f} |"
+            f"{valid.get(measure, math.nan):.{1 if wer else 3}f} | {len(line['participants'])} | "
+            f"{line['bytes_sent'] / 1e6:.1f} | {line['bytes_received'] / 1e6:.1f} | {line['round_seconds']:.1f} |"
         )
     return "\n".join(rows)
+
+
+def finetune_summary(save: Path) -> str:
+    """A federated fine-tuning run (its save dir): each round's validation WER on the clients' valid splits, and
+    its best model."""
+    lines = read_metrics(save)
+    return (
+        f"{rounds_table(lines)}\n\nfairseq's hubert_ctc fine-tuned from the teacher on each client's letters "
+        f"(`finetune/`); the WER pools every validating client's words. Best: round {lines[-1]['best_round']}'s "
+        f"model, `{save / 'server' / 'checkpoint_best.pt'}`; `fedhubert asr-eval` decodes it. At demo scale the "
+        "model has seen too few updates to spell: WER near or above 100 % is expected (docs/finetuning.md)."
+    )
 
 
 def downstream_table(results: Dict[str, Dict]) -> str:

@@ -15,6 +15,7 @@ SECTIONS = [
     "Federated pretraining",
     "Pretraining against the reference curves",
     "Federated distillation",
+    "Federated fine-tuning (CTC)",
     "Downstream: SUPERB keyword spotting",
     "What pretraining bought: phone probe",
     "Time per phase",
@@ -46,14 +47,15 @@ def restored_console(monkeypatch):
 @pytest.mark.e2e
 def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restored_console):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--rounds", "2", "--distill-rounds", "2", "--local-updates", "2"]) == 0
+    argv = ["demo", "--out", str(out), "--rounds", "2", "--distill-rounds", "2", "--finetune-rounds", "2"]
+    assert main([*argv, "--local-updates", "2"]) == 0
     printed = capsys.readouterr()
     console = (printed.out + printed.err).split("\n")  # lines as a terminal or `wc -l` counts them
     # quiet by default: every phase and round, no third-party warnings or notes
     assert len(console) <= 120, "\n".join(console)
-    for phase in range(1, 8):
-        assert any(f"[phase {phase}/7]" in line and " done in " in line for line in console), phase
-    assert len([line for line in console if re.search(r"\| round [12]: train loss", line)]) == 4
+    for phase in range(1, 9):
+        assert any(f"[phase {phase}/8]" in line and " done in " in line for line in console), phase
+    assert len([line for line in console if re.search(r"\| round [12]: train loss", line)]) == 6
     assert not [line for line in console if re.search(r"Warning|DEPRECATED|fairseq\.|configure_train", line)]
     assert "KS test accuracy" in printed.out
     report = (out / "report.md").read_text()
@@ -66,10 +68,16 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restor
     assert re.search(r"valid loss fell from \d+\.\d+ \(the initial model\) to \d+\.\d+", against)
     clients = table_rows(sections["Data and clients"])
     assert len(clients) == 4 and all(int(row[2]) > 0 for row in clients)
-    for name in ("Federated pretraining", "Federated distillation"):
+    for name in ("Federated pretraining", "Federated distillation", "Federated fine-tuning (CTC)"):
         rounds = table_rows(sections[name])
         assert [row[0] for row in rounds] == ["1", "2"]
         assert all(float(cell) > 0 for row in rounds for cell in row[1:3] + row[5:])  # losses, MB, seconds
+    fine_tuning = sections["Federated fine-tuning (CTC)"]
+    assert "valid WER %" in fine_tuning and all(float(row[3]) >= 0 for row in table_rows(fine_tuning))
+    best = metric_lines(out / "finetune")[-1]["best_round"]
+    assert (
+        f"Best: round {best}'s model" in fine_tuning and (out / "finetune" / "server" / "checkpoint_best.pt").is_file()
+    )
     downstream = table_rows(sections["Downstream: SUPERB keyword spotting"])
     assert [row[0] for row in downstream] == [
         "teacher (federated HuBERT)",
@@ -106,7 +114,7 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restor
     assert "against random init" in sections["What pretraining bought: phone probe"]
     assert json.loads((out / "probe" / "probe.json").read_text())[1]["name"] == "teacher (federated HuBERT)"
     phases = table_rows(sections["Time per phase"])
-    assert len(phases) == 6 and all(float(row[1]) > 0 for row in phases)
+    assert len(phases) == 7 and all(float(row[1]) > 0 for row in phases)
     for png in ("pretrain.png", "distill.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for run in ("pretrain", "distill"):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.testing.loopback import BIN, LoopbackFederation
 from tests.helpers import REPO, metric_lines
 
@@ -57,6 +58,23 @@ def test_flwr_run_trains_two_rounds_and_goes_on_without_a_supernode_killed_mid_r
     assert all(c["train_trainer_start_seconds"] == 0 for c in second["clients"].values())
     for name in ("checkpoint_round2.pt", "checkpoint_last.pt", "checkpoint_best.pt", "best_global_model.pt"):
         assert (save / "server" / name).is_file()
+
+
+@pytest.mark.e2e
+def test_flwr_run_fine_tunes_with_a_fine_tuning_recipe_and_init_from(
+    prepared, trained_run, federation_factory, tmp_path
+):
+    federation = federation_factory()
+    federation.start_superlink()
+    for i in range(2):
+        federation.start_supernode(f"supernode{i}", prepared / "clients" / f"client_00{i}")
+    save = tmp_path / "save"
+    extra = f'recipe="tiny_ctc" init-from="{trained_run["checkpoint"]}" local-updates=2 round-timeout=300.0'
+    (line,) = federation.run_rounds(save, 1, extra)
+    assert line["participants"] == ["client_000", "client_001"]
+    assert [v["model_round"] for v in line["validations"]] == [0, 1]
+    assert all(v["metrics"]["words"] > 0 and v["metrics"]["wer"] >= 0 for v in line["validations"])
+    assert load_checkpoint(save / "server" / "checkpoint_best.pt")["cfg"]["model"]["_name"] == "fed_hubert_ctc"
 
 
 @pytest.mark.e2e

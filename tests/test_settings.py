@@ -109,13 +109,13 @@ def test_validation_names_the_setting_under_both_launchers(change, named):
 
 
 def test_local_epochs_replace_local_updates_in_the_messages():
-    # besides the settings, a message says where the run stands, whether to validate first, and how many
-    # data-parallel ranks a client trains on (from --gpus-per-client)
+    # besides the settings, a message says where the run stands, whether to validate first, how many
+    # data-parallel ranks a client trains on (from --gpus-per-client), and when fine-tuning the pretrained config
     settings = FederationSettings(local_epochs=2)
     config = from_config_record(ClientConfig, config_record(ClientConfig.of(settings, updates_done=5)))
     assert (config.local_updates, config.local_epochs, config.num_updates) == (0, 2, 5)
     assert config.epoch_rounds == 3 * 2  # each client sizes its lr schedule to rounds x local epochs of its data
-    message_keys = {"num-updates", "server-round", "validate", "site-processes", "epoch-rounds"}
+    message_keys = {"num-updates", "server-round", "validate", "site-processes", "epoch-rounds", "encoder-args"}
     assert set(config_record(config)) <= set(run_config_defaults()) | message_keys
 
 

@@ -13,13 +13,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from fedhubert_plugin.data import ALPHABET, FINETUNE_DIR, WORD_END
 from fedhubert_plugin.data.manifest import write_manifest
 from fedhubert_plugin.data.scan import Utterance
 from fedhubert_plugin.files import atomic_write_text
-
-FINETUNE_DIR = "finetune"
-WORD_END = "|"
-ALPHABET = (WORD_END, "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ")  # LibriSpeech transcripts: upper case and apostrophes
 
 
 def transcript_file(root: Path, utterance: Utterance) -> Path:

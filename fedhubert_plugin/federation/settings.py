@@ -54,7 +54,8 @@ def override_value(overrides: Sequence[str], key: str) -> Optional[str]:
 
 @dataclass
 class FederationSettings:
-    """A federated pretraining or distillation run: model, data, rounds, aggregation, robustness, privacy."""
+    """A federated pretraining, distillation or fine-tuning run: model, data, rounds, aggregation, robustness,
+    privacy."""
 
     save_dir: str = setting(
         "runs/flwr/save",
@@ -64,7 +65,8 @@ class FederationSettings:
     )
     recipe: str = setting(
         "tiny",
-        "fairseq hydra recipe: a yaml path, or a name (tiny, base, base_iter2; distillation: student, tiny_student)",
+        "fairseq hydra recipe: a yaml path, or a name (tiny, base, base_iter2; distillation: student, tiny_student; "
+        "fine-tuning: tiny_ctc, base_10h)",
     )
     overrides: List[str] = setting(
         [],
@@ -120,8 +122,9 @@ class FederationSettings:
     )
     init_from: str = setting(
         "",
-        "start from the fitting tensors of this checkpoint (HuBERT iteration 2 continued from "
-        "iteration 1, or a student from its teacher); default: from scratch",
+        "start from the fitting tensors of this checkpoint (HuBERT iteration 2 continued from iteration 1, or a "
+        "student from its teacher; with a fine-tuning recipe, the pretrained HuBERT the CTC model is built on); "
+        "default: from scratch",
         path=True,
     )
     max_update_norm: float = setting(

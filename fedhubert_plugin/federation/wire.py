@@ -74,15 +74,22 @@ class ClientConfig:
     epoch_rounds: int = 0  # local epochs: rounds x local epochs, which each client sizes its lr schedule to
     validate: bool = False  # train: validate the received weights first, reply with ``validation``
     site_processes: int = 1  # data-parallel ranks per client (--gpus-per-client N >= 2; a node's gpus=N wins)
+    # fine-tuning: the pretrained model's config (JSON), hubert_ctc's model.w2v_args; nodes need no pretrained file
+    encoder_args: str = ""
     server_round: int = 0  # set by Flower's strategies
 
     @classmethod
     def of(
-        cls, settings, updates_done: int = 0, validate: bool = False, overrides: Optional[Sequence[str]] = None
+        cls,
+        settings,
+        updates_done: int = 0,
+        validate: bool = False,
+        overrides: Optional[Sequence[str]] = None,
+        encoder_args: str = "",
     ) -> "ClientConfig":
         """The config of a round of the run ``settings`` (``FederationSettings``) after ``updates_done`` updates;
         ``overrides``: the recipe overrides with the run's lr schedule (``schedule.plan_schedule``), default the
-        settings' own."""
+        settings' own; ``encoder_args``: see the field."""
         return cls(
             recipe=settings.recipe,
             overrides=list(settings.overrides if overrides is None else overrides),
@@ -96,6 +103,7 @@ class ClientConfig:
             epoch_rounds=settings.num_server_rounds * settings.local_epochs,
             validate=validate,
             site_processes=max(1, int(settings.gpus_per_client)),
+            encoder_args=encoder_args,
         )
 
 

@@ -10,6 +10,7 @@ and sets its update count so the learning-rate schedule runs across rounds (size
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import resource
@@ -25,8 +26,9 @@ from fairseq import metrics, tasks
 from fairseq.data import iterators
 from fairseq.data.data_utils import numpy_seed
 from fairseq.trainer import Trainer
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fedhubert_plugin.data import FINETUNE_DIR
 from fedhubert_plugin.federation.client.work import EvaluateTask, FitTask, TrainerSpec
 from fedhubert_plugin.federation.schedule import client_schedule
 from fedhubert_plugin.federation.wire import NUM_EXAMPLES, UPDATES, LocalResult
@@ -47,7 +49,12 @@ METRIC_NAMES = {
     "loss_hubert": "hubert_loss",
     "loss_kd": "kd_loss",
     "loss_hidden": "hidden_loss",
+    # criterion ctc, in validation: word and letter error rates (%)
+    "wer": "wer",
+    "uer": "uer",
 }
+# criterion ctc's error counts behind its rates, which the server pools over clients (``validation``)
+ERROR_COUNTS = {"_w_errors": "word_errors", "_w_total": "words", "_c_errors": "char_errors", "_c_total": "chars"}
 
 
 @contextlib.contextmanager
@@ -80,10 +87,13 @@ def reproducible_round(seed: int, round_seed: int, folder: Path):
             yield agg
 
 
-def hubert_metrics(agg) -> Dict[str, float]:
-    """The hubert criterion's smoothed figures under our names (loss, ppl, acc_masked, acc_unmasked)."""
+def criterion_metrics(agg) -> Dict[str, float]:
+    """The criterion's smoothed figures under our names (hubert: loss, ppl, acc_masked, acc_unmasked; ctc in
+    validation: loss, wer, uer and the error counts)."""
     stats = agg.get_smoothed_values()
-    return {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
+    found = {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
+    found.update({new: float(agg.get_smoothed_value(old)) for old, new in ERROR_COUNTS.items() if old in agg})
+    return found
 
 
 def peak_memory_metrics() -> Dict[str, float]:
@@ -140,10 +150,15 @@ class LocalTrainer:
     """fairseq Trainer for any client folder, from one recipe and its overrides."""
 
     def __init__(self, spec: TrainerSpec):
-        extra = [f"task.label_rate={spec.label_rate}"] if spec.label_rate else []
+        # ++: the key may be absent (fine-tuning recipes, like fairseq's, leave it to the task's default)
+        extra = [f"++task.label_rate={spec.label_rate}"] if spec.label_rate else []
         extra += [f"optimization.lr=[{spec.lr}]"] if spec.lr else []
         self.recipe, self.overrides = spec.recipe, list(spec.overrides) + extra
         self.cfg = compose_recipe(spec.recipe, self.overrides)
+        if spec.encoder_args:  # fine-tuning: the encoder is built from the pretrained config, not from its file
+            with open_dict(self.cfg):
+                for key, value in json.loads(spec.encoder_args).items():
+                    self.cfg.model[key] = OmegaConf.create(value)
         if self.cfg.common.fp16 and (self.cfg.common.cpu or not torch.cuda.is_available()):
             raise ValueError(
                 f"recipe {spec.recipe}: common.fp16=true trains on a GPU only, and this client has none (simulation: "
@@ -167,9 +182,12 @@ class LocalTrainer:
             self.tasks.move_to_end(folder)
         else:
             cfg = copy.deepcopy(self.cfg)
+            fine_tuning = cfg.task.fine_tuning
             with open_dict(cfg):
-                cfg.task.data = str(folder)
-                cfg.task.label_dir = str(folder / "labels")
+                cfg.task.data = str(folder / FINETUNE_DIR if fine_tuning else folder)
+                cfg.task.label_dir = cfg.task.data if fine_tuning else str(folder / "labels")
+                if fine_tuning:
+                    cfg.model.data = cfg.task.data
             task = tasks.setup_task(cfg.task)
             task.load_dataset("train")
             task.load_dataset("valid")
@@ -227,7 +245,7 @@ class LocalTrainer:
         start = time.perf_counter()
         with reproducible_round(cfg.common.seed, task.server_round, task.folder) as agg:
             done, utterances, lr = train_steps(trainer, cfg, task.server_round, task.local_updates, task.local_epochs)
-            result = hubert_metrics(agg)
+            result = criterion_metrics(agg)
         seconds = time.perf_counter() - start
         result.update(
             **{UPDATES: done},
@@ -253,5 +271,5 @@ class LocalTrainer:
         with reproducible_round(cfg.common.seed, task.round_seed, task.folder) as agg:
             for sample in trainer.get_valid_iterator("valid").next_epoch_itr(shuffle=False):
                 trainer.valid_step(sample)
-            result = hubert_metrics(agg)
+            result = criterion_metrics(agg)
         return LocalResult({}, len(fairseq_task.dataset("valid")), result)

@@ -19,18 +19,27 @@ from fedhubert_plugin.federation.wire import ClientConfig, LocalResult
 @dataclass(frozen=True)
 class TrainerSpec:
     """What a trainer is built from: the recipe and its overrides, the label rate, the client's peak lr (0: the
-    recipe's), and the data-parallel ranks of the site (1: one process)."""
+    recipe's), the data-parallel ranks of the site (1: one process), and when fine-tuning the pretrained model's
+    config (JSON) that the CTC model's encoder is built from."""
 
     recipe: str
     overrides: Tuple[str, ...] = ()
     label_rate: float = 100.0
     lr: float = 0.0
     processes: int = 1
+    encoder_args: str = ""
 
     @classmethod
     def of(cls, config: ClientConfig) -> "TrainerSpec":
         """The spec of the run a message's ``config`` belongs to."""
-        return cls(config.recipe, tuple(config.overrides), config.label_rate, config.eta_l, config.site_processes)
+        return cls(
+            config.recipe,
+            tuple(config.overrides),
+            config.label_rate,
+            config.eta_l,
+            config.site_processes,
+            config.encoder_args,
+        )
 
 
 @dataclass

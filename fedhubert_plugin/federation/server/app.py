@@ -11,14 +11,16 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedhubert_plugin.federation.server.finetuning import fine_tuning_settings
 from fedhubert_plugin.federation.server.rounds import run_rounds
 from fedhubert_plugin.federation.server.strategies import build_strategy
 from fedhubert_plugin.federation.settings import FederationSettings, from_run_config
 
 
 def serve(grid: Grid, settings: FederationSettings) -> None:
-    """Validate ``settings``, seed the server, build the strategy and run the rounds."""
-    settings.validate()
+    """Validate ``settings`` (of fine-tuning: ``fine_tuning_settings``), seed the server, build the strategy and
+    run the rounds."""
+    settings = fine_tuning_settings(settings).validate()
     random.seed(settings.seed)
     np.random.seed(settings.seed)  # Flower's DP noise
     run_rounds(grid, settings, build_strategy(settings))

@@ -2,7 +2,9 @@
 the state that ``--resume`` continues from.
 
 ``checkpoint_round{r}.pt`` and ``checkpoint_last.pt`` after every round; whenever a validation of a
-round's model (r ≥ 1) has the lowest loss so far, that model becomes ``checkpoint_best.pt`` and s3prl's
+round's model (r ≥ 1) is the best so far by the recipe's ``checkpoint.best_checkpoint_metric`` (fairseq's
+choice: pretraining's loss, fine-tuning's WER; larger is better with ``maximize_best_checkpoint_metric``), that
+model becomes ``checkpoint_best.pt`` and, for a HuBERT (not a fine-tuned CTC model), s3prl's
 ``best_global_model.pt``. A resumed run continues after the last round whose state was saved, from
 that round's own checkpoint, with the same architecture and the same lr schedule.
 """
@@ -27,7 +29,7 @@ from fedhubert_plugin.federation.server.runlog import Progress, RunLog
 from fedhubert_plugin.federation.server.validation import Validation
 from fedhubert_plugin.federation.settings import FederationSettings, SettingsError
 from fedhubert_plugin.files import atomic_write
-from fedhubert_plugin.recipes import recipe_initial_model
+from fedhubert_plugin.recipes import recipe_initial_model, task_state
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +38,12 @@ Weights = Dict[str, np.ndarray]
 
 def initial_model(settings: FederationSettings, schedule: Schedule) -> Tuple[DictConfig, Weights]:
     """The recipe's config (with the run's lr schedule) and seeded initial weights, built on the server without
-    client data."""
+    client data; with ``init_from`` the fitting tensors of that checkpoint (fine-tuning: fairseq's CTC model
+    builds its encoder from it, ``finetuning``)."""
     cfg, weights = recipe_initial_model(
         settings.recipe, schedule.overrides, settings.label_rate, settings.n_clusters, settings.data_root
     )
-    if settings.init_from:
+    if settings.init_from and not cfg.task.get("fine_tuning"):
         weights = copy_fitting_tensors(weights, settings.init_from)
     return cfg, weights
 
@@ -51,24 +54,31 @@ def save_round_checkpoint(
     """``checkpoint_round{rnd}.pt`` and ``checkpoint_last.pt``."""
     round_path = settings.server_dir / f"checkpoint_round{rnd}.pt"
     save_fairseq_checkpoint(
-        round_path, cfg, weights, settings.n_clusters, progress.updates_done, {"federated_round": rnd}
+        round_path, cfg, weights, task_state(cfg, settings.n_clusters), progress.updates_done, {"federated_round": rnd}
     )
     atomic_write(settings.server_dir / "checkpoint_last.pt", lambda tmp: shutil.copyfile(round_path, tmp))
+
+
+def best_metric(cfg: DictConfig) -> Tuple[str, bool]:
+    """The validation figure that chooses the best model, and whether larger is better (the recipe's
+    ``checkpoint`` section, as for fairseq-hydra-train)."""
+    return cfg.checkpoint.best_checkpoint_metric, bool(cfg.checkpoint.maximize_best_checkpoint_metric)
 
 
 def keep_if_best(
     settings: FederationSettings, cfg: DictConfig, weights: Weights, validation: Validation, progress: Progress
 ) -> None:
-    """When ``validation`` of the model of a round ≥ 1 (``weights``) has the lowest loss so far, that model
-    becomes ``checkpoint_best.pt`` and ``best_global_model.pt``."""
-    rnd = validation.model_round
-    if rnd < 1 or not validation.loss < progress.best_loss:
+    """When ``validation`` of the model of a round ≥ 1 (``weights``) is the best so far (``best_metric``), that
+    model becomes ``checkpoint_best.pt`` and, unless fine-tuned, ``best_global_model.pt``."""
+    rnd, score = validation.model_round, validation.score(*best_metric(cfg))
+    if rnd < 1 or not score < progress.best_score:
         return
-    progress.best_loss, progress.best_round = validation.loss, rnd
+    progress.best_score, progress.best_round = score, rnd
     server_dir = settings.server_dir
     round_path = server_dir / f"checkpoint_round{rnd}.pt"
     atomic_write(server_dir / "checkpoint_best.pt", lambda tmp: shutil.copyfile(round_path, tmp))
-    save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
+    if not cfg.task.get("fine_tuning"):
+        save_s3prl_checkpoint(server_dir / "best_global_model.pt", cfg, weights, settings.n_clusters)
 
 
 def check_same_schedule(settings: FederationSettings, saved: Dict[str, int], schedule: Schedule) -> None:
@@ -101,10 +111,5 @@ def resume(
     check_architecture(weights, resumed, last, f"{settings.recipe} {' '.join(settings.overrides)}".strip())
     check_same_schedule(settings, progress.schedule, schedule)
     progress.schedule = schedule.key
-    logger.info(
-        "resuming after round %d (best valid loss %.4f at round %d)",
-        progress.round_done,
-        progress.best_loss,
-        progress.best_round,
-    )
+    logger.info("resuming after round %d (best model so far: round %d's)", progress.round_done, progress.best_round)
     return progress, {k: v.numpy() for k, v in resumed.items()}

@@ -9,13 +9,13 @@ strategy screens the replies and aggregates (``strategies``); ``checkpoint_round
 set, a separate evaluation message asks every node to validate the new model (one more download).
 
 So every model is validated once: model ``k`` by the clients that train round ``k + 1``, or by
-the evaluation at the end of round ``k``. Whenever a validation has the lowest loss so far (the
-loss averaged over the clients that validated, by valid utterances), that model (round ``k`` ≥ 1;
-the initial model is recorded but never kept) becomes ``checkpoint_best.pt`` and s3prl's
-``best_global_model.pt`` (``checkpointing``). Each round writes one line of ``metrics.jsonl``, holding the
-validations it made with the round of the model each one measured, and the resume state
-(``runlog``). When the run ends, finished or stopped, ``participation.md`` says per client how
-many rounds it trained and failed, and its last error.
+the evaluation at the end of round ``k``. Whenever a validation is the best so far (pretraining: the lowest
+loss averaged over the clients that validated, by valid utterances; fine-tuning: the lowest WER of all their
+words; ``checkpointing.best_metric``), that model (round ``k`` ≥ 1; the initial model is recorded but never
+kept) becomes ``checkpoint_best.pt`` and s3prl's ``best_global_model.pt`` (``checkpointing``). Each round
+writes one line of ``metrics.jsonl``, holding the validations it made with the round of the model each one
+measured, and the resume state (``runlog``). When the run ends, finished or stopped, ``participation.md`` says
+per client how many rounds it trained and failed, and its last error.
 """
 
 import logging
@@ -68,6 +68,7 @@ from fedhubert_plugin.federation.wire import (
     views_of,
 )
 from fedhubert_plugin.files import atomic_write_text
+from fedhubert_plugin.recipes import encoder_args
 from fedhubert_plugin.reference_curve import reference_curves
 
 logger = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ def run_round(
     """One round (see the module docstring); returns the new global weights and the round's line."""
     start, timing = time.monotonic(), {}
     validate = rnd == 1 or not settings.evaluates(rnd - 1)  # else the evaluation of round rnd - 1 did
-    config = ClientConfig.of(settings, progress.updates_done, validate, schedule.overrides)
+    config = ClientConfig.of(settings, progress.updates_done, validate, schedule.overrides, encoder_args(cfg))
     wait_for_nodes(grid, settings.min_available_nodes, settings.round_timeout)
     if settings.secure_aggregation:
         trained = secure_train_round(grid, rnd, weights, config, settings, timing)

@@ -97,6 +97,17 @@ def model_name(model_round: int) -> str:
     return "the initial model" if model_round == 0 else f"round {model_round}'s model"
 
 
+def validation_figures(metrics: Dict[str, float], digits: int = 4) -> Dict[str, str]:
+    """A validation's headline figures, formatted: its loss, and the masked accuracy of pretraining or the WER of
+    fine-tuning."""
+    figures = {"valid loss": f"{metrics.get('loss', math.inf):.{digits}f}"}
+    if "wer" in metrics:
+        figures["WER"] = f"{metrics['wer']:.{digits - 2}f} %"
+    else:
+        figures["masked acc"] = f"{metrics.get('acc_masked', math.nan):.{digits}f}"
+    return figures
+
+
 def round_summary(line: Dict) -> str:
     """One line for the log: the round's training, then each validation it made and of which model."""
     train = line["train"]
@@ -105,11 +116,8 @@ def round_summary(line: Dict) -> str:
         f"({len(line['participants'])} clients, {line['round_seconds']:.1f} s)"
     ]
     for validation in line["validations"]:
-        metrics = validation["metrics"]
-        parts.append(
-            f"{model_name(validation['model_round'])}: valid loss {metrics.get('loss', math.inf):.4f}, "
-            f"masked acc {metrics.get('acc_masked', math.nan):.4f}"
-        )
+        figures = ", ".join(f"{name} {value}" for name, value in validation_figures(validation["metrics"]).items())
+        parts.append(f"{model_name(validation['model_round'])}: {figures}")
     if line["privacy"]:
         parts.append(f"privacy spent epsilon {line['privacy']['epsilon']:.3f}")
     return "; ".join(parts)
@@ -126,19 +134,18 @@ def round_postfix(line: Dict) -> Dict[str, str]:
     accuracy."""
     postfix = {"train loss": f"{line['train'].get('loss', math.nan):.3f}"}
     if line["validations"]:
-        latest = line["validations"][-1]["metrics"]
-        postfix["valid loss"] = f"{latest.get('loss', math.inf):.3f}"
-        postfix["masked acc"] = f"{latest.get('acc_masked', math.nan):.3f}"
+        postfix.update(validation_figures(line["validations"][-1]["metrics"], digits=3))
     return postfix
 
 
 @dataclass
 class Progress:
-    """How far a run got: the last completed round, the updates done, the best validation loss so far."""
+    """How far a run got: the last completed round, the updates done, the best validation so far (its score:
+    the recipe's ``checkpoint.best_checkpoint_metric``, negated when larger is better; ``checkpointing``)."""
 
     round_done: int = 0
     updates_done: int = 0
-    best_loss: float = math.inf
+    best_score: float = math.inf
     best_round: int = 0
     schedule: Dict[str, int] = field(default_factory=dict)  # the clients' lr schedule (``Schedule.key``)
 
@@ -211,7 +218,7 @@ class RunLog:
         state = {
             "round": progress.round_done,
             "updates": progress.updates_done,
-            "best_loss": progress.best_loss,
+            "best_score": progress.best_score,
             "best_round": progress.best_round,
             "schedule": progress.schedule,
             "random": random.getstate(),
@@ -233,7 +240,7 @@ class RunLog:
         progress = Progress(
             int(state["round"]),
             int(state["updates"]),
-            float(state["best_loss"]),
+            float(state["best_score"]),
             int(state["best_round"]),
             dict(state.get("schedule", {})),  # none in a state saved before schedules were sized to the run
         )
