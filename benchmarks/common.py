@@ -107,8 +107,11 @@ def run(cmd: List[str], log: Path, cwd: Path = REPO) -> float:
     return time.perf_counter() - start
 
 
-def fairseq_train(shard: Path, save: Path, updates: int, recipe: str = "tiny", extra: List[str] = ()) -> Dict:
-    """Plain fairseq-hydra-train on one shard: wall seconds, peak RSS and GPU memory (MB), samples per second."""
+def fairseq_train(
+    shard: Path, save: Path, updates: int, recipe: str = "tiny", extra: List[str] = (), config_dir: Path = RECIPES
+) -> Dict:
+    """Plain fairseq-hydra-train on one shard (``recipe`` in ``config_dir``): wall seconds, peak RSS and GPU memory
+    (MB), samples per second."""
     save.mkdir(parents=True, exist_ok=True)
     log = save / "train.log"
     wall = run(
@@ -118,7 +121,7 @@ def fairseq_train(shard: Path, save: Path, updates: int, recipe: str = "tiny", e
             PEAK_RSS,
             "fairseq-hydra-train",
             "--config-dir",
-            str(RECIPES),
+            str(config_dir),
             "--config-name",
             recipe,
             f"task.data={shard}",
@@ -180,14 +183,16 @@ def federated(
     recipe: str = "tiny",
     extra: List[str] = (),
     overrides: List[str] = (),
+    command: str = "pretrain",
 ) -> Dict:
-    """`fedhubert pretrain`: process wall seconds and its metrics.jsonl lines."""
+    """`fedhubert pretrain` (or another federated ``command``: distill, finetune): process wall seconds and its
+    metrics.jsonl lines."""
     shutil.rmtree(save, ignore_errors=True)
     save.mkdir(parents=True)
     wall = run(
         [
             str(BIN / "fedhubert"),
-            "pretrain",
+            command,
             "--data-root",
             str(data),
             "--save-dir",
@@ -203,7 +208,7 @@ def federated(
             *extra,
             *overrides,
         ],
-        save / "pretrain.log",
+        save / f"{command}.log",
     )
     lines = read_metrics(save)
     return {"wall_seconds": wall, "rounds": lines, "checkpoint": str(save / "server" / "checkpoint_last.pt")}

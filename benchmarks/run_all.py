@@ -17,9 +17,9 @@ commits, so a reader sees which figures are older.
 4. quality (benchmarks/quality.py): centralized against federated runs and random init, 3 seeds;
 6. GPU: 1 and 5 with the Base recipe in fp16, and a round of two, then four, clients sharing the GPU,
    when there is an NVIDIA GPU (`--sections gpu`; 11b, activation_memory_gpu, too);
-7.-15. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
-   activation_memory.py, faults_privacy.py, demo.py, superb.py and learning_curve.py, each a script of its
-   own (quality --sweep and learning_curve, hours long, only when named).
+7.-16. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
+   activation_memory.py, faults_privacy.py, demo.py, superb.py, learning_curve.py and finetune.py, each a script
+   of its own (quality --sweep, learning_curve and finetune, about an hour or more, only when named).
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
 """
@@ -55,9 +55,10 @@ SECTIONS = {
     "demo": "13. The demo (`fedhubert demo`)",
     "superb": "14. SUPERB on the toy corpora (`fedhubert superb`)",
     "learning_curve": "15. Learning curves: centralized against federated, 3,200 updates, over seeds",
+    "finetune": "16. CTC fine-tuning: federated against centralized, pretrained against random init, over seeds",
 }
 # sections too long for a default run (hours on 2 cores): run by name
-LONG_SECTIONS = {"quality_sweep", "learning_curve"}
+LONG_SECTIONS = {"quality_sweep", "learning_curve", "finetune"}
 # sections that need an NVIDIA GPU (skipped, with a line saying so, on a machine without one)
 GPU_SECTIONS = {"gpu", "activation_memory_gpu"}
 # sections that are a script of their own (benchmarks/<name>.py unless SCRIPT_OF names another), with the arguments
@@ -76,6 +77,7 @@ OWN_SCRIPTS = {
     "demo": [],
     "superb": [],
     "learning_curve": [],
+    "finetune": [],
 }
 SCRIPT_OF = {"quality_sweep": "quality", "activation_memory_gpu": "activation_memory"}
 
