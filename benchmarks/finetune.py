@@ -173,23 +173,26 @@ def table(per_seed: Dict[int, Dict[str, Dict]], seeds: List[int]) -> List[str]:
 
 
 def targets(per_seed: Dict[int, Dict[str, Dict]], seeds: List[int]) -> List[str]:
-    """The issue's targets, met or missed, per seed."""
-    wer = {s: {name: run["heldout"]["wer"] for name, run in per_seed[s].items()} for s in seeds}
-    loss = {s: {name: run["heldout"]["loss"] for name, run in per_seed[s].items()} for s in seeds}
+    """The issue's targets (WER), met or missed per seed, and the same comparisons on the letter error rate and the
+    CTC loss, which still move where the WER is saturated."""
     lines = []
-    for start in ("fedadam", "centralized"):
-        beats = [wer[s][f"federated_from_{start}"] < wer[s]["federated_from_random_init"] for s in seeds]
-        lower = [loss[s][f"federated_from_{start}"] < loss[s]["federated_from_random_init"] for s in seeds]
+    for measure, title in (("wer", "WER"), ("uer", "letter error rate"), ("loss", "CTC loss")):
+        value = {s: {name: run["heldout"][measure] for name, run in per_seed[s].items()} for s in seeds}
+        for start in ("fedadam", "centralized"):
+            beats = [value[s][f"federated_from_{start}"] < value[s]["federated_from_random_init"] for s in seeds]
+            target = f" (target: every seed, {'met' if all(beats) else 'missed'})" if measure == "wer" else ""
+            lines.append(
+                f"- {title}: fine-tuned from {start} pretraining below random init's in {sum(beats)} of {len(seeds)} "
+                f"seeds{target}."
+            )
+        ratios = [value[s]["federated_from_fedadam"] / value[s]["centralized_from_fedadam"] for s in seeds]
+        target = f" (target ≤ 1.05: {'met' if max(ratios) <= 1.05 else 'missed'})" if measure == "wer" else ""
+        lines.append(f"- {title}: federated / centralized fine-tuning {', '.join(f'{r:.3f}' for r in ratios)}{target}.")
+    if min(run["heldout"]["wer"] for s in seeds for run in per_seed[s].values()) >= 99.0:
         lines.append(
-            f"- Fine-tuned from {start} pretraining beats random init on held-out WER: "
-            f"{'met' if all(beats) else 'missed'} ({sum(beats)} of {len(seeds)} seeds); on held-out CTC loss in "
-            f"{sum(lower)} of {len(seeds)} seeds."
+            "- Every run's held-out WER is 99 % or more: at this scale the models emit few whole words right, so the "
+            "WER targets compare saturated numbers and say nothing; the letter error rate and the loss do."
         )
-    ratios = [wer[s]["federated_from_fedadam"] / wer[s]["centralized_from_fedadam"] for s in seeds]
-    lines.append(
-        "- Federated / centralized fine-tuning WER ≤ 1.05: "
-        f"{'met' if max(ratios) <= 1.05 else 'missed'} (per seed {', '.join(f'{r:.3f}' for r in ratios)})."
-    )
     return lines
 
 
@@ -234,9 +237,8 @@ def markdown(result: Dict, args: argparse.Namespace) -> str:
     curves = []
     for name in RUNS:
         curve = result["per_seed"][args.seeds[0]][name]["curve"]
-        points = ", ".join(
-            f"{u}: {loss:.0f} / {w:.1f}" for u, loss, w in zip(curve["updates"], curve["loss"], curve["wer"])
-        )
+        validated = zip(curve["updates"], curve["loss"], curve["uer"], curve["wer"])
+        points = ", ".join(f"{u}: {loss:.0f} / {uer:.1f} / {wer:.1f}" for u, loss, uer, wer in validated)
         curves.append(f"- {name}, seed {args.seeds[0]}: {points}")
     lines = [
         provenance(result["meta"]),
@@ -250,7 +252,7 @@ def markdown(result: Dict, args: argparse.Namespace) -> str:
         "",
         *result["targets"],
         "",
-        "Validation CTC loss / WER (%) against updates in all, on the clients' own valid splits:",
+        "Validation CTC loss / letter error rate % / WER % against updates in all, on the clients' own valid splits:",
         "",
         *curves,
     ]
