@@ -2,14 +2,16 @@
 
 fairseq's ``examples/speech_recognition/new/infer.py`` does not import on Python 3.11 (its ``InferConfig``
 has a dataclass default that 3.11 refuses), so this runs its steps with the same fairseq pieces: the task of
-the checkpoint pointed at ``--data``, the model from ``checkpoint_utils``, fairseq's Viterbi ``Decoder``
-through ``task.inference_step``, letters to words with ``post_process(..., "letter")`` and ``editdistance``
-over words. Writes ``OUT/hypo.word`` and ``OUT/ref.word`` (one line per utterance, its manifest path first)
-and ``OUT/wer.json``.
+the checkpoint pointed at ``--data``, the model from ``checkpoint_utils``, fairseq's ``Decoder`` (Viterbi, or
+with ``--lm`` and ``--lexicon`` its KenLM lexicon decoder on flashlight-text, with the defaults of fairseq's
+HuBERT ``infer_kenlm.yaml``) through ``task.inference_step``, letters to words with
+``post_process(..., "letter")`` and ``editdistance`` over words. Writes ``OUT/hypo.word`` and ``OUT/ref.word``
+(one line per utterance, its manifest path first) and ``OUT/wer.json``.
 """
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -24,7 +26,10 @@ from omegaconf import OmegaConf
 # ships them as `fairseq.examples`, under that name they import
 sys.modules.setdefault("examples", fairseq.examples)
 from examples.speech_recognition.new.decoders.decoder import Decoder  # noqa: E402
-from examples.speech_recognition.new.decoders.decoder_config import DecoderConfig  # noqa: E402
+from examples.speech_recognition.new.decoders.decoder_config import (  # noqa: E402
+    DecoderConfig,
+    FlashlightDecoderConfig,
+)
 
 from fedhubert_plugin.checkpoints import CheckpointError, load_checkpoint  # noqa: E402
 from fedhubert_plugin.configs import AsrEvalConfig  # noqa: E402
@@ -34,6 +39,35 @@ from fedhubert_plugin.files import atomic_write_json, atomic_write_text  # noqa:
 logger = logging.getLogger(__name__)
 
 CTC_MODELS = ("fed_hubert_ctc", "hubert_ctc")
+
+
+@dataclass
+class DecodingConfig(DecoderConfig, FlashlightDecoderConfig):
+    """fairseq's decoder choice and its flashlight (KenLM) options in one config, as ``infer.py`` combines them."""
+
+
+def decoding(cfg: AsrEvalConfig) -> DecodingConfig:
+    """Viterbi, or with ``cfg.lm`` the KenLM lexicon decoder; a clear error when its files are missing."""
+    if not cfg.lm:
+        return DecodingConfig(type="viterbi")
+    if not cfg.lexicon:
+        raise ValueError(
+            f"--lm {cfg.lm} needs --lexicon: fairseq's KenLM decoder spells each word of the language model in "
+            "letters from a lexicon (lines 'WORD<TAB>W O R D |', e.g. LibriSpeech's librispeech_lexicon.lst)"
+        )
+    for path, option in ((cfg.lm, "--lm"), (cfg.lexicon, "--lexicon")):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{option} {path} not found")
+    return DecodingConfig(
+        type="kenlm",
+        lmpath=str(cfg.lm),
+        lexicon=str(cfg.lexicon),
+        beam=cfg.beam,
+        beamthreshold=100.0,  # infer_kenlm.yaml's
+        lmweight=cfg.lm_weight,
+        wordscore=cfg.word_score,
+        silweight=0.0,
+    )
 
 
 def fine_tuned_task(cfg: AsrEvalConfig):
@@ -52,13 +86,14 @@ def fine_tuned_task(cfg: AsrEvalConfig):
 
 def decode_subset(cfg: AsrEvalConfig) -> Tuple[List[str], List[str], List[str]]:
     """Manifest paths, hypotheses and references (words) of every utterance of ``cfg.subset``."""
+    settings = decoding(cfg)
     task = fine_tuned_task(cfg)
     (model,), _ = checkpoint_utils.load_model_ensemble([str(cfg.checkpoint)], task=task)
     model.eval()
     task.load_dataset(cfg.subset)
     dataset = task.dataset(cfg.subset)
     batches = task.get_batch_iterator(dataset, max_tokens=cfg.max_tokens, required_batch_size_multiple=1)
-    decoder = Decoder(DecoderConfig(type="viterbi"), task.target_dictionary)
+    decoder = Decoder(settings, task.target_dictionary)
     letters = task.target_dictionary
     ids, hypotheses, references = [], [], []
     for sample in progress_bar(batches.next_epoch_itr(shuffle=False), desc="asr-eval", unit="batch"):
@@ -81,7 +116,7 @@ def evaluate_wer(cfg: AsrEvalConfig) -> Dict:
         "checkpoint": str(cfg.checkpoint),
         "data": str(cfg.data),
         "subset": cfg.subset,
-        "decoder": "viterbi",
+        "decoder": f"kenlm {cfg.lm}" if cfg.lm else "viterbi",
         "out": str(cfg.out),
         "utterances": len(ids),
         "words": words,

@@ -172,7 +172,7 @@ COMMANDS = {
     "asr-eval": Command(
         run_asr_eval,
         (configs.AsrEvalConfig,),
-        "word error rate of a CTC fine-tuned checkpoint on a finetune/ folder (fairseq's Viterbi decoder)",
+        "word error rate of a CTC fine-tuned checkpoint on a finetune/ folder (fairseq's Viterbi or KenLM decoder)",
         "Decodes --subset of --data and writes OUT/hypo.word, OUT/ref.word and OUT/wer.json.",
     ),
     "superb": Command(

@@ -237,3 +237,10 @@ class AsrEvalConfig:
     out: Path = option(REQUIRED, "results folder: hypo.word, ref.word, wer.json")
     subset: str = option("valid", "the split of --data to decode")
     max_tokens: int = option(1_600_000, "audio samples per batch")
+    lm: str = option(
+        "", "KenLM language model (ARPA or binary) for fairseq's KenLM lexicon decoder; empty: Viterbi", path=True
+    )
+    lexicon: str = option("", "with --lm: word -> letters lexicon (fairseq's format: WORD<TAB>W O R D |)", path=True)
+    beam: int = option(500, "with --lm: beam size (fairseq's HuBERT infer_kenlm.yaml: 500)")
+    lm_weight: float = option(2.0, "with --lm: language model weight (infer_kenlm.yaml: 2)")
+    word_score: float = option(-1.0, "with --lm: word insertion score (infer_kenlm.yaml: -1)")

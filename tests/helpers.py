@@ -3,9 +3,11 @@
 Fixtures live in ``conftest.py``; everything here is imported as ``from tests.helpers import ...``.
 """
 
+import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
@@ -172,3 +174,23 @@ def recipe_differences(theirs: Dict, ours: Dict, sections: Iterable[str], intend
         for key, value in theirs[section].items()
         if (section, key) not in intended and value != "???" and ours[section].get(key) != value
     ]
+
+
+def write_bigram_lm(sentences: List[List[str]], folder: Path) -> Tuple[Path, Path]:
+    """A small bigram language model of ``sentences`` in ARPA format (KenLM reads bigrams and up), and its lexicon
+    (``WORD<TAB>W O R D |``): ``folder/lm.arpa``, ``folder/lexicon.txt``. Bigram: half the mass on seen pairs."""
+    words = Counter(w for sentence in sentences for w in sentence)
+    pairs = Counter((a, b) for s in sentences for a, b in zip(["<s>", *s], [*s, "</s>"]))
+    starts = Counter(a for a, _ in pairs.elements())
+    total = sum(words.values()) + len(sentences)
+    unigrams = {**{w: c / total for w, c in words.items()}, "</s>": len(sentences) / total}
+    half = math.log10(0.5)
+    lines = ["\\data\\", f"ngram 1={len(unigrams) + 2}", f"ngram 2={len(pairs)}", "", "\\1-grams:"]
+    lines += [f"-99\t<s>\t{half:.4f}", "-99\t<unk>"]
+    lines += [f"{math.log10(p):.4f}\t{w}\t{half:.4f}" for w, p in sorted(unigrams.items())]
+    lines += ["", "\\2-grams:"]
+    lines += [f"{math.log10(0.5 * c / starts[a]):.4f}\t{a} {b}" for (a, b), c in sorted(pairs.items())]
+    lm, lexicon = folder / "lm.arpa", folder / "lexicon.txt"
+    lm.write_text("\n".join([*lines, "", "\\end\\", ""]))
+    lexicon.write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in sorted(words)))
+    return lm, lexicon

@@ -23,7 +23,7 @@ from fedhubert_plugin.federation.server.runlog import read_metrics, validations
 from fedhubert_plugin.federation.server.validation import averaged_validation
 from fedhubert_plugin.federation.settings import FederationSettings, SettingsError
 from fedhubert_plugin.recipes import encoder_args
-from tests.helpers import TINY
+from tests.helpers import TINY, write_bigram_lm
 
 # 2 rounds of 3 updates, the encoder frozen for the first 3: all of round 1
 RUN = ["--num-server-rounds", "2", "--local-updates", "3"]
@@ -98,6 +98,24 @@ def test_the_global_checkpoint_trains_and_decodes_without_the_pretrained_file(fi
     arrays = {k: v.numpy() for k, v in state["model"].items()}
     result = LocalTrainer(spec).fit(FitTask(prepared / "clients" / "client_000", arrays, 3, local_updates=1))
     assert result.metrics["updates"] == 1 and result.arrays.keys() == arrays.keys()
+
+
+@pytest.mark.e2e
+def test_asr_eval_decodes_with_a_kenlm_language_model_and_its_lexicon(finetuned, prepared, tmp_path, capsys):
+    trained = sorted((prepared / "clients").glob(f"*/{FINETUNE_DIR}/train.wrd"))
+    sentences = [line.split() for path in trained for line in path.read_text().splitlines()]
+    lm, lexicon = write_bigram_lm(sentences, tmp_path)
+    folder, out = prepared / "clients" / "client_001" / FINETUNE_DIR, tmp_path / "kenlm"
+    argv = ["asr-eval", "--checkpoint", str(finetuned / "server" / "checkpoint_best.pt"), "--data", str(folder)]
+    assert main([*argv, "--out", str(out), "--lm", str(lm)]) == 1
+    assert f"--lm {lm} needs --lexicon" in capsys.readouterr().err
+    # a high word score: the barely trained model still spells words, which the lexicon decoder takes from the LM's
+    kenlm = ["--lm", str(lm), "--lexicon", str(lexicon), "--beam", "50", "--word-score", "5"]
+    assert main([*argv, "--out", str(out), *kenlm]) == 0
+    result = json.loads((out / "wer.json").read_text())
+    assert result["decoder"] == f"kenlm {lm}" and result["words"] > 0
+    hypotheses = [line.split("\t")[1].split() for line in (out / "hypo.word").read_text().splitlines()]
+    assert any(hypotheses) and set().union(*hypotheses) <= {w for sentence in sentences for w in sentence}
 
 
 @pytest.mark.e2e
