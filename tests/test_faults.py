@@ -282,3 +282,19 @@ def test_folding_replies_as_they_come_aggregates_like_the_list_of_all_replies(na
     for key in reference:
         np.testing.assert_allclose(streamed[key], listed[key], atol=1e-6)  # float32 rounding of the two sums
     assert streamed_metrics == pytest.approx(listed_metrics) and streamed_clients == listed_clients
+
+
+@pytest.mark.e2e
+def test_a_client_step_that_fails_raises_its_own_error_and_fairseqs_crash_dump_is_kept(client_shard):
+    from fedhubert_plugin.federation.client.local_trainer import LocalTrainer, crash_dir
+    from fedhubert_plugin.federation.client.work import FitTask, TrainerSpec
+    from fedhubert_plugin.recipes import recipe_initial_model
+
+    _, start = recipe_initial_model(TINY, ["common.cpu=true"], 100, 8)
+    diverged = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in start.items()}
+    (crash_dir(client_shard) / "crash.pt").unlink(missing_ok=True)
+    trainer = LocalTrainer(TrainerSpec(TINY, ("common.cpu=true",), label_rate=100))
+    # fairseq's own error, not the FileNotFoundError of its dump into a relative checkpoints/ folder
+    with pytest.raises(FloatingPointError, match="gradients are Nan/Inf"):
+        trainer.fit(FitTask(client_shard, diverged, local_updates=1, server_round=1))
+    assert load_checkpoint(crash_dir(client_shard) / "crash.pt")["model"]

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import resource
+import tempfile
 import time
 import zlib
 from collections import OrderedDict
@@ -94,6 +95,16 @@ def criterion_metrics(agg) -> Dict[str, float]:
     found = {new: float(stats[old]) for old, new in METRIC_NAMES.items() if old in stats}
     found.update({new: float(agg.get_smoothed_value(old)) for old, new in ERROR_COUNTS.items() if old in agg})
     return found
+
+
+def crash_dir(folder: Path) -> Path:
+    """Where fairseq's Trainer dumps ``crash.pt`` when a step fails (non-finite gradients, an error in the forward
+    pass), its only checkpoint on a client: a temporary folder per client, made here. Without it the dump went to the
+    recipe's relative ``checkpoints/``, absent in the client's working directory, and its FileNotFoundError hid the
+    step's own error (seen with a server learning rate 100 times too high, benchmarks/results/broken_runs.md)."""
+    path = Path(tempfile.gettempdir()) / "fedhubert-crash" / Path(folder).name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def peak_memory_metrics() -> Dict[str, float]:
@@ -188,6 +199,7 @@ class LocalTrainer:
                 cfg.task.label_dir = cfg.task.data if fine_tuning else str(folder / "labels")
                 if fine_tuning:
                     cfg.model.data = cfg.task.data
+                cfg.checkpoint.save_dir = str(crash_dir(folder))
             task = tasks.setup_task(cfg.task)
             task.load_dataset("train")
             task.load_dataset("valid")
