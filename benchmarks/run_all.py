@@ -17,9 +17,10 @@ commits, so a reader sees which figures are older.
 4. quality (benchmarks/quality.py): centralized against federated runs and random init, 3 seeds;
 6. GPU: 1 and 5 with the Base recipe in fp16, and a round of two, then four, clients sharing the GPU,
    when there is an NVIDIA GPU (`--sections gpu`; 11b, activation_memory_gpu, too);
-7.-16. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
-   activation_memory.py, faults_privacy.py, demo.py, superb.py, learning_curve.py and finetune.py, each a script
-   of its own (quality --sweep, learning_curve and finetune, about an hour or more, only when named).
+7.-17. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
+   activation_memory.py, faults_privacy.py, demo.py, superb.py, learning_curve.py, finetune.py and
+   broken_runs.py, each a script of its own (quality --sweep, learning_curve and finetune, about an hour or
+   more, only when named).
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
 """
@@ -56,6 +57,7 @@ SECTIONS = {
     "superb": "14. SUPERB on the toy corpora (`fedhubert superb`)",
     "learning_curve": "15. Learning curves: centralized against federated, 3,200 updates, over seeds",
     "finetune": "16. CTC fine-tuning: federated against centralized, pretrained against random init, over seeds",
+    "broken_runs": "17. Broken runs beside the reference curves: another codebook, a server lr 100 times too high",
 }
 # sections too long for a default run (hours on 2 cores): run by name
 LONG_SECTIONS = {"quality_sweep", "learning_curve", "finetune"}
@@ -78,6 +80,7 @@ OWN_SCRIPTS = {
     "superb": [],
     "learning_curve": [],
     "finetune": [],
+    "broken_runs": [],
 }
 SCRIPT_OF = {"quality_sweep": "quality", "activation_memory_gpu": "activation_memory"}
 
