@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from common import RESULTS, federated, machine_meta, prepare, provenance
-from quality import DATA, corpus
+from common import RESULTS, federated, machine_meta, provenance
+from quality import corpus, prepared_train
 
 from fedhubert_plugin.federation.server.runlog import PARTICIPATION_FILE, read_metrics
-from fedhubert_plugin.toy_data import TRAIN_SUBSET
 
 logger = logging.getLogger("broken_runs")
 
@@ -112,8 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     toy = corpus(args)
-    kmeans, *flags = DATA["speaker"]
-    data = prepare(toy, args.work / "data" / "speaker", 4, kmeans, "--subsets", TRAIN_SUBSET, *flags)
+    data = prepared_train(toy, args.work, "speaker", 4)
     sources = {"healthy": data, "other_codebook": other_codebook(data, args.work / "data" / "other_codebook")}
     results, stops = {}, {}
     for name, flags in RUNS.items():

@@ -21,13 +21,12 @@ kept under ``--work``: a second call resumes.
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Dict, List
 
 from common import BIN, RESULTS, fairseq_train, federated, machine_meta, prepare, provenance, run
 from omegaconf import OmegaConf
-from quality import DATA, corpus, spread, union_shard
+from quality import corpus, prepared_train, spread, union_folder, union_shard
 
 from fedhubert_plugin.checkpoints import load_checkpoint, save_fairseq_checkpoint
 from fedhubert_plugin.data import FINETUNE_DIR
@@ -36,7 +35,7 @@ from fedhubert_plugin.federation.client.work import EvaluateTask, TrainerSpec
 from fedhubert_plugin.federation.schedule import scheduled_overrides
 from fedhubert_plugin.federation.server.runlog import read_metrics, updates_behind
 from fedhubert_plugin.recipes import RECIPES_DIR, encoder_args, recipe_initial_model, task_state
-from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
+from fedhubert_plugin.toy_data import DEV_SUBSET
 
 logger = logging.getLogger("finetune")
 
@@ -48,20 +47,13 @@ RUNS = {  # fine-tuning run -> (how, the pretrained model it starts from)
     "federated_from_random_init": ("federated", "random_init"),
     "centralized_from_fedadam": ("centralized", "fedadam"),
 }
-SPLITS = ("train", "valid")
 
 
 def union_finetune(data: Path, out: Path) -> Path:
-    """Every client's finetune/ train and valid splits in one folder: centralized fine-tuning's data."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Every client's finetune/ train and valid splits in one folder: centralized fine-tuning's data (every
+    client's dict.ltr.txt lists the same letters in the same order)."""
     clients = [c / FINETUNE_DIR for c in sorted((data / "clients").iterdir())]
-    for split in SPLITS:
-        manifests = [(c / f"{split}.tsv").read_text().splitlines() for c in clients]
-        (out / f"{split}.tsv").write_text("\n".join([manifests[0][0]] + [r for m in manifests for r in m[1:]]) + "\n")
-        for kind in ("ltr", "wrd"):
-            (out / f"{split}.{kind}").write_text("".join((c / f"{split}.{kind}").read_text() for c in clients))
-    shutil.copy(clients[0] / "dict.ltr.txt", out / "dict.ltr.txt")  # the same letters in the same order on all
-    return out
+    return union_folder(clients, out, ["ltr", "wrd"], ["dict.ltr.txt"])
 
 
 def pretrained(name: str, data: Path, args: argparse.Namespace) -> Path:
@@ -210,8 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     toy = corpus(args)
-    kmeans, *flags = DATA["speaker"]
-    data = prepare(toy, args.work / "data" / "speaker", args.clients, kmeans, "--subsets", TRAIN_SUBSET, *flags)
+    data = prepared_train(toy, args.work, "speaker", args.clients)
     halves = ("--subsets", DEV_SUBSET, "--valid-fraction", "0.5")
     heldout = prepare(toy, args.work / "data" / "heldout", 1, "local", *halves) / "clients" / "client_000"
     starts = {name: pretrained(name, data, args) for name in STARTS}

@@ -27,8 +27,8 @@ from typing import Dict, List, Optional
 
 import matplotlib
 import numpy as np
-from common import REPO, RESULTS, fairseq_train, federated, machine_meta, prepare, provenance
-from quality import DATA, PROBE_FRAMES, corpus, heldout_shard, masked_accuracy, spread, union_shard
+from common import REPO, RESULTS, fairseq_train, federated, machine_meta, provenance
+from quality import PROBE_FRAMES, corpus, heldout_shard, masked_accuracy, prepared_train, spread, union_shard
 
 from fedhubert_plugin.export import random_init_checkpoint
 from fedhubert_plugin.federation.schedule import scheduled_overrides
@@ -355,8 +355,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     points(args)  # checked before anything runs
     toy = corpus(args)
-    kmeans, *flags = DATA["speaker"]
-    data = prepare(toy, args.work / "data" / "speaker", args.clients, kmeans, "--subsets", TRAIN_SUBSET, *flags)
+    data = prepared_train(toy, args.work, "speaker", args.clients)
     heldout = heldout_shard(data, toy / "LibriSpeech", args.work / "data" / "heldout_speaker")
     names = ["centralized", *args.strategies]
     runs = {(name, seed): train(name, seed, data, args) for seed in args.seeds for name in names}

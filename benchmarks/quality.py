@@ -71,21 +71,38 @@ PROBE_FRAMES = 20_000
 LAYER_KEYS = ("best_layer", "transformer_layer")  # scores that are layer numbers, not measures
 
 
-def union_shard(data: Path, out: Path) -> Path:
-    """The centralized baseline's data: every client's train and valid split in one shard (same labels)."""
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    clients = sorted((data / "clients").iterdir())
+def union_folder(
+    folders: List[Path], out: Path, kinds: Sequence[str], copied: Sequence[str], labels: str = "."
+) -> Path:
+    """``folders``' train and valid splits as one folder ``out``: the manifests joined (the first one's audio root),
+    each label file kind (``kinds``) under ``labels`` concatenated in the same order, and the first folder's
+    ``copied`` files (dictionaries: the same on every client) copied."""
+    (out / labels).mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        manifests = [(c / f"{split}.tsv").read_text().splitlines() for c in clients]
+        manifests = [(f / f"{split}.tsv").read_text().splitlines() for f in folders]
         (out / f"{split}.tsv").write_text(
             "\n".join([manifests[0][0]] + [row for m in manifests for row in m[1:]]) + "\n"
         )
-        (out / "labels" / f"{split}.km").write_text(
-            "".join((c / "labels" / f"{split}.km").read_text() for c in clients)
-        )
-    for name in ("dict.km.txt", "labels.json"):
-        shutil.copy(clients[0] / "labels" / name, out / "labels" / name)
+        for kind in kinds:
+            (out / labels / f"{split}.{kind}").write_text(
+                "".join((f / labels / f"{split}.{kind}").read_text() for f in folders)
+            )
+    for name in copied:
+        shutil.copy(folders[0] / labels / name, out / labels / name)
     return out
+
+
+def union_shard(data: Path, out: Path) -> Path:
+    """The centralized baseline's data: every client's train and valid split in one shard (same labels)."""
+    clients = sorted((data / "clients").iterdir())
+    return union_folder(clients, out, ["km"], ["dict.km.txt", "labels.json"], labels="labels")
+
+
+def prepared_train(toy: Path, work: Path, name: str, clients: int) -> Path:
+    """The train subset of ``toy`` prepared for ``clients`` clients as ``DATA[name]`` says, in ``work/data/name``
+    (once: kept when done)."""
+    kmeans, *flags = DATA[name]
+    return prepare(toy, work / "data" / name, clients, kmeans, "--subsets", TRAIN_SUBSET, *flags)
 
 
 def heldout_shard(data: Path, librispeech: Path, out: Path) -> Path:
@@ -396,10 +413,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     toy = corpus(args)
-    data = {
-        name: prepare(toy, args.work / "data" / name, args.clients, kmeans, "--subsets", TRAIN_SUBSET, *flags)
-        for name, (kmeans, *flags) in DATA.items()
-    }
+    data = {name: prepared_train(toy, args.work, name, args.clients) for name in DATA}
     name = "quality_sweep" if args.sweep else "quality"
     result = sweep(args, data, toy) if args.sweep else benchmark(args, toy, data)
     result["meta"] = machine_meta()

@@ -12,10 +12,10 @@ So every model is validated once: model ``k`` by the clients that train round ``
 the evaluation at the end of round ``k``. Whenever a validation is the best so far (pretraining: the lowest
 loss averaged over the clients that validated, by valid utterances; fine-tuning: the lowest WER of all their
 words; ``checkpointing.best_metric``), that model (round ``k`` ≥ 1; the initial model is recorded but never
-kept) becomes ``checkpoint_best.pt`` and s3prl's ``best_global_model.pt`` (``checkpointing``). Each round
-writes one line of ``metrics.jsonl``, holding the validations it made with the round of the model each one
-measured, and the resume state (``runlog``). When the run ends, finished or stopped, ``participation.md`` says
-per client how many rounds it trained and failed, and its last error.
+kept) becomes ``checkpoint_best.pt`` and, unless fine-tuned, s3prl's ``best_global_model.pt``
+(``checkpointing``). Each round writes one line of ``metrics.jsonl``, holding the validations it made with the
+round of the model each one measured, and the resume state (``runlog``). When the run ends, finished or
+stopped, ``participation.md`` says per client how many rounds it trained and failed, and its last error.
 """
 
 import logging
