@@ -103,13 +103,15 @@ def run_downstream(argv: List[str]) -> None:
 class SuperbTask:
     """A SUPERB task as s3prl runs it here: its downstream, the ``datarc`` keys of its data paths (in the order
     ``recipes/superb/run_superb.sh`` takes them), its dev and test splits and its metric: ``accuracy`` (s3prl
-    writes it to ``log.log``, a fraction; higher is better) or ``wer`` (s3prl prints it, in %; lower is better)."""
+    writes it to ``log.log``, a fraction; higher is better) or ``wer`` (s3prl prints it, in %; lower is better);
+    ``folds``: the cross-validation folds SUPERB averages (ER: five, s3prl's ``datarc.test_fold``)."""
 
     downstream: str
     datarc: Tuple[str, ...]
     dev_split: str = "dev"
     test_split: str = "test"
     metric: str = "accuracy"
+    folds: int = 1
 
     def best(self, scores: Sequence[float]) -> float:
         """The best of ``scores`` by this task's metric."""
@@ -121,6 +123,7 @@ SUPERB_TASKS = {
     "ks": SuperbTask("speech_commands", ("speech_commands_root", "speech_commands_test_root")),
     "ic": SuperbTask("fluent_commands", ("file_path",)),
     "sid": SuperbTask("voxceleb1", ("file_path", "meta_data")),
+    "er": SuperbTask("emotion", ("root", "meta_data"), folds=5),
     "asr": SuperbTask(
         "asr", ("libri_root", "bucket_file", "dict_path"), dev_split="dev-clean", test_split="test-clean", metric="wer"
     ),

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import statistics
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,20 +35,22 @@ logger = logging.getLogger(__name__)
 
 CONFIGS = RECIPES_DIR / "superb"
 # HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021, arXiv:2105.01051): accuracy or WER (no LM), in %
-HUBERT_BASE_PUBLISHED = {"ks": 96.30, "ic": 98.34, "sid": 81.42, "asr": 6.42}
+HUBERT_BASE_PUBLISHED = {"ks": 96.30, "ic": 98.34, "sid": 81.42, "er": 64.92, "asr": 6.42}
 METRICS = {"accuracy": "test accuracy (%)", "wer": "test WER (%), no LM"}
 # where `fedhubert toy-data --superb` puts each task's data, in SUPERB_TASKS' order
 TOY_DATA = {
     "ks": ("speech_commands/train", "speech_commands/test"),
     "ic": ("fluent_speech_commands",),
     "sid": ("voxceleb1", "voxceleb1/iden_split.txt"),
+    "er": ("iemocap", "iemocap/meta_data"),
     "asr": ("LibriSpeech", "asr/len_for_bucket", "asr/char.dict"),
 }
-# the file of each task's experiment that SUPERB scores, and where s3prl's submit/submit.py puts it
+# the file of each task's experiment that SUPERB scores, and where s3prl's submit/submit.py puts it ({fold}: ER's)
 PREDICTIONS = {
     "ks": ("test_predict.txt", "ks_public/predict.txt"),
     "ic": ("test_predict.csv", "ic_public/predict.csv"),
     "sid": ("test_predict.txt", "sid_public/predict.txt"),
+    "er": ("test_fold{fold}_predict.txt", "er_fold{fold}_public/predict.txt"),
     "asr": ("test-clean-noLM-hyp.ark", "asr_public/predict.ark"),
 }
 ALL_TASKS = ("pr", "ks", "ic", "sid", "er", "asr", "qbe", "sf", "asv", "sd")  # SUPERB's ten
@@ -115,6 +118,12 @@ def upstreams(cfg: SuperbConfig) -> Dict[str, Path]:
     return named
 
 
+def metric_label(task: str) -> str:
+    """What a task's figure is: ``test accuracy (%)``, with ``mean of 5 folds`` where SUPERB averages folds."""
+    spec = SUPERB_TASKS[task]
+    return METRICS[spec.metric] + (f", mean of {spec.folds} folds" if spec.folds > 1 else "")
+
+
 def folder_name(name: str) -> str:
     """A checkpoint's name as a folder name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
@@ -125,17 +134,21 @@ def run_superb(cfg: SuperbConfig) -> str:
     ``superb.json`` and ``superb.md`` (returned)."""
     data, models = task_data(cfg), upstreams(cfg)
     scores: Dict[str, Dict[str, float]] = {}
-    experiments: Dict[str, Dict[str, str]] = {}
+    experiments: Dict[str, Dict[str, List[str]]] = {}
     for task in cfg.tasks:
         config = CONFIGS / f"{task}{'_tiny' if cfg.toy else ''}.yaml"
         for name, ckpt in models.items():
-            exp, result = best_on_dev(task, ckpt, Path(cfg.out) / task / folder_name(name), config, data[task], cfg.lrs)
-            scores.setdefault(task, {})[name] = result["score"]
-            experiments.setdefault(task, {})[name] = str(exp)
-            logger.info("SUPERB %s, %s: test %s %.2f %% (%s)", task, name, result["metric"], result["score"], exp)
+            runs = [
+                best_on_dev(task, ckpt, exp, config, data[task], cfg.lrs, overrides)
+                for exp, overrides in fold_experiments(task, Path(cfg.out) / task / folder_name(name))
+            ]
+            scores.setdefault(task, {})[name] = statistics.fmean(result["score"] for _, result in runs)
+            experiments.setdefault(task, {})[name] = [str(exp) for exp, _ in runs]
+            for exp, result in runs:
+                logger.info("SUPERB %s, %s: test %s %.2f %% (%s)", task, name, result["metric"], result["score"], exp)
     table = {
         "checkpoints": {name: str(path) for name, path in models.items()},
-        "metrics": {task: METRICS[SUPERB_TASKS[task].metric] for task in cfg.tasks},
+        "metrics": {task: metric_label(task) for task in cfg.tasks},
         "scores": scores,
         "experiments": experiments,
         "hubert_base_published": {task: HUBERT_BASE_PUBLISHED[task] for task in cfg.tasks},
@@ -149,37 +162,52 @@ def run_superb(cfg: SuperbConfig) -> str:
     return markdown
 
 
+def fold_experiments(task: str, exp: Path) -> List[Tuple[Path, List[str]]]:
+    """A task's experiment folder and its s3prl overrides: ``exp``, or one ``exp/fold<n>`` per fold SUPERB
+    averages (ER), each testing its own fold."""
+    folds = SUPERB_TASKS[task].folds
+    if folds == 1:
+        return [(exp, [])]
+    return [(exp / f"fold{n}", [f"config.downstream_expert.datarc.test_fold=fold{n}"]) for n in range(1, folds + 1)]
+
+
 def best_on_dev(
-    task: str, ckpt: Path, exp: Path, config: Path, data: List[Path], lrs: Sequence[float]
+    task: str, ckpt: Path, exp: Path, config: Path, data: List[Path], lrs: Sequence[float], overrides: List[str]
 ) -> Tuple[Path, Dict]:
-    """The experiment of ``task`` on ``ckpt`` in ``exp`` and its result; with ``lrs``, one in ``exp/lr_<lr>`` per
-    learning rate, and the one whose best dev score is best."""
+    """The experiment of ``task`` on ``ckpt`` in ``exp`` (with s3prl ``overrides``) and its result; with ``lrs``,
+    one in ``exp/lr_<lr>`` per learning rate, and the one whose best dev score is best."""
     if not lrs:
-        return exp, superb_task(task, ckpt, exp, config, data)
+        return exp, superb_task(task, ckpt, exp, config, data, overrides)
     runs = {}
     for lr in lrs:
         folder = exp / f"lr_{lr:g}"
-        runs[folder] = superb_task(task, ckpt, folder, config, data, [f"config.optimizer.lr={lr}"])
+        runs[folder] = superb_task(task, ckpt, folder, config, data, [*overrides, f"config.optimizer.lr={lr}"])
     best = SUPERB_TASKS[task].best([result["dev_score"] for result in runs.values()])
     return next((folder, result) for folder, result in runs.items() if result["dev_score"] == best)
 
 
-def write_submission(out: Path, name: str, models: Dict[str, Path], experiments: Dict[str, Dict[str, str]]) -> Path:
-    """``out/submission/predict.zip`` of checkpoint ``name``'s predictions (its experiment of each task, in
-    ``experiments``) in s3prl's submission layout, and ``manifest.json`` beside it; a prediction file missing from
-    an experiment stops it, naming the file."""
+def write_submission(
+    out: Path, name: str, models: Dict[str, Path], experiments: Dict[str, Dict[str, List[str]]]
+) -> Path:
+    """``out/submission/predict.zip`` of checkpoint ``name``'s predictions (its experiments of each task, one per
+    fold, in ``experiments``) in s3prl's submission layout, and ``manifest.json`` beside it; a prediction file
+    missing from an experiment stops it, naming the file."""
     if name not in models:
         raise ValueError(f"--submit {name}: not a --checkpoint name; choose one of {', '.join(models)}")
-    sources = {task: Path(runs[name]) / PREDICTIONS[task][0] for task, runs in experiments.items()}
+    sources = {
+        PREDICTIONS[task][1].format(fold=fold): Path(exp) / PREDICTIONS[task][0].format(fold=fold)
+        for task, runs in experiments.items()
+        for fold, exp in enumerate(runs[name], start=1)
+    }
     missing = [str(path) for path in sources.values() if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"--submit {name}: no prediction file {', '.join(missing)}; rerun those tasks")
     folder = out / "submission"
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(folder / "predict.zip", "w", zipfile.ZIP_DEFLATED) as package:
-        for task, source in sources.items():
-            package.write(source, f"predict/{PREDICTIONS[task][1]}")
-    left_out = [task for task in ALL_TASKS if task not in sources]
+        for target, source in sources.items():
+            package.write(source, f"predict/{target}")
+    left_out = [task for task in ALL_TASKS if task not in experiments]
     logger.warning("the SUPERB package leaves out %s: not run here (recipes/superb/README.md)", ", ".join(left_out))
     atomic_write_json(folder / "manifest.json", manifest(models[name], sources, left_out))
     return folder / "predict.zip"
@@ -197,7 +225,7 @@ def manifest(ckpt: Path, sources: Dict[str, Path], left_out: List[str]) -> Dict:
         "federated_round": (state.get("extra_state") or {}).get("federated_round"),
         "num_updates": history[-1].get("num_updates"),
         "federation_settings": json.loads(settings.read_text()) if settings.is_file() else None,
-        "predictions": {task: str(source) for task, source in sources.items()},
+        "predictions": {target: str(source) for target, source in sources.items()},
         "left_out": left_out,
     }
 

@@ -8,6 +8,11 @@
 - ``voxceleb1/``: the layout of VoxCeleb1 that s3prl's ``voxceleb1`` downstream (speaker
   identification, SID) reads: ``dev/wav/id1000N/<video>/<n>.wav`` and ``iden_split.txt``
   (``1`` train, ``2`` dev, ``3`` test), every speaker in all three splits.
+- ``iemocap/``: the layout of IEMOCAP that s3prl's ``emotion`` downstream (emotion recognition,
+  ER) reads: ``Session<n>/sentences/wav/<dialog>/<utterance>.wav`` and
+  ``Session<n>/dialog/EmoEvaluation/<dialog>.txt``, five sessions of two speakers, each speaking
+  neutral, happy, angry and sad sentences (espeak-ng's pitch, speed and loudness moved per
+  emotion), and ``meta_data/`` (the five folds) written by s3prl's own ``IEMOCAP_preprocess.py``.
 - ``asr/``: what s3prl's ``asr`` downstream (speech recognition, ASR) needs beside a LibriSpeech
   layout and that its pip package lacks: the length tables of s3prl's
   ``preprocess/generate_len_for_bucket.py`` (``len_for_bucket/<subset>.csv``) and a character
@@ -20,7 +25,7 @@ the same bytes with or without it.
 import csv
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -51,6 +56,10 @@ LOCATIONS = ["none", "kitchen", "bedroom"]
 INTENT_SPEAKERS = {"train": 3, "valid": 1, "test": 1}
 SID_SPEAKERS = 4
 SID_UTTERANCES = {1: 6, 2: 2, 3: 2}  # per speaker: iden_split.txt's train, dev and test
+ER_SESSIONS = 5  # IEMOCAP's: one fold each
+# IEMOCAP's four SUPERB classes: espeak-ng pitch and speed moved from the speaker's own, and sox effects
+EMOTIONS = {"neu": (0, 0, ()), "hap": (20, 25, ()), "ang": (10, 45, ("gain", "6")), "sad": (-20, -45, ())}
+ER_UTTERANCES = 3  # per speaker and emotion
 Job = Tuple[Voice, str, Path, Tuple[str, ...]]
 
 
@@ -61,15 +70,18 @@ class ToySuperbSummary:
     fluent_commands_root: str  # IC: config.downstream_expert.datarc.file_path
     voxceleb1_root: str  # SID: config.downstream_expert.datarc.file_path
     voxceleb1_iden_split: str  # SID: config.downstream_expert.datarc.meta_data
+    iemocap_root: str  # ER: config.downstream_expert.datarc.root; its meta_data/ is datarc.meta_data
     asr_files: str  # ASR: len_for_bucket/ (bucket_file) and char.dict (dict_path)
     intent_utterances: int
     speaker_utterances: int
+    emotion_utterances: int
 
     def describe(self) -> str:
         """Where each corpus is and how much it holds (what `fedhubert toy-data --superb` prints)."""
         return (
             f"SUPERB IC root:       {self.fluent_commands_root} ({self.intent_utterances} files)\n"
             f"SUPERB SID root:      {self.voxceleb1_root} ({self.speaker_utterances} files)\n"
+            f"SUPERB ER root:       {self.iemocap_root} ({self.emotion_utterances} files, meta_data/)\n"
             f"SUPERB ASR files:     {self.asr_files} (length tables, char.dict)"
         )
 
@@ -125,6 +137,30 @@ def voxceleb1_jobs(rng: np.random.Generator, root: Path, voices: List[Voice]) ->
     return jobs
 
 
+def iemocap_jobs(rng: np.random.Generator, root: Path, voices: List[Voice]) -> List[Job]:
+    """Synthesis jobs of the IEMOCAP layout (a female and a male speaker per session, one dialog each) and each
+    dialog's ``EmoEvaluation`` file."""
+    jobs = []
+    for index, voice in enumerate(voices):
+        session, gender = index // 2 + 1, "FM"[index % 2]
+        dialog = f"Ses{session:02d}{gender}_impro01"
+        wavs = root / f"Session{session}" / "sentences" / "wav" / dialog
+        labels = root / f"Session{session}" / "dialog" / "EmoEvaluation"
+        wavs.mkdir(parents=True, exist_ok=True)
+        labels.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for emotion, (pitch, speed, effects) in EMOTIONS.items():
+            moved = replace(voice, pitch=min(99, max(0, voice.pitch + pitch)), speed=voice.speed + speed)
+            for _ in range(ER_UTTERANCES):
+                turn = f"{dialog}_{gender}{len(lines):03d}"
+                jobs.append((moved, " ".join(rng.choice(VOCABULARY, size=5)), wavs / f"{turn}.wav", effects))
+                lines.append(
+                    f"[{len(lines):.4f} - {len(lines) + 1:.4f}]\t{turn}\t{emotion}\t[2.5000, 2.5000, 2.5000]\n"
+                )
+        (labels / f"{dialog}.txt").write_text("".join(lines))
+    return jobs
+
+
 def write_asr_files(libri_root: Path, subsets: Sequence[str], out: Path) -> None:
     """``out/len_for_bucket/<subset>.csv`` (``file_path,length,label``: the path under ``libri_root``, samples)
     for each subset, and ``out/char.dict`` of the first subset's transcripts, as s3prl's asr downstream reads them."""
@@ -155,15 +191,22 @@ def write_toy_superb_data(
     voices = draw_voices(rng, sum(INTENT_SPEAKERS.values()) + SID_SPEAKERS)
     intent = fluent_commands_jobs(Path(out) / "fluent_speech_commands", voices[: sum(INTENT_SPEAKERS.values())])
     speaker = voxceleb1_jobs(rng, Path(out) / "voxceleb1", voices[sum(INTENT_SPEAKERS.values()) :])
-    synthesize_all(intent + speaker, workers)
+    emotion_rng = np.random.default_rng([seed, 28, 1])  # drawn after the others: IC and SID stay as they were
+    emotion = iemocap_jobs(emotion_rng, Path(out) / "iemocap", draw_voices(emotion_rng, 2 * ER_SESSIONS))
+    synthesize_all(intent + speaker + emotion, workers)
+    from s3prl.downstream.emotion import IEMOCAP_preprocess  # s3prl's own folds: meta_data/Session<n>/*.json
+
+    IEMOCAP_preprocess.main(str(Path(out) / "iemocap"))
     write_asr_files(Path(librispeech_root or Path(out) / "LibriSpeech"), [TRAIN_SUBSET, DEV_SUBSET], Path(out) / "asr")
     summary = ToySuperbSummary(
         fluent_commands_root=str(Path(out) / "fluent_speech_commands"),
         voxceleb1_root=str(Path(out) / "voxceleb1"),
         voxceleb1_iden_split=str(Path(out) / "voxceleb1" / "iden_split.txt"),
+        iemocap_root=str(Path(out) / "iemocap"),
         asr_files=str(Path(out) / "asr"),
         intent_utterances=len(intent),
         speaker_utterances=len(speaker),
+        emotion_utterances=len(emotion),
     )
     logger.info("toy SUPERB data written to %s: %s", out, summary)
     return summary

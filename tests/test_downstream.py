@@ -183,6 +183,7 @@ def test_tasks_needing_outside_data_or_s3prls_source_stop_before_training_naming
         ("sid", "voxceleb1"),
         ("sid_tiny", "voxceleb1"),
         ("er", "emotion"),
+        ("er_tiny", "emotion"),
         ("asr", "asr"),
         ("asr_tiny", "asr"),
         ("pr", "ctc"),

@@ -51,7 +51,10 @@ def test_superb_tables_each_checkpoint_beside_hubert_base_and_a_rerun_resumes(fe
     assert manifest["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert manifest["federated_round"] == load_checkpoint(ckpt)["extra_state"]["federated_round"] >= 1
     assert manifest["federation_settings"] == json.loads((ckpt.parent / "settings.json").read_text())
-    assert manifest["left_out"] == ["pr", "ks", "sid", "er", "asr", "qbe", "sf", "asv", "sd"]  # named, not hidden
+    assert manifest["left_out"] == ["pr", "ks", "sid", "er", "asr", "qbe", "sf", "asv", "sd"]
+    assert manifest["predictions"] == {
+        "ic_public/predict.csv": str(out / "ic" / "federated" / "test_predict.csv")
+    }  # named, not hidden
 
 
 @pytest.mark.e2e
@@ -70,7 +73,7 @@ def test_a_learning_rate_search_tests_the_rate_best_on_dev(federated_run, superb
         assert run["dev_score"] == pytest.approx(100 * max(float(score) for score in dev))
     chosen = max(runs, key=lambda lr: runs[lr]["dev_score"])
     table = json.loads((out / "superb.json").read_text())
-    assert table["experiments"]["ic"]["fed"] == str(out / "ic" / "fed" / f"lr_{chosen}")
+    assert table["experiments"]["ic"]["fed"] == [str(out / "ic" / "fed" / f"lr_{chosen}")]
     assert table["scores"]["ic"]["fed"] == runs[chosen]["score"]
 
 
@@ -78,7 +81,7 @@ def test_a_submission_without_a_tasks_prediction_file_names_it(tmp_path):
     (tmp_path / "ks" / "teacher").mkdir(parents=True)
     (tmp_path / "ks" / "teacher" / "test_predict.txt").write_text("a yes\n")
     with pytest.raises(FileNotFoundError, match=r"no prediction file .*ic/teacher/test_predict.csv; rerun those"):
-        experiments = {task: {"teacher": str(tmp_path / task / "teacher")} for task in ("ks", "ic")}
+        experiments = {task: {"teacher": [str(tmp_path / task / "teacher")]} for task in ("ks", "ic")}
         write_submission(tmp_path, "teacher", {"teacher": tmp_path / "t.pt"}, experiments)
     with pytest.raises(ValueError, match="--submit student: not a --checkpoint name; choose one of teacher"):
         write_submission(tmp_path, "student", {"teacher": tmp_path / "t.pt"}, {})
@@ -93,3 +96,38 @@ def test_a_task_without_data_is_named_with_the_paths_it_takes(tmp_path):
     cfg.data = ["asv=/vox1"]
     with pytest.raises(ValueError, match="--data asv=/vox1: give TASK=PATH"):
         task_data(cfg)
+
+
+@pytest.mark.e2e
+def test_emotion_recognition_runs_the_five_folds_and_tables_their_mean(federated_run, superb_corpora, tmp_path):
+    toy = Path(superb_corpora.iemocap_root).parent
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    out = tmp_path / "superb"
+    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(toy), "--tasks", "er", "--out", str(out)]
+    assert main([*argv, "--submit", "fed"]) == 0
+    folds = []
+    for n in range(1, 6):
+        exp = out / "er" / "fed" / f"fold{n}"
+        # s3prl's own fold: the session left out is the test set, each utterance predicted once
+        meta = json.loads(
+            (Path(superb_corpora.iemocap_root) / "meta_data" / f"Session{n}" / "test_meta_data.json").read_text()
+        )
+        test_set = {Path(row["path"]).stem: row["label"] for row in meta["meta_data"]}
+        assert all(name.startswith(f"Ses{n:02d}") for name in test_set)
+        predicted = dict(line.split() for line in (exp / f"test_fold{n}_predict.txt").read_text().splitlines())
+        truth = dict(line.split() for line in (exp / f"test_fold{n}_truth.txt").read_text().splitlines())
+        assert truth == test_set and predicted.keys() == test_set.keys()
+        folds.append(100 * sum(predicted[u] == truth[u] for u in truth) / len(truth))
+        assert json.loads((exp / "test.json").read_text())["score"] == pytest.approx(folds[-1])
+    table = json.loads((out / "superb.json").read_text())
+    assert table["scores"]["er"]["fed"] == pytest.approx(sum(folds) / 5)
+    assert table["metrics"]["er"] == "test accuracy (%), mean of 5 folds"
+    assert (
+        f"| ER | test accuracy (%), mean of 5 folds | {sum(folds) / 5:.2f} | 64.92 |" in (out / "superb.md").read_text()
+    )
+    with zipfile.ZipFile(out / "submission" / "predict.zip") as package:  # s3prl's submit.py: one folder per fold
+        assert package.namelist() == [f"predict/er_fold{n}_public/predict.txt" for n in range(1, 6)]
+        assert (
+            package.read("predict/er_fold3_public/predict.txt")
+            == (out / "er" / "fed" / "fold3" / "test_fold3_predict.txt").read_bytes()
+        )

@@ -11,7 +11,9 @@
 #   ic_tiny   the same, a 60-step CPU configuration for `fedhubert toy-data --superb`
 #   sid       VOXCELEB1_ROOT IDEN_SPLIT_TXT                           (speaker identification; ROOT holds dev/wav)
 #   sid_tiny  the same, a 60-step CPU configuration for `fedhubert toy-data --superb`
-#   er        IEMOCAP_ROOT META_DATA_DIR [FOLD, default fold1]        (emotion recognition)
+#   er        IEMOCAP_ROOT META_DATA_DIR [FOLD, default fold1]        (emotion recognition; SUPERB scores the mean
+#                                                                     of fold1..fold5: `fedhubert superb` runs all)
+#   er_tiny   the same, a 40-step CPU configuration for `fedhubert toy-data --superb`
 #   asr       LIBRISPEECH_ROOT BUCKET_DIR CHAR_DICT                   (speech recognition)
 #   pr        LIBRISPEECH_ROOT PHONEME_VOCAB LEXICON...               (phoneme recognition; needs s3prl's source tree;
 #                                                                     SUPERB reads both g2p lexicons of its ctc/lexicon)
@@ -26,7 +28,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 4 ] || usage
 task=$1 ckpt=$2 expdir=$3
 shift 3
@@ -72,7 +74,7 @@ case "$task" in
         need 2 "VOXCELEB1_ROOT IDEN_SPLIT_TXT"
         downstream=voxceleb1
         paths="config.downstream_expert.datarc.file_path='${data[0]}',,config.downstream_expert.datarc.meta_data='${data[1]}'" ;;
-    er)
+    er|er_tiny)
         need 2 "IEMOCAP_ROOT META_DATA_DIR [FOLD]"
         downstream=emotion
         paths="config.downstream_expert.datarc.root='${data[0]}',,config.downstream_expert.datarc.meta_data='${data[1]}',,config.downstream_expert.datarc.test_fold='${data[2]:-fold1}'" ;;
