@@ -101,31 +101,51 @@ def run_downstream(argv: List[str]) -> None:
 
 @dataclass(frozen=True)
 class SuperbTask:
-    """A SUPERB task as s3prl runs it here: its downstream, the ``datarc`` keys of its data paths (in the order
-    ``recipes/superb/run_superb.sh`` takes them), its dev and test splits and its metric: ``accuracy`` (s3prl
-    writes it to ``log.log``, a fraction; higher is better) or ``wer`` (s3prl prints it, in %; lower is better);
-    ``folds``: the cross-validation folds SUPERB averages (ER: five, s3prl's ``datarc.test_fold``)."""
+    """A SUPERB task as s3prl runs it here: its downstream, the keys of its data paths under
+    ``downstream_expert`` (in the order ``recipes/superb/run_superb.sh`` takes them; a last key ending in ``[]``
+    takes the remaining paths as a list), its dev and test splits, its metric: ``accuracy`` (s3prl writes it to
+    ``log.log``; higher is better) or an error rate that s3prl prints (``wer``, ``per``; lower is better), and
+    whether s3prl reports it as a fraction (scaled to %); ``folds``: the cross-validation folds SUPERB averages
+    (ER: five, s3prl's ``datarc.test_fold``)."""
 
     downstream: str
-    datarc: Tuple[str, ...]
+    data_keys: Tuple[str, ...]
     dev_split: str = "dev"
     test_split: str = "test"
     metric: str = "accuracy"
+    fraction: bool = True
     folds: int = 1
 
     def best(self, scores: Sequence[float]) -> float:
         """The best of ``scores`` by this task's metric."""
         return max(scores) if self.metric == "accuracy" else min(scores)
 
+    def data_overrides(self, task: str, data: Sequence[Path]) -> List[str]:
+        """s3prl's overrides that give ``data`` to the task's keys; a wrong number of paths is named."""
+        keys, listed = list(self.data_keys), self.data_keys[-1].endswith("[]")
+        if len(data) != len(keys) and not (listed and len(data) >= len(keys)):
+            names = ", ".join(key.split(".")[-1] for key in keys)
+            raise ValueError(f"SUPERB {task} takes {len(keys)} data path(s) ({names}), got {len(data)}")
+        values = [f"'{path}'" for path in data]
+        if listed:
+            keys[-1], values = keys[-1][:-2], [*values[: len(keys) - 1], f"[{','.join(values[len(keys) - 1 :])}]"]
+        return [f"config.downstream_expert.{key}={value}" for key, value in zip(keys, values)]
+
 
 # the tasks that run end to end here, on the toy corpora too
 SUPERB_TASKS = {
-    "ks": SuperbTask("speech_commands", ("speech_commands_root", "speech_commands_test_root")),
-    "ic": SuperbTask("fluent_commands", ("file_path",)),
-    "sid": SuperbTask("voxceleb1", ("file_path", "meta_data")),
-    "er": SuperbTask("emotion", ("root", "meta_data"), folds=5),
+    "pr": SuperbTask("ctc", ("corpus.path", "text.vocab_file", "corpus.lexicon[]"), metric="per"),
+    "ks": SuperbTask("speech_commands", ("datarc.speech_commands_root", "datarc.speech_commands_test_root")),
+    "ic": SuperbTask("fluent_commands", ("datarc.file_path",)),
+    "sid": SuperbTask("voxceleb1", ("datarc.file_path", "datarc.meta_data")),
+    "er": SuperbTask("emotion", ("datarc.root", "datarc.meta_data"), folds=5),
     "asr": SuperbTask(
-        "asr", ("libri_root", "bucket_file", "dict_path"), dev_split="dev-clean", test_split="test-clean", metric="wer"
+        "asr",
+        ("datarc.libri_root", "datarc.bucket_file", "datarc.dict_path"),
+        dev_split="dev-clean",
+        test_split="test-clean",
+        metric="wer",
+        fraction=False,
     ),
 }
 
@@ -144,10 +164,7 @@ def superb_task(
     if done.is_file():
         return json.loads(done.read_text())
     spec = SUPERB_TASKS[task]
-    if len(data) != len(spec.datarc):
-        keys = ", ".join(spec.datarc)
-        raise ValueError(f"SUPERB {task} takes {len(spec.datarc)} data path(s) ({keys}), got {len(data)}")
-    paths = [f"config.downstream_expert.datarc.{key}='{path}'" for key, path in zip(spec.datarc, data)]
+    paths = spec.data_overrides(task, data)
     console = Path(exp) / "console.log"  # s3prl's prints and progress bars, when the command runs quiet
     with console_to(console):
         evaluated = train_and_test(spec, ckpt, exp, config, ",,".join([*paths, *overrides]))
@@ -167,16 +184,16 @@ def superb_task(
 
 
 def reported_scores(spec: SuperbTask, exp: Path, console: Path, split: str) -> List[float]:
-    """Every score s3prl reported on ``split`` in ``exp``, in %: the accuracies of its ``log.log``, or the WERs it
-    printed."""
+    """Every score s3prl reported on ``split`` in ``exp``, in %: the accuracies of its ``log.log``, or the error
+    rates it printed."""
     if spec.metric == "accuracy":
         where, pattern = exp / "log.log", rf"^{re.escape(split)} at step \d+: ([0-9.]+)$"
     else:
-        where, pattern = console, rf"^{re.escape(split)} wer: ([0-9.]+)$"
+        where, pattern = console, rf"^{re.escape(split)} {spec.metric}: ([0-9.]+)$"
     scores = re.findall(pattern, where.read_text(), flags=re.M) if where.is_file() else []
     if not scores:
         raise RuntimeError(f"s3prl wrote no {split} {spec.metric} to {where} (its output: {console})")
-    return [float(score) * (100 if spec.metric == "accuracy" else 1) for score in scores]
+    return [float(score) * (100 if spec.fraction else 1) for score in scores]
 
 
 def train_and_test(spec: SuperbTask, ckpt: Path, exp: Path, config: Path, paths: str) -> Path:

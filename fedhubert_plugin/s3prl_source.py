@@ -3,22 +3,26 @@
 pip's s3prl 0.4.18 has no ``downstream/ctc/corpus/`` (PR's and SF's corpus readers), among other
 source-tree files. ``S3PRL_SOURCE=/path/to/s3prl`` (a checkout of the same version) adds each
 downstream folder of the checkout to the installed package's, so ``s3prl.downstream.ctc.corpus``
-imports from the checkout while everything else stays the installed, pinned s3prl.
+imports from the checkout while everything else stays the installed, pinned s3prl. Without it, the
+tree ``scripts/setup.sh`` unpacks into the venv (``BUNDLED``: s3prl 0.3.0's sdist, whose corpus
+readers are the 0.4.18 source tree's) is used when it is there.
 """
 
 import importlib
 import os
 import pkgutil
+import sys
 from pathlib import Path
 from typing import Optional
 
 SOURCE_VARIABLE = "S3PRL_SOURCE"
+BUNDLED = Path(sys.prefix) / "share" / "s3prl-source"  # requirements/s3prl-source.txt
 
 
 def use_source_tree(checkout: Optional[str] = None) -> Optional[Path]:
-    """Let the installed ``s3prl.downstream`` packages import modules of ``checkout`` (default: ``S3PRL_SOURCE``)
-    that they lack; the checkout's ``s3prl/downstream`` folder, or None when none is named."""
-    checkout = checkout or os.environ.get(SOURCE_VARIABLE)
+    """Let the installed ``s3prl.downstream`` packages import modules of ``checkout`` (default: ``S3PRL_SOURCE``,
+    else ``BUNDLED``) that they lack; the checkout's ``s3prl/downstream`` folder, or None when there is none."""
+    checkout = checkout or os.environ.get(SOURCE_VARIABLE) or (str(BUNDLED) if BUNDLED.is_dir() else None)
     if not checkout:
         return None
     downstream = Path(checkout) / "s3prl" / "downstream"

@@ -5,7 +5,7 @@ s3prl's logs and the prediction files SUPERB scores stay there. A pair already d
 ``test.json``) is read back, so running the command again resumes where it stopped.
 ``OUT/superb.json`` and ``OUT/superb.md`` hold the table: each task's test accuracy per
 checkpoint (accuracy, or WER for ASR), beside HuBERT Base's published figure. The tasks that run here are
-``downstream.SUPERB_TASKS`` (KS, IC, SID, ASR); ``recipes/superb/README.md`` has the others.
+``downstream.SUPERB_TASKS`` (PR, KS, IC, SID, ER, ASR); ``recipes/superb/README.md`` has the others.
 
 ``--lrs`` searches the learning rate as SUPERB's protocol does: one experiment per rate, the one best on
 dev is the one tested. ``--submit NAME`` packages that checkpoint's predictions as s3prl's submission script does
@@ -35,10 +35,11 @@ logger = logging.getLogger(__name__)
 
 CONFIGS = RECIPES_DIR / "superb"
 # HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021, arXiv:2105.01051): accuracy or WER (no LM), in %
-HUBERT_BASE_PUBLISHED = {"ks": 96.30, "ic": 98.34, "sid": 81.42, "er": 64.92, "asr": 6.42}
-METRICS = {"accuracy": "test accuracy (%)", "wer": "test WER (%), no LM"}
+HUBERT_BASE_PUBLISHED = {"pr": 5.41, "ks": 96.30, "ic": 98.34, "sid": 81.42, "er": 64.92, "asr": 6.42}
+METRICS = {"accuracy": "test accuracy (%)", "wer": "test WER (%), no LM", "per": "test PER (%)"}
 # where `fedhubert toy-data --superb` puts each task's data, in SUPERB_TASKS' order
 TOY_DATA = {
+    "pr": ("LibriSpeech", "pr/phoneme.txt", "pr/lexicon.txt"),
     "ks": ("speech_commands/train", "speech_commands/test"),
     "ic": ("fluent_speech_commands",),
     "sid": ("voxceleb1", "voxceleb1/iden_split.txt"),
@@ -47,6 +48,7 @@ TOY_DATA = {
 }
 # the file of each task's experiment that SUPERB scores, and where s3prl's submit/submit.py puts it ({fold}: ER's)
 PREDICTIONS = {
+    "pr": ("test-hyp.ark", "pr_public/predict.ark"),
     "ks": ("test_predict.txt", "ks_public/predict.txt"),
     "ic": ("test_predict.csv", "ic_public/predict.csv"),
     "sid": ("test_predict.txt", "sid_public/predict.txt"),
@@ -100,7 +102,9 @@ def task_data(cfg: SuperbConfig) -> Dict[str, List[Path]]:
         given[task] = [Path(path) for path in paths.split(",")]
     missing = [task for task in cfg.tasks if task not in given]
     if missing:
-        keys = "; ".join(f"{task}: {', '.join(SUPERB_TASKS[task].datarc)}" for task in missing)
+        keys = "; ".join(
+            f"{task}: {', '.join(k.split('.')[-1] for k in SUPERB_TASKS[task].data_keys)}" for task in missing
+        )
         raise ValueError(f"no data for {', '.join(missing)}: pass --data TASK=PATHS ({keys}) or --toy")
     return given
 

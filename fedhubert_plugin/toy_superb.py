@@ -13,6 +13,10 @@
   ``Session<n>/dialog/EmoEvaluation/<dialog>.txt``, five sessions of two speakers, each speaking
   neutral, happy, angry and sad sentences (espeak-ng's pitch, speed and loudness moved per
   emotion), and ``meta_data/`` (the five folds) written by s3prl's own ``IEMOCAP_preprocess.py``.
+- ``pr/``: what s3prl's ``ctc`` downstream reads for phoneme recognition (PR) beside a LibriSpeech
+  layout: ``lexicon.txt`` (each word of the toy transcripts and its phones, espeak-ng's en-us IPA
+  without stress marks; s3prl's own are g2p lexicons of LibriSpeech's words) and ``phoneme.txt``
+  (the phones, s3prl's ``text.vocab_file``).
 - ``asr/``: what s3prl's ``asr`` downstream (speech recognition, ASR) needs beside a LibriSpeech
   layout and that its pip package lacks: the length tables of s3prl's
   ``preprocess/generate_len_for_bucket.py`` (``len_for_bucket/<subset>.csv``) and a character
@@ -24,6 +28,7 @@ the same bytes with or without it.
 
 import csv
 import logging
+import subprocess
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -71,6 +76,7 @@ class ToySuperbSummary:
     voxceleb1_root: str  # SID: config.downstream_expert.datarc.file_path
     voxceleb1_iden_split: str  # SID: config.downstream_expert.datarc.meta_data
     iemocap_root: str  # ER: config.downstream_expert.datarc.root; its meta_data/ is datarc.meta_data
+    pr_files: str  # PR: phoneme.txt (text.vocab_file) and lexicon.txt (corpus.lexicon)
     asr_files: str  # ASR: len_for_bucket/ (bucket_file) and char.dict (dict_path)
     intent_utterances: int
     speaker_utterances: int
@@ -82,6 +88,7 @@ class ToySuperbSummary:
             f"SUPERB IC root:       {self.fluent_commands_root} ({self.intent_utterances} files)\n"
             f"SUPERB SID root:      {self.voxceleb1_root} ({self.speaker_utterances} files)\n"
             f"SUPERB ER root:       {self.iemocap_root} ({self.emotion_utterances} files, meta_data/)\n"
+            f"SUPERB PR files:      {self.pr_files} (phoneme.txt, lexicon.txt)\n"
             f"SUPERB ASR files:     {self.asr_files} (length tables, char.dict)"
         )
 
@@ -181,6 +188,38 @@ def write_asr_files(libri_root: Path, subsets: Sequence[str], out: Path) -> None
     (out / "char.dict").write_text("".join(f"{char} {count}\n" for char, count in characters.most_common()))
 
 
+def transcript_words(libri_root: Path, subsets: Sequence[str]) -> List[str]:
+    """Every word of the subsets' transcripts, sorted."""
+    return sorted(
+        {
+            word
+            for subset in subsets
+            for transcripts in (Path(libri_root) / subset).rglob("*.trans.txt")
+            for line in transcripts.read_text().splitlines()
+            for word in line.split()[1:]
+        }
+    )
+
+
+def write_phone_lexicon(libri_root: Path, subsets: Sequence[str], out: Path) -> None:
+    """``out/lexicon.txt`` (``WORD PHONE ...``) of the subsets' words from espeak-ng (en-us IPA, stress marks
+    dropped) and ``out/phoneme.txt``, a phone a line, as s3prl's libriphone reader takes them."""
+    words = transcript_words(libri_root, subsets)
+    spoken = subprocess.run(  # lower case: espeak-ng spells an upper-case word such as US letter by letter
+        ["espeak-ng", "-q", "--ipa", "--sep= ", "-v", "en-us"],
+        input="\n".join(word.lower() for word in words) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    phones = [line.replace("ˈ", "").replace("ˌ", "").split() for line in spoken if line.strip()]
+    if len(phones) != len(words) or not all(phones):
+        raise RuntimeError(f"espeak-ng gave {len(phones)} pronunciations for {len(words)} words of {libri_root}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lexicon.txt").write_text("".join(f"{w} {' '.join(p)}\n" for w, p in zip(words, phones)))
+    (out / "phoneme.txt").write_text("".join(f"{phone}\n" for phone in sorted({q for p in phones for q in p})))
+
+
 def write_toy_superb_data(
     out: Path, seed: int = 0, workers: int = 4, librispeech_root: Optional[Path] = None
 ) -> ToySuperbSummary:
@@ -197,12 +236,15 @@ def write_toy_superb_data(
     from s3prl.downstream.emotion import IEMOCAP_preprocess  # s3prl's own folds: meta_data/Session<n>/*.json
 
     IEMOCAP_preprocess.main(str(Path(out) / "iemocap"))
-    write_asr_files(Path(librispeech_root or Path(out) / "LibriSpeech"), [TRAIN_SUBSET, DEV_SUBSET], Path(out) / "asr")
+    libri_root = Path(librispeech_root or Path(out) / "LibriSpeech")
+    write_asr_files(libri_root, [TRAIN_SUBSET, DEV_SUBSET], Path(out) / "asr")
+    write_phone_lexicon(libri_root, [TRAIN_SUBSET, DEV_SUBSET], Path(out) / "pr")
     summary = ToySuperbSummary(
         fluent_commands_root=str(Path(out) / "fluent_speech_commands"),
         voxceleb1_root=str(Path(out) / "voxceleb1"),
         voxceleb1_iden_split=str(Path(out) / "voxceleb1" / "iden_split.txt"),
         iemocap_root=str(Path(out) / "iemocap"),
+        pr_files=str(Path(out) / "pr"),
         asr_files=str(Path(out) / "asr"),
         intent_utterances=len(intent),
         speaker_utterances=len(speaker),

@@ -84,7 +84,19 @@ if [ "$(.venv/bin/ruff --version 2>/dev/null || true)" != "ruff ${ruff_pin#*==}"
     pip_in .venv install -q --no-deps -r requirements/dev.txt
 fi
 
-# 5. The project itself, editable, unless .venv already imports it from this checkout.
+# 5. s3prl's source-tree corpus readers (SUPERB PR and SF), which its pip package lacks, unpacked beside the venv's
+#    packages once (requirements/s3prl-source.txt says why 0.3.0's sdist); S3PRL_SOURCE, when set, is used instead.
+source_tree=.venv/share/s3prl-source
+if [ ! -f "$source_tree/s3prl/downstream/ctc/corpus/libriphone.py" ]; then
+    say "unpacking s3prl's source-tree corpus readers into $source_tree"
+    download=$(mktemp -d)
+    pip_in .venv download -q --no-deps --no-binary :all: --require-hashes -r requirements/s3prl-source.txt -d "$download"
+    rm -rf "$source_tree" && mkdir -p "$source_tree"
+    tar xzf "$download"/s3prl-*.tar.gz -C "$source_tree" --strip-components=1
+    rm -rf "$download"
+fi
+
+# 6. The project itself, editable, unless .venv already imports it from this checkout.
 here=$(pwd -P)
 installed=$(cd / && "$here/.venv/bin/python" -c '
 import importlib.util as u

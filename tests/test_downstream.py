@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedhubert_plugin import s3prl_source
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.downstream import experiment_dir
 from fedhubert_plugin.s3prl_source import use_source_tree
@@ -160,7 +161,9 @@ def test_run_superb_script_names_what_a_task_needs(tmp_path):
 )
 def test_tasks_needing_outside_data_or_s3prls_source_stop_before_training_naming_each_file(task, data, named, tmp_path):
     paths = [str(tmp_path / d) for d in data]
-    without_source = {k: v for k, v in fairseq_env().items() if k != "S3PRL_SOURCE"}  # a machine without the tree
+    tree = tmp_path / "tree"  # a source tree without s3prl's corpus readers
+    (tree / "s3prl" / "downstream" / "ctc").mkdir(parents=True)
+    without_source = {**fairseq_env(), "S3PRL_SOURCE": str(tree)}
     proc = subprocess.run(
         ["bash", str(SUPERB / "run_superb.sh"), task, "x.pt", str(tmp_path / "exp"), *paths],
         capture_output=True,
@@ -254,3 +257,8 @@ def test_s3prl_source_adds_the_checkouts_modules_that_pip_s3prl_lacks(tmp_path, 
         use_source_tree()
     for name in ("s3prl.downstream.ctc.corpus", "s3prl.downstream.ctc.corpus.libriphone"):
         sys.modules.pop(name)  # imported from the checkout: gone with it
+    monkeypatch.delenv("S3PRL_SOURCE")  # then the tree scripts/setup.sh unpacks into the venv, when it is there
+    monkeypatch.setattr(s3prl_source, "BUNDLED", tmp_path)
+    assert use_source_tree() == tmp_path / "s3prl" / "downstream"
+    monkeypatch.setattr(s3prl_source, "BUNDLED", tmp_path / "nowhere")
+    assert use_source_tree() is None

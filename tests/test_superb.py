@@ -13,6 +13,7 @@ import yaml
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.cli import main
 from fedhubert_plugin.superb import SuperbConfig, task_data, write_submission
+from fedhubert_plugin.toy_data import DEV_SUBSET
 
 
 @pytest.mark.e2e
@@ -131,3 +132,36 @@ def test_emotion_recognition_runs_the_five_folds_and_tables_their_mean(federated
             package.read("predict/er_fold3_public/predict.txt")
             == (out / "er" / "fed" / "fold3" / "test_fold3_predict.txt").read_bytes()
         )
+
+
+@pytest.mark.e2e
+def test_phoneme_recognition_decodes_every_test_utterance_into_the_lexicons_phones(
+    federated_run, toy_corpus, superb_corpora, tmp_path
+):
+    import editdistance
+
+    toy = tmp_path / "toy"  # one folder, as `fedhubert toy-data --superb` writes it
+    toy.mkdir()
+    (toy / "LibriSpeech").symlink_to(toy_corpus / "LibriSpeech")
+    (toy / "pr").symlink_to(superb_corpora.pr_files)
+    out = tmp_path / "superb"
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(toy), "--tasks", "pr", "--out", str(out)]
+    assert main([*argv, "--submit", "fed"]) == 0
+    exp = out / "pr" / "fed"
+    lexicon = dict(line.split(" ", 1) for line in (toy / "pr" / "lexicon.txt").read_text().splitlines())
+    phones = set((toy / "pr" / "phoneme.txt").read_text().split())
+    expected = {}
+    for trans in (toy_corpus / "LibriSpeech" / DEV_SUBSET).rglob("*.trans.txt"):
+        for line in trans.read_text().splitlines():
+            utterance, *words = line.split()
+            expected[utterance] = " ".join(lexicon[word] for word in words)
+    hyps = dict(line.partition(" ")[::2] for line in (exp / "test-hyp.ark").read_text().splitlines())
+    refs = dict(line.partition(" ")[::2] for line in (exp / "test-ref.ark").read_text().splitlines())
+    assert refs == expected and hyps.keys() == refs.keys()  # every test utterance, its words' phones as reference
+    assert set(" ".join(hyps.values()).split()) <= phones
+    errors = sum(editdistance.eval(hyps[u].split(), refs[u].split()) for u in refs)
+    per = 100 * errors / sum(len(ref.split()) for ref in refs.values())
+    assert json.loads((out / "superb.json").read_text())["scores"]["pr"]["fed"] == pytest.approx(per)
+    with zipfile.ZipFile(out / "submission" / "predict.zip") as package:
+        assert package.read("predict/pr_public/predict.ark") == (exp / "test-hyp.ark").read_bytes()

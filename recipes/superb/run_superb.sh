@@ -17,6 +17,7 @@
 #   asr       LIBRISPEECH_ROOT BUCKET_DIR CHAR_DICT                   (speech recognition)
 #   pr        LIBRISPEECH_ROOT PHONEME_VOCAB LEXICON...               (phoneme recognition; needs s3prl's source tree;
 #                                                                     SUPERB reads both g2p lexicons of its ctc/lexicon)
+#   pr_tiny   the same, a 60-step CPU configuration for `fedhubert toy-data --superb` (its pr/ folder)
 #   sf        SNIPS_ROOT SLOTS_FILE CHARACTER_VOCAB                  (slot filling; needs s3prl's source tree)
 #   qbe       QUESST14_ROOT                                          (query by example: no training; each layer on
 #                                                                     dev, the best one on test, QUESST's scoring)
@@ -28,7 +29,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 4 ] || usage
 task=$1 ckpt=$2 expdir=$3
 shift 3
@@ -82,7 +83,7 @@ case "$task" in
         need 3 "LIBRISPEECH_ROOT BUCKET_DIR CHAR_DICT"
         downstream=asr test_split=test-clean
         paths="config.downstream_expert.datarc.libri_root='${data[0]}',,config.downstream_expert.datarc.bucket_file='${data[1]}',,config.downstream_expert.datarc.dict_path='${data[2]}'" ;;
-    pr)
+    pr|pr_tiny)
         need 3 "LIBRISPEECH_ROOT PHONEME_VOCAB LEXICON..."
         downstream=ctc
         require_module s3prl.downstream.ctc.corpus.libriphone "downstream/ctc/corpus/libriphone.py of $source_tree"
