@@ -7,21 +7,26 @@ fairseq-format server checkpoints and distilled students), and s3prl's own exper
 checkpoints load on torch >= 2.6. Those hold the run's ``argparse.Namespace``, which
 ``torch.load``'s default ``weights_only=True`` refuses, so ``-m evaluate -e dev-best.ckpt``
 and resuming with ``-e`` fail in stock s3prl. We allow-list exactly that class (plus the
-fairseq classes of HuBERT checkpoints); the safety stays on. And s3prl's speaker
-identification (``voxceleb1``) caches its file lists inside s3prl's installed package, shared
-by every run whatever its data: here the cache is the experiment folder's own.
+fairseq classes of HuBERT checkpoints); the safety stays on. s3prl's speaker identification
+(``voxceleb1``) and verification (``sv_voxceleb1``) cache file lists and lengths inside s3prl's
+installed package, shared by every run whatever its data: here the cache is the experiment
+folder's own. And without CUDA, sv_voxceleb1's ``.cuda()`` call leaves its tensor on the CPU.
 """
 
 import argparse
 import builtins
+import contextlib
 import json
 import logging
 import re
+import shutil
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -69,10 +74,30 @@ def experiment_dir(argv: List[str]) -> Optional[Path]:
 
 def keep_file_lists_in(exp: Path) -> None:
     """s3prl's voxceleb1 dataset keeps its train/dev/test file lists in ``<s3prl>/downstream/voxceleb1/.cache``,
-    which a run on other data would read back (its files, not the data given): keep them in ``exp`` instead."""
-    from s3prl.downstream.voxceleb1 import dataset
+    and sv_voxceleb1's its utterance lengths in ``<s3prl>/downstream/sv_voxceleb1/.wav_lengths``, which a run on
+    other data would read back (its files, not the data given): keep them in ``exp`` instead (sv_voxceleb1 finds
+    the folder from its module's ``__file__``)."""
+    from s3prl.downstream.sv_voxceleb1 import dataset as verification
+    from s3prl.downstream.voxceleb1 import dataset as identification
 
-    dataset.CACHE_PATH = str(Path(exp) / "file_lists")
+    (Path(exp) / "file_lists").mkdir(parents=True, exist_ok=True)  # sv_voxceleb1 makes only the last folder
+    identification.CACHE_PATH = str(Path(exp) / "file_lists")
+    verification.__file__ = str(Path(exp) / "file_lists" / "dataset.py")
+
+
+@contextlib.contextmanager
+def cuda_calls_stay_on_cpu() -> Iterator[None]:
+    """Without CUDA, ``Tensor.cuda()`` returns the tensor where it is while s3prl runs: its sv_voxceleb1 expert
+    moves a mask with ``.cuda()`` whatever ``--device`` says, which fails on a machine without a GPU."""
+    if torch.cuda.is_available():
+        yield
+        return
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda tensor, *args, **kwargs: tensor
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = cuda
 
 
 def run_downstream(argv: List[str]) -> None:
@@ -94,7 +119,8 @@ def run_downstream(argv: List[str]) -> None:
     saved_argv, saved_isinstance = sys.argv, builtins.isinstance
     sys.argv = ["run_downstream.py", *with_device(argv)]
     try:
-        s3prl_run_downstream.main()
+        with cuda_calls_stay_on_cpu():
+            s3prl_run_downstream.main()
     finally:
         sys.argv, builtins.isinstance = saved_argv, saved_isinstance
 
@@ -106,7 +132,8 @@ class SuperbTask:
     takes the remaining paths as a list), its dev and test splits, its metric: ``accuracy`` (s3prl writes it to
     ``log.log``; higher is better) or an error rate that s3prl prints (``wer``, ``per``; lower is better), and
     whether s3prl reports it as a fraction (scaled to %); ``folds``: the cross-validation folds SUPERB averages
-    (ER: five, s3prl's ``datarc.test_fold``)."""
+    (ER: five, s3prl's ``datarc.test_fold``). ASV has no dev set: SUPERB tests every saved checkpoint and reports
+    the best, so its "dev" scores are those test scores."""
 
     downstream: str
     data_keys: Tuple[str, ...]
@@ -115,6 +142,8 @@ class SuperbTask:
     metric: str = "accuracy"
     fraction: bool = True
     folds: int = 1
+    printed: str = "{split} {metric}: ([0-9.]+)"  # how s3prl prints an error rate (a regex, {split} escaped)
+    every_checkpoint: bool = False  # test every saved checkpoint and report the best (ASV: s3prl's test_expdir.sh)
 
     def best(self, scores: Sequence[float]) -> float:
         """The best of ``scores`` by this task's metric."""
@@ -147,6 +176,21 @@ SUPERB_TASKS = {
         metric="wer",
         fraction=False,
     ),
+    "asv": SuperbTask(
+        "sv_voxceleb1",
+        ("datarc.file_path", "datarc.dev_meta_data", "datarc.test_meta_data"),
+        dev_split="test",
+        metric="eer",
+        printed="sv-voxceleb1/{split}-EER: ([0-9.]+)",
+        every_checkpoint=True,
+    ),
+    # s3prl's frame-level DER; SUPERB's figure is dscore's on the RTTM (``write_rttm``)
+    "sd": SuperbTask(
+        "diarization",
+        ("loaderrc.train_dir", "loaderrc.dev_dir", "loaderrc.test_dir"),
+        metric="der",
+        printed="mode {split} acc [0-9.]+ der ([0-9.]+)",
+    ),
 }
 
 
@@ -168,7 +212,13 @@ def superb_task(
     console = Path(exp) / "console.log"  # s3prl's prints and progress bars, when the command runs quiet
     with console_to(console):
         evaluated = train_and_test(spec, ckpt, exp, config, ",,".join([*paths, *overrides]))
-    score = reported_scores(spec, Path(exp), console, spec.test_split)[-1]
+    tested = reported_scores(spec, Path(exp), console, spec.test_split)
+    score = spec.best(tested) if spec.every_checkpoint else tested[-1]
+    chosen = evaluated[tested.index(score)] if spec.every_checkpoint else evaluated[-1]
+    if spec.every_checkpoint:  # SUPERB scores the best checkpoint's predictions
+        shutil.copy(
+            Path(exp) / f"{spec.test_split}_predict_{chosen.stem}.txt", Path(exp) / f"{spec.test_split}_predict.txt"
+        )
     weights = as_s3prl_state(load_checkpoint(ckpt), ckpt)["model_weight"]
     result = {
         "metric": spec.metric,
@@ -177,7 +227,7 @@ def superb_task(
         **({"test_acc": score / 100} if spec.metric == "accuracy" else {}),
         "parameters": sum(v.numel() for v in weights.values()),
         "checkpoint": str(ckpt),
-        "evaluated": evaluated.name,
+        "evaluated": chosen.name,
     }
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -189,15 +239,16 @@ def reported_scores(spec: SuperbTask, exp: Path, console: Path, split: str) -> L
     if spec.metric == "accuracy":
         where, pattern = exp / "log.log", rf"^{re.escape(split)} at step \d+: ([0-9.]+)$"
     else:
-        where, pattern = console, rf"^{re.escape(split)} {spec.metric}: ([0-9.]+)$"
+        where, pattern = console, "^" + spec.printed.format(split=re.escape(split), metric=spec.metric) + "$"
     scores = re.findall(pattern, where.read_text(), flags=re.M) if where.is_file() else []
     if not scores:
         raise RuntimeError(f"s3prl wrote no {split} {spec.metric} to {where} (its output: {console})")
     return [float(score) * (100 if spec.fraction else 1) for score in scores]
 
 
-def train_and_test(spec: SuperbTask, ckpt: Path, exp: Path, config: Path, paths: str) -> Path:
-    """s3prl's training of the task's downstream on ``ckpt``, then its test of the best dev checkpoint (returned)."""
+def train_and_test(spec: SuperbTask, ckpt: Path, exp: Path, config: Path, paths: str) -> List[Path]:
+    """s3prl's training of the task's downstream on ``ckpt``, then its test of the best dev checkpoint, or of every
+    saved one in order of steps (each one's predictions kept as ``test_predict_<checkpoint>.txt``): those tested."""
     run_downstream(
         [
             "-m",
@@ -217,8 +268,31 @@ def train_and_test(spec: SuperbTask, ckpt: Path, exp: Path, config: Path, paths:
             "--auto_resume",
         ]
     )
-    best = next(Path(exp).glob("*-best.ckpt"), None)  # dev-best.ckpt, or ASR's dev-clean-best.ckpt
+    states = sorted(Path(exp).glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    if spec.every_checkpoint:
+        for state in states:
+            run_downstream(["-m", "evaluate", "-t", spec.test_split, "-e", str(state)])
+            predictions = Path(exp) / f"{spec.test_split}_predict.txt"
+            shutil.copy(predictions, predictions.with_name(f"{predictions.stem}_{state.stem}.txt"))
+        return states
+    # dev-best.ckpt, ASR's dev-clean-best.ckpt, diarization's best-states-dev.ckpt
+    best = next(chain(Path(exp).glob("*-best.ckpt"), Path(exp).glob("best-states-*.ckpt")), None)
     if best is None:  # the dev metric never improved on its start: test the last state instead
-        best = max(Path(exp).glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+        best = states[-1]
     run_downstream(["-m", "evaluate", "-t", spec.test_split, "-e", str(best)])
-    return best
+    if spec.downstream == "diarization":
+        write_rttm(exp)
+    return [best]
+
+
+def write_rttm(exp: Path, threshold: float = 0.5, median: int = 11) -> Path:
+    """``exp/scoring/hyp_<threshold>_<median>.rttm`` from s3prl's test predictions (``scoring/predictions/*.h5``),
+    by s3prl's own ``make_rttm.py`` at the experiment's label frame shift: what dscore scores."""
+    scoring = Path(exp) / "scoring"
+    (scoring / "file_list").write_text("".join(f"{p}\n" for p in sorted((scoring / "predictions").glob("*.h5"))))
+    rttm = scoring / f"hyp_{threshold}_{median}.rttm"
+    frame_shift = (Path(exp) / "frame_shift").read_text().strip()
+    script = ["-m", "s3prl.downstream.diarization.make_rttm", str(scoring / "file_list"), str(rttm)]
+    options = ["--threshold", str(threshold), "--median", str(median), "--frame_shift", frame_shift]
+    subprocess.run([sys.executable, *script, *options], check=True, capture_output=True)
+    return rttm

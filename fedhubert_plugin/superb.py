@@ -5,7 +5,7 @@ s3prl's logs and the prediction files SUPERB scores stay there. A pair already d
 ``test.json``) is read back, so running the command again resumes where it stopped.
 ``OUT/superb.json`` and ``OUT/superb.md`` hold the table: each task's test accuracy per
 checkpoint (accuracy, or WER for ASR), beside HuBERT Base's published figure. The tasks that run here are
-``downstream.SUPERB_TASKS`` (PR, KS, IC, SID, ER, ASR); ``recipes/superb/README.md`` has the others.
+``downstream.SUPERB_TASKS`` (PR, KS, IC, SID, ER, ASR, ASV, SD); ``recipes/superb/README.md`` has the others.
 
 ``--lrs`` searches the learning rate as SUPERB's protocol does: one experiment per rate, the one best on
 dev is the one tested. ``--submit NAME`` packages that checkpoint's predictions as s3prl's submission script does
@@ -35,8 +35,23 @@ logger = logging.getLogger(__name__)
 
 CONFIGS = RECIPES_DIR / "superb"
 # HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021, arXiv:2105.01051): accuracy or WER (no LM), in %
-HUBERT_BASE_PUBLISHED = {"pr": 5.41, "ks": 96.30, "ic": 98.34, "sid": 81.42, "er": 64.92, "asr": 6.42}
-METRICS = {"accuracy": "test accuracy (%)", "wer": "test WER (%), no LM", "per": "test PER (%)"}
+HUBERT_BASE_PUBLISHED = {
+    "pr": 5.41,
+    "ks": 96.30,
+    "ic": 98.34,
+    "sid": 81.42,
+    "er": 64.92,
+    "asr": 6.42,
+    "asv": 5.11,
+    "sd": 5.88,
+}
+METRICS = {
+    "accuracy": "test accuracy (%)",
+    "wer": "test WER (%), no LM",
+    "per": "test PER (%)",
+    "eer": "test EER (%), best saved checkpoint",
+    "der": "test DER (%), s3prl's frame-level (SUPERB's: dscore on the RTTM)",
+}
 # where `fedhubert toy-data --superb` puts each task's data, in SUPERB_TASKS' order
 TOY_DATA = {
     "pr": ("LibriSpeech", "pr/phoneme.txt", "pr/lexicon.txt"),
@@ -45,15 +60,20 @@ TOY_DATA = {
     "sid": ("voxceleb1", "voxceleb1/iden_split.txt"),
     "er": ("iemocap", "iemocap/meta_data"),
     "asr": ("LibriSpeech", "asr/len_for_bucket", "asr/char.dict"),
+    "asv": ("voxceleb1", "voxceleb1/veri_dev.txt", "voxceleb1/veri_test.txt"),
+    "sd": ("diarization/train", "diarization/dev", "diarization/test"),
 }
-# the file of each task's experiment that SUPERB scores, and where s3prl's submit/submit.py puts it ({fold}: ER's)
+# the files (or folders) of each task's experiment that SUPERB scores, and where s3prl's submit/submit.py puts them
+# ({fold}: ER's)
 PREDICTIONS = {
-    "pr": ("test-hyp.ark", "pr_public/predict.ark"),
-    "ks": ("test_predict.txt", "ks_public/predict.txt"),
-    "ic": ("test_predict.csv", "ic_public/predict.csv"),
-    "sid": ("test_predict.txt", "sid_public/predict.txt"),
-    "er": ("test_fold{fold}_predict.txt", "er_fold{fold}_public/predict.txt"),
-    "asr": ("test-clean-noLM-hyp.ark", "asr_public/predict.ark"),
+    "pr": [("test-hyp.ark", "pr_public/predict.ark")],
+    "ks": [("test_predict.txt", "ks_public/predict.txt")],
+    "ic": [("test_predict.csv", "ic_public/predict.csv")],
+    "sid": [("test_predict.txt", "sid_public/predict.txt")],
+    "er": [("test_fold{fold}_predict.txt", "er_fold{fold}_public/predict.txt")],
+    "asr": [("test-clean-noLM-hyp.ark", "asr_public/predict.ark")],
+    "asv": [("test_predict.txt", "sv_public/predict.txt")],
+    "sd": [("scoring/predictions", "sd_public/scoring/predictions"), ("frame_shift", "sd_public/frame_shift")],
 }
 ALL_TASKS = ("pr", "ks", "ic", "sid", "er", "asr", "qbe", "sf", "asv", "sd")  # SUPERB's ten
 
@@ -199,18 +219,22 @@ def write_submission(
     if name not in models:
         raise ValueError(f"--submit {name}: not a --checkpoint name; choose one of {', '.join(models)}")
     sources = {
-        PREDICTIONS[task][1].format(fold=fold): Path(exp) / PREDICTIONS[task][0].format(fold=fold)
+        target.format(fold=fold): Path(exp) / source.format(fold=fold)
         for task, runs in experiments.items()
         for fold, exp in enumerate(runs[name], start=1)
+        for source, target in PREDICTIONS[task]
     }
-    missing = [str(path) for path in sources.values() if not path.is_file()]
+    missing = [str(path) for path in sources.values() if not path.exists()]
     if missing:
         raise FileNotFoundError(f"--submit {name}: no prediction file {', '.join(missing)}; rerun those tasks")
     folder = out / "submission"
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(folder / "predict.zip", "w", zipfile.ZIP_DEFLATED) as package:
-        for target, source in sources.items():
-            package.write(source, f"predict/{target}")
+        for target, source in sources.items():  # a folder (SD's predictions) goes in file by file
+            files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+            for path in files:
+                inside = f"/{path.relative_to(source)}" if source.is_dir() else ""
+                package.write(path, f"predict/{target}{inside}")
     left_out = [task for task in ALL_TASKS if task not in experiments]
     logger.warning("the SUPERB package leaves out %s: not run here (recipes/superb/README.md)", ", ".join(left_out))
     atomic_write_json(folder / "manifest.json", manifest(models[name], sources, left_out))

@@ -7,16 +7,16 @@
   the real corpus.
 - ``voxceleb1/``: the layout of VoxCeleb1 that s3prl's ``voxceleb1`` downstream (speaker
   identification, SID) reads: ``dev/wav/id1000N/<video>/<n>.wav`` and ``iden_split.txt``
-  (``1`` train, ``2`` dev, ``3`` test), every speaker in all three splits.
-- ``iemocap/``: the layout of IEMOCAP that s3prl's ``emotion`` downstream (emotion recognition,
-  ER) reads: ``Session<n>/sentences/wav/<dialog>/<utterance>.wav`` and
-  ``Session<n>/dialog/EmoEvaluation/<dialog>.txt``, five sessions of two speakers, each speaking
-  neutral, happy, angry and sad sentences (espeak-ng's pitch, speed and loudness moved per
+  (``1`` train, ``2`` dev, ``3`` test), every speaker in all three splits. For speaker
+  verification (ASV, s3prl's ``sv_voxceleb1``): ``test/wav/id2000N/...`` of other speakers and the
+  trial lists ``veri_test.txt`` (every pair of test files: ``1`` same speaker, ``0`` not) and
+  ``veri_dev.txt`` (pairs of dev files), in the format of VoxCeleb1's ``veri_test.txt``.
+- ``iemocap/``: IEMOCAP's layout for s3prl's ``emotion`` downstream (ER), five sessions of two speakers
+  speaking neutral, happy, angry and sad sentences (espeak-ng's pitch, speed and loudness moved per
   emotion), and ``meta_data/`` (the five folds) written by s3prl's own ``IEMOCAP_preprocess.py``.
-- ``pr/``: what s3prl's ``ctc`` downstream reads for phoneme recognition (PR) beside a LibriSpeech
-  layout: ``lexicon.txt`` (each word of the toy transcripts and its phones, espeak-ng's en-us IPA
-  without stress marks; s3prl's own are g2p lexicons of LibriSpeech's words) and ``phoneme.txt``
-  (the phones, s3prl's ``text.vocab_file``).
+- ``diarization/``: two-speaker mixtures in s3prl's Kaldi folders for SD (``toy_diarization``).
+- ``pr/``: for s3prl's ``ctc`` downstream (PR) beside a LibriSpeech layout: ``lexicon.txt`` (the toy
+  words' phones, espeak-ng's en-us IPA without stress marks) and ``phoneme.txt`` (``text.vocab_file``).
 - ``asr/``: what s3prl's ``asr`` downstream (speech recognition, ASR) needs beside a LibriSpeech
   layout and that its pip package lacks: the length tables of s3prl's
   ``preprocess/generate_len_for_bucket.py`` (``len_for_bucket/<subset>.csv``) and a character
@@ -47,6 +47,7 @@ from fedhubert_plugin.toy_data import (
     synthesize_all,
     write_toy_data,
 )
+from fedhubert_plugin.toy_diarization import write_toy_diarization
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ LOCATIONS = ["none", "kitchen", "bedroom"]
 INTENT_SPEAKERS = {"train": 3, "valid": 1, "test": 1}
 SID_SPEAKERS = 4
 SID_UTTERANCES = {1: 6, 2: 2, 3: 2}  # per speaker: iden_split.txt's train, dev and test
+ASV_TEST_SPEAKERS, ASV_TEST_UTTERANCES = 4, 4
 ER_SESSIONS = 5  # IEMOCAP's: one fold each
 # IEMOCAP's four SUPERB classes: espeak-ng pitch and speed moved from the speaker's own, and sox effects
 EMOTIONS = {"neu": (0, 0, ()), "hap": (20, 25, ()), "ang": (10, 45, ("gain", "6")), "sad": (-20, -45, ())}
@@ -76,11 +78,13 @@ class ToySuperbSummary:
     voxceleb1_root: str  # SID: config.downstream_expert.datarc.file_path
     voxceleb1_iden_split: str  # SID: config.downstream_expert.datarc.meta_data
     iemocap_root: str  # ER: config.downstream_expert.datarc.root; its meta_data/ is datarc.meta_data
+    diarization_root: str  # SD: its train/, dev/ and test/ are loaderrc.{train,dev,test}_dir
     pr_files: str  # PR: phoneme.txt (text.vocab_file) and lexicon.txt (corpus.lexicon)
     asr_files: str  # ASR: len_for_bucket/ (bucket_file) and char.dict (dict_path)
     intent_utterances: int
     speaker_utterances: int
     emotion_utterances: int
+    diarization_recordings: int
 
     def describe(self) -> str:
         """Where each corpus is and how much it holds (what `fedhubert toy-data --superb` prints)."""
@@ -88,6 +92,7 @@ class ToySuperbSummary:
             f"SUPERB IC root:       {self.fluent_commands_root} ({self.intent_utterances} files)\n"
             f"SUPERB SID root:      {self.voxceleb1_root} ({self.speaker_utterances} files)\n"
             f"SUPERB ER root:       {self.iemocap_root} ({self.emotion_utterances} files, meta_data/)\n"
+            f"SUPERB SD root:       {self.diarization_root} ({self.diarization_recordings} recordings)\n"
             f"SUPERB PR files:      {self.pr_files} (phoneme.txt, lexicon.txt)\n"
             f"SUPERB ASR files:     {self.asr_files} (length tables, char.dict)"
         )
@@ -141,6 +146,29 @@ def voxceleb1_jobs(rng: np.random.Generator, root: Path, voices: List[Voice]) ->
                 split_lines.append(f"{split} {wav}\n")
                 index += 1
     (root / "iden_split.txt").write_text("".join(split_lines))
+    return jobs
+
+
+def trial_list(files: List[Path], out: Path) -> None:
+    """``out``: every pair of ``files`` (``<speaker>/<video>/<n>.wav``) as ``1`` (same speaker) or ``0``, as
+    VoxCeleb1's ``veri_test.txt`` lists its trials."""
+    pairs = [(a, b) for i, a in enumerate(files) for b in files[i + 1 :]]
+    out.write_text("".join(f"{int(a.parts[0] == b.parts[0])} {a} {b}\n" for a, b in pairs))
+
+
+def verification_jobs(rng: np.random.Generator, root: Path, voices: List[Voice], identified: List[Job]) -> List[Job]:
+    """Synthesis jobs of VoxCeleb1's ``test/wav`` (``voices``) and both trial lists (dev: the first two files of
+    each speaker of ``identified``, the SID jobs)."""
+    jobs, tested = [], []
+    for n, voice in enumerate(voices):
+        relative = Path(f"id{20001 + n}") / f"v{int(rng.integers(0, 16**10)):010x}"
+        (root / "test" / "wav" / relative).mkdir(parents=True, exist_ok=True)
+        for index in range(1, ASV_TEST_UTTERANCES + 1):
+            tested.append(relative / f"{index:05d}.wav")
+            jobs.append((voice, " ".join(rng.choice(VOCABULARY, size=6)), root / "test" / "wav" / tested[-1], ()))
+    trial_list(tested, root / "veri_test.txt")
+    dev = [job[2].relative_to(root / "dev" / "wav") for job in identified if job[2].stem in ("00001", "00002")]
+    trial_list(dev, root / "veri_dev.txt")
     return jobs
 
 
@@ -232,10 +260,15 @@ def write_toy_superb_data(
     speaker = voxceleb1_jobs(rng, Path(out) / "voxceleb1", voices[sum(INTENT_SPEAKERS.values()) :])
     emotion_rng = np.random.default_rng([seed, 28, 1])  # drawn after the others: IC and SID stay as they were
     emotion = iemocap_jobs(emotion_rng, Path(out) / "iemocap", draw_voices(emotion_rng, 2 * ER_SESSIONS))
-    synthesize_all(intent + speaker + emotion, workers)
+    verify_rng = np.random.default_rng([seed, 28, 2])
+    identified = {voice.name for voice in voices[sum(INTENT_SPEAKERS.values()) :]}
+    unheard = [v for v in draw_voices(verify_rng, ASV_TEST_SPEAKERS + SID_SPEAKERS) if v.name not in identified]
+    verify = verification_jobs(verify_rng, Path(out) / "voxceleb1", unheard[:ASV_TEST_SPEAKERS], speaker)
+    synthesize_all(intent + speaker + emotion + verify, workers)
     from s3prl.downstream.emotion import IEMOCAP_preprocess  # s3prl's own folds: meta_data/Session<n>/*.json
 
     IEMOCAP_preprocess.main(str(Path(out) / "iemocap"))
+    recordings = write_toy_diarization(Path(out) / "diarization", np.random.default_rng([seed, 28, 3]), workers)
     libri_root = Path(librispeech_root or Path(out) / "LibriSpeech")
     write_asr_files(libri_root, [TRAIN_SUBSET, DEV_SUBSET], Path(out) / "asr")
     write_phone_lexicon(libri_root, [TRAIN_SUBSET, DEV_SUBSET], Path(out) / "pr")
@@ -244,11 +277,13 @@ def write_toy_superb_data(
         voxceleb1_root=str(Path(out) / "voxceleb1"),
         voxceleb1_iden_split=str(Path(out) / "voxceleb1" / "iden_split.txt"),
         iemocap_root=str(Path(out) / "iemocap"),
+        diarization_root=str(Path(out) / "diarization"),
         pr_files=str(Path(out) / "pr"),
         asr_files=str(Path(out) / "asr"),
         intent_utterances=len(intent),
-        speaker_utterances=len(speaker),
+        speaker_utterances=len(speaker) + len(verify),
         emotion_utterances=len(emotion),
+        diarization_recordings=recordings,
     )
     logger.info("toy SUPERB data written to %s: %s", out, summary)
     return summary

@@ -262,3 +262,27 @@ def test_s3prl_source_adds_the_checkouts_modules_that_pip_s3prl_lacks(tmp_path, 
     assert use_source_tree() == tmp_path / "s3prl" / "downstream"
     monkeypatch.setattr(s3prl_source, "BUNDLED", tmp_path / "nowhere")
     assert use_source_tree() is None
+
+
+@pytest.mark.e2e
+def test_run_superb_script_tests_every_asv_checkpoint_and_writes_sd_rttm(federated_run, superb_corpora, tmp_path):
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    vox = Path(superb_corpora.voxceleb1_root)
+    tested = run_superb("asv_tiny", ckpt, tmp_path / "asv", vox, vox / "veri_dev.txt", vox / "veri_test.txt")
+    eers = {
+        log.stem.removeprefix("test_"): float(
+            re.findall(r"^sv-voxceleb1/test-EER: ([0-9.]+)$", log.read_text(), re.M)[-1]
+        )
+        for log in (tmp_path / "asv").glob("test_states-*.log")
+    }
+    best = min(eers, key=eers.get)
+    reported = re.search(r"test EER of the best saved checkpoint \((states-\d+)\): ([0-9.]+)", tested)
+    assert len(eers) == 4 and reported[1] == best and float(reported[2]) == eers[best]
+    assert (tmp_path / "asv" / "test_predict.txt").read_text() == (
+        tmp_path / "asv" / f"test_predict_{best}.txt"
+    ).read_text()
+    kaldi = Path(superb_corpora.diarization_root)
+    run_superb("sd_tiny", ckpt, tmp_path / "sd", kaldi / "train", kaldi / "dev", kaldi / "test")
+    rttm = (tmp_path / "sd" / "scoring" / "hyp_0.5_11.rttm").read_text().splitlines()
+    recordings = {line.split()[0] for line in (kaldi / "test" / "wav.scp").read_text().splitlines()}
+    assert rttm and {line.split()[1] for line in rttm} <= recordings

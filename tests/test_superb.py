@@ -94,8 +94,8 @@ def test_a_task_without_data_is_named_with_the_paths_it_takes(tmp_path):
         task_data(cfg)
     cfg.data = ["ic=/fsc", "sid=/vox1,/vox1/iden_split.txt"]
     assert task_data(cfg) == {"ic": [Path("/fsc")], "sid": [Path("/vox1"), Path("/vox1/iden_split.txt")]}
-    cfg.data = ["asv=/vox1"]
-    with pytest.raises(ValueError, match="--data asv=/vox1: give TASK=PATH"):
+    cfg.data = ["qbe=/quesst14"]
+    with pytest.raises(ValueError, match="--data qbe=/quesst14: give TASK=PATH"):
         task_data(cfg)
 
 
@@ -165,3 +165,69 @@ def test_phoneme_recognition_decodes_every_test_utterance_into_the_lexicons_phon
     assert json.loads((out / "superb.json").read_text())["scores"]["pr"]["fed"] == pytest.approx(per)
     with zipfile.ZipFile(out / "submission" / "predict.zip") as package:
         assert package.read("predict/pr_public/predict.ark") == (exp / "test-hyp.ark").read_bytes()
+
+
+@pytest.mark.e2e
+def test_speaker_verification_tests_every_saved_checkpoint_and_reports_the_best_eer(
+    federated_run, superb_corpora, tmp_path
+):
+    import numpy as np
+    from s3prl.downstream.sv_voxceleb1.utils import EER
+
+    root = Path(superb_corpora.voxceleb1_root)
+    out = tmp_path / "superb"
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(root.parent), "--tasks", "asv", "--out", str(out)]
+    assert main([*argv, "--submit", "fed"]) == 0
+    exp = out / "asv" / "fed"
+    states = sorted(exp.glob("states-*.ckpt"))
+    assert len(states) == 4  # asv_tiny saves every 10 of its 40 steps, and each one is tested
+    trials = [line.split() for line in (root / "veri_test.txt").read_text().splitlines()]
+    pair = {
+        f"{'-'.join(Path(a).with_suffix('').parts)}_{'-'.join(Path(b).with_suffix('').parts)}": int(label)
+        for label, a, b in trials
+    }
+    eers = {}
+    for state in states:
+        predicted = dict(line.split() for line in (exp / f"test_predict_{state.stem}.txt").read_text().splitlines())
+        assert predicted.keys() == pair.keys()  # a score for every trial of the test speakers, once
+        eers[state.name] = (
+            100 * EER(np.array([pair[p] for p in pair]), np.array([float(predicted[p]) for p in pair]))[0]
+        )
+    result = json.loads((exp / "test.json").read_text())
+    assert result["score"] == pytest.approx(min(eers.values())) and eers[result["evaluated"]] == min(eers.values())
+    assert (exp / "test_predict.txt").read_bytes() == (
+        exp / f"test_predict_{result['evaluated'][:-5]}.txt"
+    ).read_bytes()
+    assert json.loads((out / "superb.json").read_text())["metrics"]["asv"] == "test EER (%), best saved checkpoint"
+    with zipfile.ZipFile(out / "submission" / "predict.zip") as package:
+        assert package.read("predict/sv_public/predict.txt") == (exp / "test_predict.txt").read_bytes()
+    assert (exp / "file_lists" / ".wav_lengths").is_dir()  # s3prl's length cache kept with the run, not in s3prl
+
+
+@pytest.mark.e2e
+def test_speaker_diarization_predicts_every_test_recording_and_writes_its_rttm(federated_run, superb_corpora, tmp_path):
+    import h5py
+
+    root = Path(superb_corpora.diarization_root)
+    out = tmp_path / "superb"
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(root.parent), "--tasks", "sd", "--out", str(out)]
+    assert main([*argv, "--submit", "fed"]) == 0
+    exp = out / "sd" / "fed"
+    recordings = {line.split()[0] for line in (root / "test" / "wav.scp").read_text().splitlines()}
+    predictions = {path.stem: path for path in (exp / "scoring" / "predictions").glob("*.h5")}
+    assert predictions.keys() == recordings  # what SUPERB scores: a prediction for every test recording
+    for path in predictions.values():
+        with h5py.File(path) as h5:
+            speech = h5["T_hat"][:]
+        assert speech.shape[1] == 2 and 0 <= speech.min() and speech.max() <= 1  # two speakers' probabilities
+    rttm = [line.split() for line in (exp / "scoring" / "hyp_0.5_11.rttm").read_text().splitlines()]
+    assert {row[1] for row in rttm} <= recordings and all(row[0] == "SPEAKER" for row in rttm)
+    assert {row[7] for row in rttm} <= {f"{rec}_{n}" for rec in recordings for n in (0, 1)}
+    printed = re.findall(r"^mode test acc [0-9.]+ der ([0-9.]+)$", (exp / "console.log").read_text(), flags=re.M)
+    table = json.loads((out / "superb.json").read_text())
+    assert table["scores"]["sd"]["fed"] == pytest.approx(100 * float(printed[-1]))
+    with zipfile.ZipFile(out / "submission" / "predict.zip") as package:  # s3prl's submit.py layout for SD
+        names = sorted(f"predict/sd_public/scoring/predictions/{rec}.h5" for rec in recordings)
+        assert package.namelist() == [*names, "predict/sd_public/frame_shift"]

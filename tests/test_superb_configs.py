@@ -24,6 +24,8 @@ S3PRL_CONFIG = {  # our config -> s3prl's, under s3prl/downstream/
     "pr": "ctc/libriphone.yaml",
     "sf": "ctc/snips.yaml",
     "qbe": "quesst14_dtw/config.yaml",
+    "asv": "sv_voxceleb1/configs/amsoftmax.yaml",
+    "sd": "diarization/config.yaml",
 }
 DATA = "downstream_expert.datarc."
 DATA_PATHS = {  # null in ours: the user's data
@@ -36,6 +38,8 @@ DATA_PATHS = {  # null in ours: the user's data
     "pr": {"downstream_expert.corpus.path", "downstream_expert.corpus.lexicon", "downstream_expert.text.vocab_file"},
     "sf": {"downstream_expert.corpus.path", "downstream_expert.text.slots_file", "downstream_expert.text.vocab_file"},
     "qbe": {DATA + "dataset_root"},
+    "asv": {DATA + k for k in ("file_path", "train_meta_data", "dev_meta_data", "test_meta_data")},
+    "sd": {f"downstream_expert.loaderrc.{split}_dir" for split in ("train", "dev", "test")},
 }
 # test is scored once, with the checkpoint best on dev (`-m evaluate -e dev-best.ckpt`), as SUPERB's protocol does;
 # s3prl's configs also evaluate it at every eval step, which costs time and changes nothing reported

@@ -18,6 +18,14 @@
 #   pr        LIBRISPEECH_ROOT PHONEME_VOCAB LEXICON...               (phoneme recognition; needs s3prl's source tree;
 #                                                                     SUPERB reads both g2p lexicons of its ctc/lexicon)
 #   pr_tiny   the same, a 60-step CPU configuration for `fedhubert toy-data --superb` (its pr/ folder)
+#   asv       VOXCELEB1_ROOT DEV_TRIALS TEST_TRIALS                   (speaker verification; ROOT holds dev/wav and
+#                                                                     test/wav; no dev set: every saved checkpoint is
+#                                                                     tested, the best EER reported, as s3prl's
+#                                                                     test_expdir.sh does)
+#   asv_tiny  the same, a 40-step CPU configuration for `fedhubert toy-data --superb`
+#   sd        TRAIN_DIR DEV_DIR TEST_DIR                              (speaker diarization, Kaldi folders with rttm;
+#                                                                     DSCORE=<a dscore checkout> scores the RTTM)
+#   sd_tiny   the same, a 40-step CPU configuration for `fedhubert toy-data --superb` (diarization/)
 #   sf        SNIPS_ROOT SLOTS_FILE CHARACTER_VOCAB                  (slot filling; needs s3prl's source tree)
 #   qbe       QUESST14_ROOT                                          (query by example: no training; each layer on
 #                                                                     dev, the best one on test, QUESST's scoring)
@@ -29,7 +37,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 4 ] || usage
 task=$1 ckpt=$2 expdir=$3
 shift 3
@@ -83,6 +91,21 @@ case "$task" in
         need 3 "LIBRISPEECH_ROOT BUCKET_DIR CHAR_DICT"
         downstream=asr test_split=test-clean
         paths="config.downstream_expert.datarc.libri_root='${data[0]}',,config.downstream_expert.datarc.bucket_file='${data[1]}',,config.downstream_expert.datarc.dict_path='${data[2]}'" ;;
+    sd|sd_tiny)
+        need 3 "TRAIN_DIR DEV_DIR TEST_DIR"
+        downstream=diarization
+        for dir in "${data[@]}"; do
+            for file in wav.scp segments utt2spk reco2dur rttm; do require "$dir/$file" "a Kaldi data folder's $file"; done
+        done
+        paths="config.downstream_expert.loaderrc.train_dir='${data[0]}',,config.downstream_expert.loaderrc.dev_dir='${data[1]}',,config.downstream_expert.loaderrc.test_dir='${data[2]}'" ;;
+    asv|asv_tiny)
+        need 3 "VOXCELEB1_ROOT DEV_TRIALS TEST_TRIALS"
+        downstream=sv_voxceleb1
+        require "${data[0]}/dev/wav" "VoxCeleb1's dev speakers (trained on)"
+        require "${data[0]}/test/wav" "VoxCeleb1's test speakers (the trials')"
+        require "${data[1]}" "a dev trial list (s3prl's dev_meta_data/dev_meta_data.txt)"
+        require "${data[2]}" "the test trial list (VoxCeleb1's veri_test2.txt, s3prl's voxceleb1_test_v2.txt)"
+        paths="config.downstream_expert.datarc.file_path='${data[0]}',,config.downstream_expert.datarc.dev_meta_data='${data[1]}',,config.downstream_expert.datarc.test_meta_data='${data[2]}'" ;;
     pr|pr_tiny)
         need 3 "LIBRISPEECH_ROOT PHONEME_VOCAB LEXICON..."
         downstream=ctc
@@ -141,9 +164,29 @@ fi
 
 "$fedhubert" downstream -m train -u hubert_local -k "$ckpt" -d "$downstream" -c "$config" -p "$expdir" \
     -o "$paths${overrides:+,,$overrides}" "${extra[@]}"
-best=$(ls "$expdir"/*-best.ckpt 2>/dev/null | head -n 1 || true)
+if [ "$downstream" = sv_voxceleb1 ]; then  # no dev set: test every saved checkpoint, report the best EER
+    for state in $(cd "$expdir" && ls states-*.ckpt | sort -t- -k2 -n); do
+        "$fedhubert" downstream -m evaluate -t test -e "$expdir/$state" "${extra[@]}" 2>&1 | tee "$expdir/test_${state%.ckpt}.log"
+        cp "$expdir/test_predict.txt" "$expdir/test_predict_${state%.ckpt}.txt"
+    done
+    best=$(cd "$expdir" && grep -H "sv-voxceleb1/test-EER:" test_states-*.log | sort -t: -k3 -g | head -n 1)
+    state=${best%%.log:*}
+    cp "$expdir/test_predict_${state#test_}.txt" "$expdir/test_predict.txt"  # the predictions SUPERB scores
+    echo "test EER of the best saved checkpoint (${state#test_}): ${best##*: }" | tee "$expdir/test.log"
+    exit 0
+fi
+best=$(ls "$expdir"/*-best.ckpt "$expdir"/best-states-*.ckpt 2>/dev/null | head -n 1 || true)
 if [ -z "$best" ]; then  # the dev metric never improved on its start: test the last state, as fedhubert superb does
     best=$(ls "$expdir"/states-*.ckpt | sort -t- -k2 -n | tail -n 1)
     echo "no *-best.ckpt in $expdir (the dev metric never improved): testing $best; train longer" >&2
 fi
 "$fedhubert" downstream -m evaluate -t "$test_split" -e "$best" "${extra[@]}" 2>&1 | tee "$expdir/test.log"
+if [ "$downstream" = diarization ]; then  # the RTTM of the predictions, scored by dscore (SUPERB's DER) when given
+    rttm=$("$python" -c "from fedhubert_plugin.downstream import write_rttm; print(write_rttm('$expdir'))")
+    echo "RTTM of the test predictions (s3prl's make_rttm.py, threshold 0.5, median 11): $rttm"
+    if [ -n "${DSCORE:-}" ]; then
+        "$python" "$DSCORE/score.py" -r "${data[2]}/rttm" -s "$rttm" | tee "$expdir/dscore.log"
+    else
+        echo "DER as SUPERB scores it: DSCORE=<a dscore checkout> $0 ... (dscore's score.py -r ${data[2]}/rttm -s $rttm)"
+    fi
+fi
