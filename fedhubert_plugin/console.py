@@ -12,11 +12,14 @@ import contextlib
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
 
 QUIET_ENV = "FEDHUBERT_QUIET"
 NOISY_CATEGORIES = (DeprecationWarning, FutureWarning, UserWarning)
@@ -93,3 +96,19 @@ def console_to(path: Path) -> Iterator[None]:
 def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
     """A tqdm bar, drawn on a terminal only: in a log file its redraws would be noise."""
     return tqdm(*args, disable=None, **kwargs)
+
+
+class Phases:
+    """Numbered phase logging and timing."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.seconds = total, 0, {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        self.done += 1
+        logger.info("[phase %d/%d] %s", self.done, self.total, name)
+        start = time.monotonic()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = time.monotonic() - start
+        logger.info("[phase %d/%d] %s done in %.1f s", self.done, self.total, name, self.seconds[name])
+        return result

@@ -1,4 +1,4 @@
-"""``fedhubert demo``: the whole product in one command, from audio to SUPERB keyword spotting.
+"""``fedhubert demo``: the whole product in one command, from audio to SUPERB KS and PR.
 
 Phases (each logs ``[phase i/7]``, ``i/8`` with fine-tuning; the tools underneath show their own progress bars):
 1. data: the toy corpus (espeak-ng voices), or the given LibriSpeech and Speech Commands;
@@ -6,8 +6,8 @@ Phases (each logs ``[phase i/7]``, ``i/8`` with fine-tuning; the tools underneat
 3. pretrain: federated HuBERT (fairseq trainers on Flower, FedAdam);
 4. distill: federated distillation of the global model into a smaller student;
    (with ``--finetune-rounds``: federated CTC fine-tuning of the global model on the clients' transcripts);
-5. downstream: s3prl keyword spotting (train, then test ``dev-best.ckpt``) for the teacher,
-   the student and the untrained model (random init);
+5. downstream: s3prl keyword spotting, and phoneme recognition on the toy corpus (train, then test
+   ``dev-best.ckpt``) for the teacher, the student and the untrained model (random init);
 6. probe: what the layers of the same three, and MFCC, know about phones (``fedhubert probe``,
    on the toy corpus's alignments);
 7. report: ``OUT/report.md`` with plots and tables, and what pretraining bought.
@@ -18,7 +18,6 @@ Every phase keeps its outputs under OUT; a second run reuses finished phases (pr
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +30,7 @@ from fedhubert_plugin.configs import (
     DistillConfig,
     from_prepared_data,
 )
+from fedhubert_plugin.console import Phases
 from fedhubert_plugin.downstream import superb_task
 from fedhubert_plugin.export import export_initial
 from fedhubert_plugin.federation.server.runlog import read_metrics
@@ -50,6 +50,7 @@ from fedhubert_plugin.report import (
     write_report,
 )
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET, write_toy_data
+from fedhubert_plugin.toy_superb import write_phone_lexicon
 
 logger = logging.getLogger(__name__)
 
@@ -60,22 +61,6 @@ TEACHER, STUDENT, RANDOM_INIT = (
     "student (federated distillation)",
     "random init (untrained teacher)",
 )
-
-
-class Phases:
-    """Numbered phase logging and timing."""
-
-    def __init__(self, total: int):
-        self.total, self.done, self.seconds = total, 0, {}
-
-    def run(self, name: str, fn, *args, **kwargs):
-        self.done += 1
-        logger.info("[phase %d/%d] %s", self.done, self.total, name)
-        start = time.monotonic()
-        result = fn(*args, **kwargs)
-        self.seconds[name] = time.monotonic() - start
-        logger.info("[phase %d/%d] %s done in %.1f s", self.done, self.total, name, self.seconds[name])
-        return result
 
 
 def data_phase(cfg: DemoConfig) -> Dict[str, object]:
@@ -99,7 +84,10 @@ def data_phase(cfg: DemoConfig) -> Dict[str, object]:
     toy = cfg.out / "toy"
     if not (toy / "toy_data.json").is_file():
         write_toy_data(toy, seed=cfg.seed, force=True)
+    if not (toy / "pr" / "lexicon.txt").is_file():
+        write_phone_lexicon(toy / "LibriSpeech", [TRAIN_SUBSET, DEV_SUBSET], toy / "pr")
     return {
+        "phones": [toy / "LibriSpeech", toy / "pr" / "phoneme.txt", toy / "pr" / "lexicon.txt"],
         "librispeech": toy / "LibriSpeech",
         "subsets": [TRAIN_SUBSET, DEV_SUBSET],
         "keywords": toy / "speech_commands" / "train",
@@ -148,12 +136,18 @@ def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: st
 
 
 def downstream_phase(cfg: DemoConfig, data: Dict, upstreams: Dict[str, Tuple[str, Path]]) -> Dict[str, Dict]:
-    """s3prl keyword spotting of each upstream (folder under OUT/downstream: (label, checkpoint)), by label."""
+    """s3prl keyword spotting of each upstream (folder under OUT/downstream: (label, checkpoint)), by label, with
+    its phoneme recognition (OUT/pr/<folder>, PER as ``pr_per``) where the data has a phone lexicon (the toy's)."""
     ks_config, results = find_recipe(PAIRED[cfg.recipe][1]), {}
     for folder, (label, ckpt) in upstreams.items():
         keywords = [data["keywords"], data["keywords_test"]]
         results[label] = superb_task("ks", ckpt, cfg.out / "downstream" / folder, ks_config, keywords)
-        logger.info("KS %s: test accuracy %.3f", label, results[label]["test_acc"])
+        if "phones" in data:
+            pr = superb_task("pr", ckpt, cfg.out / "pr" / folder, find_recipe("pr_tiny"), data["phones"])
+            results[label]["pr_per"] = pr["score"]
+        logger.info(
+            "KS %s: test accuracy %.3f; PR PER %s", label, results[label]["test_acc"], results[label].get("pr_per")
+        )
     return results
 
 
@@ -219,7 +213,9 @@ def run_demo(cfg: DemoConfig) -> Path:
         "student": (STUDENT, runs["distill"] / "server" / "best_global_model.pt"),
         "random_init": (RANDOM_INIT, random_init),
     }
-    results = phases.run("SUPERB keyword spotting (s3prl)", downstream_phase, cfg, data, upstreams)
+    results = phases.run(
+        "SUPERB keyword spotting and phoneme recognition (s3prl)", downstream_phase, cfg, data, upstreams
+    )
     probed = phases.run("phone probe", probe_phase, cfg, data, {label: ckpt for label, ckpt in upstreams.values()})
     report = phases.run("report", make_report, cfg, prepared, runs, results, probed, phases.seconds)
     print(downstream_table(results))
@@ -248,6 +244,10 @@ def pretraining_verdict(probed: List[ProbeResult], downstream: Dict[str, Dict]) 
         "PNMI": teacher.best_pnmi - random_init.best_pnmi,
         "KS accuracy": downstream[teacher.name]["test_acc"] - downstream[random_init.name]["test_acc"],
     }
+    if "pr_per" in downstream[teacher.name]:  # an error rate in %: the gain is its fall
+        gains["PR error rate fall"] = (
+            downstream[random_init.name]["pr_per"] - downstream[teacher.name]["pr_per"]
+        ) / 100
     figures = ", ".join(f"{name} {gain:+.3f}" for name, gain in gains.items())
     evidence = (
         "One seed on a toy corpus is noise-sized; `benchmarks/quality.py` (results in "
@@ -285,9 +285,10 @@ def make_report(
         "KD loss per round: "
         + ", ".join(f"{line['train'].get('kd_loss', float('nan')):.3f}" for line in distill_lines),
         **({} if runs["finetune"] is None else {"Federated fine-tuning (CTC)": finetune_summary(runs["finetune"])}),
-        "Downstream: SUPERB keyword spotting": downstream_table(results)
-        + "\n\ns3prl `speech_commands`, frozen upstream, weighted sum of its layers, "
-        + f"config `{PAIRED[cfg.recipe][1]}.yaml`; logs under `{cfg.out / 'downstream'}`.",
+        "Downstream: SUPERB keyword spotting and phoneme recognition": downstream_table(results)
+        + "\n\ns3prl `speech_commands` and `ctc` (PR: the toy words' espeak-ng phones), frozen upstream, weighted "
+        + f"sum of its layers, configs `{PAIRED[cfg.recipe][1]}.yaml`, `pr_tiny.yaml`; logs under "
+        + f"`{cfg.out / 'downstream'}`, `{cfg.out / 'pr'}`.",
         "What pretraining bought: phone probe": "Not run: phone alignments are known only for the toy corpus; "
         "run `fedhubert probe` with your alignments (docs/quality.md)."
         if probed is None

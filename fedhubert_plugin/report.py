@@ -150,12 +150,16 @@ def finetune_summary(save: Path) -> str:
 
 
 def downstream_table(results: Dict[str, Dict]) -> str:
-    """Markdown table of KS test accuracy per upstream."""
-    rows = ["| upstream | parameters | KS test accuracy | checkpoint |", "| --- | --- | --- | --- |"]
+    """Markdown table of KS test accuracy per upstream, and its PR test PER where it ran (``pr_per``)."""
+    pr = all("pr_per" in result for result in results.values())
+    rows = [
+        "| upstream | parameters | KS test accuracy | " + ("PR test PER % | " if pr else "") + "checkpoint |",
+        "| --- | --- | --- | " + ("--- | " if pr else "") + "--- |",
+    ]
     for name, result in results.items():
-        rows.append(
-            f"| {name} | {result['parameters'] / 1e6:.2f} M | {result['test_acc']:.3f} | `{result['checkpoint']}` |"
-        )
+        cells = [f"{result['parameters'] / 1e6:.2f} M", f"{result['test_acc']:.3f}"]
+        cells += [f"{result['pr_per']:.1f}"] if pr else []
+        rows.append(f"| {name} | {' | '.join(cells)} | `{result['checkpoint']}` |")
     return "\n".join(rows)
 
 

@@ -16,7 +16,7 @@ SECTIONS = [
     "Pretraining against the reference curves",
     "Federated distillation",
     "Federated fine-tuning (CTC)",
-    "Downstream: SUPERB keyword spotting",
+    "Downstream: SUPERB keyword spotting and phoneme recognition",
     "What pretraining bought: phone probe",
     "Time per phase",
 ]
@@ -78,7 +78,7 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restor
     assert (
         f"Best: round {best}'s model" in fine_tuning and (out / "finetune" / "server" / "checkpoint_best.pt").is_file()
     )
-    downstream = table_rows(sections["Downstream: SUPERB keyword spotting"])
+    downstream = table_rows(sections["Downstream: SUPERB keyword spotting and phoneme recognition"])
     assert [row[0] for row in downstream] == [
         "teacher (federated HuBERT)",
         "student (federated distillation)",
@@ -101,6 +101,14 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restor
         assert json.loads((run / "test.json").read_text())["test_acc"] == pytest.approx(accuracy)
         assert row[2] == f"{accuracy:.3f}"
     assert float(downstream[1][1].split()[0]) < float(downstream[0][1].split()[0])  # the student is smaller
+    # PR: s3prl's phone error rate of the toy dev utterances against the espeak-ng lexicon's phones
+    for folder, row in zip(("teacher", "student", "random_init"), downstream):
+        pr = json.loads((out / "pr" / folder / "test.json").read_text())
+        assert (
+            pr["metric"] == "per"
+            and row[3] == f"{pr['score']:.1f}"
+            and (out / "pr" / folder / "test-hyp.ark").is_file()
+        )
     probed = table_rows(sections["What pretraining bought: phone probe"])
     assert [row[0] for row in probed] == ["MFCC"] + [row[0] for row in downstream]
     assert all(0.0 < float(row[2]) < 1.0 and 0.0 < float(row[3]) < 1.0 for row in probed)  # accuracy, PNMI
