@@ -2,11 +2,11 @@
 
 Runs `fedhubert demo` from scratch (its federated teacher, distilled student and untrained
 model), adds the toy SUPERB corpora to the demo's toy folder (`toy-data --superb`), then runs
-every task `fedhubert superb` runs here (KS, IC, SID, ASR) with the *_tiny configs, one task at a
-time to time it, and packages the teacher's predictions (`--submit`). Toy scores say how the
-pipeline behaves, not how good the models are.
+every task `fedhubert superb` runs here (PR, KS, IC, SID, ER's five folds, ASR, ASV, SD) with the
+*_tiny configs, one task at a time to time it, and packages the teacher's predictions
+(`--submit`). Toy scores say how the pipeline behaves, not how good the models are.
 
-    .venv/bin/python benchmarks/superb.py [--work /tmp/fedhubert-superb]
+    .venv/bin/python benchmarks/superb.py [--work /tmp/fedhubert-superb] [--note "what else ran"]
 
 writes benchmarks/results/superb.json and .md.
 """
@@ -28,6 +28,7 @@ from fedhubert_plugin.toy_superb import write_toy_superb_data
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/fedhubert-superb"))
+    parser.add_argument("--note", default="", help="appended to the results note, e.g. what shared the machine")
     args = parser.parse_args()
     demo, out = args.work / "demo", args.work / "superb"
     shutil.rmtree(args.work, ignore_errors=True)
@@ -59,7 +60,8 @@ def main() -> None:
         f"round {manifest['federated_round']} and leaves out {', '.join(manifest['left_out'])}.",
     ]
     rows = [{"table": table, "seconds": seconds, "packaged": packaged, "manifest": manifest}]
-    print(write_results("superb", rows, lines, "The demo's checkpoints, toy corpora, *_tiny configs."))
+    note = f"The demo's checkpoints, toy corpora, *_tiny configs. {args.note}".strip()
+    print(write_results("superb", rows, lines, note))
 
 
 if __name__ == "__main__":

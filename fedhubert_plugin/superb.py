@@ -1,17 +1,15 @@
 """``fedhubert superb``: SUPERB tasks on one or more checkpoints, one table.
 
-Each task trains and tests s3prl's downstream on every checkpoint, frozen, in ``OUT/<task>/<name>``:
-s3prl's logs and the prediction files SUPERB scores stay there. A pair already done (its
-``test.json``) is read back, so running the command again resumes where it stopped.
-``OUT/superb.json`` and ``OUT/superb.md`` hold the table: each task's test accuracy per
-checkpoint (accuracy, or WER for ASR), beside HuBERT Base's published figure. The tasks that run here are
-``downstream.SUPERB_TASKS`` (PR, KS, IC, SID, ER, ASR, ASV, SD); ``recipes/superb/README.md`` has the others.
+Each task trains and tests s3prl's downstream on every checkpoint, frozen, in ``OUT/<task>/<name>``, where
+s3prl's logs and the prediction files SUPERB scores stay. A pair done (its ``test.json``) is read back, so a
+rerun resumes. ``OUT/superb.json`` and ``OUT/superb.md`` hold each task's test figure per checkpoint beside
+HuBERT Base's published one. The tasks that run here are ``downstream.SUPERB_TASKS`` (PR, KS, IC, SID, ER, ASR,
+ASV, SD; ``--asr-lm`` adds ASR with a KenLM model); ``recipes/superb/README.md`` has the others.
 
-``--lrs`` searches the learning rate as SUPERB's protocol does: one experiment per rate, the one best on
-dev is the one tested. ``--submit NAME`` packages that checkpoint's predictions as s3prl's submission script does
-(``predict/<task>_public/predict.*`` in ``OUT/submission/predict.zip``), with ``manifest.json``: the
-checkpoint's sha256, its federated round and updates, the federation's settings, what each file
-came from, and every SUPERB task the package leaves out.
+``--lrs`` searches the learning rate as SUPERB's protocol does: one experiment per rate, the one best on dev is
+tested. ``--submit NAME`` packages that checkpoint's predictions as s3prl's submission script does
+(``OUT/submission/predict.zip``), with ``manifest.json``: the checkpoint's sha256, its federated round and
+updates, the federation's settings, what each file came from, and every SUPERB task left out.
 """
 
 import hashlib
@@ -25,57 +23,17 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fedhubert_plugin.checkpoints import load_checkpoint
-from fedhubert_plugin.downstream import SUPERB_TASKS, superb_task
+from fedhubert_plugin.console import console_to
+from fedhubert_plugin.downstream import SUPERB_TASKS, reported_scores, run_downstream, superb_task
 from fedhubert_plugin.export import named_checkpoints, random_init_checkpoint
 from fedhubert_plugin.files import atomic_write_json, atomic_write_text
 from fedhubert_plugin.options import REQUIRED, option
 from fedhubert_plugin.recipes import RECIPES_DIR
+from fedhubert_plugin.superb_reference import ALL_TASKS, HUBERT_BASE_PUBLISHED, METRICS, PREDICTIONS, TOY_DATA
 
 logger = logging.getLogger(__name__)
 
 CONFIGS = RECIPES_DIR / "superb"
-# HuBERT Base in the SUPERB paper (Yang et al., Interspeech 2021, arXiv:2105.01051): accuracy or WER (no LM), in %
-HUBERT_BASE_PUBLISHED = {
-    "pr": 5.41,
-    "ks": 96.30,
-    "ic": 98.34,
-    "sid": 81.42,
-    "er": 64.92,
-    "asr": 6.42,
-    "asv": 5.11,
-    "sd": 5.88,
-}
-METRICS = {
-    "accuracy": "test accuracy (%)",
-    "wer": "test WER (%), no LM",
-    "per": "test PER (%)",
-    "eer": "test EER (%), best saved checkpoint",
-    "der": "test DER (%), s3prl's frame-level (SUPERB's: dscore on the RTTM)",
-}
-# where `fedhubert toy-data --superb` puts each task's data, in SUPERB_TASKS' order
-TOY_DATA = {
-    "pr": ("LibriSpeech", "pr/phoneme.txt", "pr/lexicon.txt"),
-    "ks": ("speech_commands/train", "speech_commands/test"),
-    "ic": ("fluent_speech_commands",),
-    "sid": ("voxceleb1", "voxceleb1/iden_split.txt"),
-    "er": ("iemocap", "iemocap/meta_data"),
-    "asr": ("LibriSpeech", "asr/len_for_bucket", "asr/char.dict"),
-    "asv": ("voxceleb1", "voxceleb1/veri_dev.txt", "voxceleb1/veri_test.txt"),
-    "sd": ("diarization/train", "diarization/dev", "diarization/test"),
-}
-# the files (or folders) of each task's experiment that SUPERB scores, and where s3prl's submit/submit.py puts them
-# ({fold}: ER's)
-PREDICTIONS = {
-    "pr": [("test-hyp.ark", "pr_public/predict.ark")],
-    "ks": [("test_predict.txt", "ks_public/predict.txt")],
-    "ic": [("test_predict.csv", "ic_public/predict.csv")],
-    "sid": [("test_predict.txt", "sid_public/predict.txt")],
-    "er": [("test_fold{fold}_predict.txt", "er_fold{fold}_public/predict.txt")],
-    "asr": [("test-clean-noLM-hyp.ark", "asr_public/predict.ark")],
-    "asv": [("test_predict.txt", "sv_public/predict.txt")],
-    "sd": [("scoring/predictions", "sd_public/scoring/predictions"), ("frame_shift", "sd_public/frame_shift")],
-}
-ALL_TASKS = ("pr", "ks", "ic", "sid", "er", "asr", "qbe", "sf", "asv", "sd")  # SUPERB's ten
 
 
 @dataclass
@@ -108,6 +66,8 @@ class SuperbConfig:
     submit: Optional[str] = option(
         None, "package this checkpoint's predictions (a --checkpoint NAME) as SUPERB's predict.zip", metavar="NAME"
     )
+    asr_lm: Optional[Path] = option(None, "ASR with an LM too (SUPERB's ASR-LM): a KenLM model, ARPA or binary")
+    asr_lexicon: Optional[Path] = option(None, "the lexicon of --asr-lm: WORD<TAB>W O R D |, a word a line")
 
 
 def task_data(cfg: SuperbConfig) -> Dict[str, List[Path]]:
@@ -156,6 +116,8 @@ def folder_name(name: str) -> str:
 def run_superb(cfg: SuperbConfig) -> str:
     """Every task of ``cfg`` on every checkpoint (resuming those done); the table, written to ``cfg.out`` as
     ``superb.json`` and ``superb.md`` (returned)."""
+    if bool(cfg.asr_lm) != bool(cfg.asr_lexicon):
+        raise ValueError("--asr-lm and --asr-lexicon go together: a KenLM model and its lexicon")
     data, models = task_data(cfg), upstreams(cfg)
     scores: Dict[str, Dict[str, float]] = {}
     experiments: Dict[str, Dict[str, List[str]]] = {}
@@ -170,12 +132,15 @@ def run_superb(cfg: SuperbConfig) -> str:
             experiments.setdefault(task, {})[name] = [str(exp) for exp, _ in runs]
             for exp, result in runs:
                 logger.info("SUPERB %s, %s: test %s %.2f %% (%s)", task, name, result["metric"], result["score"], exp)
+            if task == "asr" and cfg.asr_lm:
+                scores.setdefault("asr_lm", {})[name] = asr_with_lm(runs[-1][0], cfg.asr_lm, cfg.asr_lexicon)
+                experiments.setdefault("asr_lm", {})[name] = [str(runs[-1][0])]
     table = {
         "checkpoints": {name: str(path) for name, path in models.items()},
-        "metrics": {task: metric_label(task) for task in cfg.tasks},
+        "metrics": {task: METRICS["wer_lm"] if task == "asr_lm" else metric_label(task) for task in scores},
         "scores": scores,
         "experiments": experiments,
-        "hubert_base_published": {task: HUBERT_BASE_PUBLISHED[task] for task in cfg.tasks},
+        "hubert_base_published": {task: HUBERT_BASE_PUBLISHED[task] for task in scores},
         "configs": "*_tiny.yaml (toy data)" if cfg.toy else "the SUPERB configs",
     }
     markdown = superb_markdown(table, list(models))
@@ -184,6 +149,28 @@ def run_superb(cfg: SuperbConfig) -> str:
     if cfg.submit:
         write_submission(Path(cfg.out), cfg.submit, models, experiments)
     return markdown
+
+
+def asr_with_lm(exp: Path, lm: Path, lexicon: Path) -> float:
+    """SUPERB's ASR with an LM: s3prl's KenLM decoding, by the checkpoint ASR tested in ``exp``, of test-clean
+    (``test-clean-LM-hyp.ark`` beside the no-LM one); its WER in %, kept in ``exp/test_lm.json``."""
+    done = Path(exp) / "test_lm.json"
+    if not done.is_file():
+        tested = Path(exp) / json.loads((Path(exp) / "test.json").read_text())["evaluated"]
+        # unk_weight as a float: s3prl's asr expert evals the config's "-math.inf" without importing math
+        decoder = {
+            "decoder_type": "'kenlm'",
+            "kenlm_model": f"'{lm}'",
+            "lexicon": f"'{lexicon}'",
+            "unk_weight": "-1e30",
+        }
+        overrides = ",,".join(f"config.downstream_expert.datarc.decoder_args.{k}={v}" for k, v in decoder.items())
+        console = Path(exp) / "console_lm.log"
+        with console_to(console):
+            run_downstream(["-m", "evaluate", "-t", "test-clean", "-e", str(tested), "-o", overrides])
+        wer = reported_scores(SUPERB_TASKS["asr"], Path(exp), console, "test-clean")[-1]
+        atomic_write_json(done, {"score": wer, "lm": str(lm), "lexicon": str(lexicon)})
+    return json.loads(done.read_text())["score"]
 
 
 def fold_experiments(task: str, exp: Path) -> List[Tuple[Path, List[str]]]:

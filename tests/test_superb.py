@@ -12,7 +12,7 @@ import yaml
 
 from fedhubert_plugin.checkpoints import load_checkpoint
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.superb import SuperbConfig, task_data, write_submission
+from fedhubert_plugin.superb import SuperbConfig, run_superb, task_data, write_submission
 from fedhubert_plugin.toy_data import DEV_SUBSET
 
 
@@ -231,3 +231,41 @@ def test_speaker_diarization_predicts_every_test_recording_and_writes_its_rttm(f
     with zipfile.ZipFile(out / "submission" / "predict.zip") as package:  # s3prl's submit.py layout for SD
         names = sorted(f"predict/sd_public/scoring/predictions/{rec}.h5" for rec in recordings)
         assert package.namelist() == [*names, "predict/sd_public/frame_shift"]
+
+
+@pytest.mark.e2e
+def test_asr_with_a_language_model_decodes_test_clean_with_s3prls_kenlm_decoder(
+    federated_run, toy_corpus, superb_corpora, tmp_path
+):
+    import editdistance
+
+    from tests.helpers import write_bigram_lm
+
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    (toy / "LibriSpeech").symlink_to(toy_corpus / "LibriSpeech")
+    (toy / "asr").symlink_to(superb_corpora.asr_files)
+    transcripts = {}
+    for trans in (toy_corpus / "LibriSpeech").rglob("*.trans.txt"):
+        transcripts.update(line.split(" ", 1) for line in trans.read_text().splitlines())
+    lm, lexicon = write_bigram_lm([text.split() for text in transcripts.values()], tmp_path)
+    out = tmp_path / "superb"
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(toy), "--tasks", "asr", "--out", str(out)]
+    assert main([*argv, "--asr-lm", str(lm), "--asr-lexicon", str(lexicon), "--submit", "fed"]) == 0
+    exp = out / "asr" / "fed"
+    hyps = dict(line.partition(" ")[::2] for line in (exp / "test-clean-LM-hyp.ark").read_text().splitlines())
+    refs = dict(line.partition(" ")[::2] for line in (exp / "test-clean-LM-ref.ark").read_text().splitlines())
+    assert hyps.keys() == refs.keys() and all(refs[u] == transcripts[u] for u in refs)  # every test utterance
+    words = set(line.split("\t")[0] for line in lexicon.read_text().splitlines())
+    assert set(" ".join(hyps.values()).split()) <= words  # the lexicon's words only: the LM decoder's output
+    wer = 100 * sum(editdistance.eval(hyps[u].split(), refs[u].split()) for u in refs)
+    table = json.loads((out / "superb.json").read_text())
+    assert table["scores"]["asr_lm"]["fed"] == pytest.approx(wer / sum(len(r.split()) for r in refs.values()))
+    assert "| ASR_LM | test WER (%), KenLM |" in (out / "superb.md").read_text()
+    with zipfile.ZipFile(out / "submission" / "predict.zip") as package:
+        assert package.read("predict/asr_lm_public/predict.ark") == (exp / "test-clean-LM-hyp.ark").read_bytes()
+        assert "predict/asr_public/predict.ark" in package.namelist()
+    alone = SuperbConfig(checkpoint=[f"fed={ckpt}"], out=out, tasks=["asr"], toy=toy, asr_lm=lm)
+    with pytest.raises(ValueError, match="--asr-lm and --asr-lexicon go together"):
+        run_superb(alone)
