@@ -97,6 +97,10 @@ case "$task" in
         for dir in "${data[@]}"; do
             for file in wav.scp segments utt2spk reco2dur rttm; do require "$dir/$file" "a Kaldi data folder's $file"; done
         done
+        if [ -n "${DSCORE:-}" ]; then
+            require "$DSCORE/score.py" "dscore's score.py (DSCORE names a dscore checkout)"
+            require_module intervaltree "dscore's requirement: .venv/bin/pip install -r $DSCORE/requirements.txt"
+        fi
         paths="config.downstream_expert.loaderrc.train_dir='${data[0]}',,config.downstream_expert.loaderrc.dev_dir='${data[1]}',,config.downstream_expert.loaderrc.test_dir='${data[2]}'" ;;
     asv|asv_tiny)
         need 3 "VOXCELEB1_ROOT DEV_TRIALS TEST_TRIALS"
