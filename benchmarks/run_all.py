@@ -14,12 +14,13 @@ commits, so a reader sees which figures are older.
    against float32 (bytes, and validation loss after the same rounds);
 3. data preparation against fairseq's simple_kmeans scripts at 0.5, 2 and 8 h of audio
    (benchmarks/prepare_vs_fairseq.py);
-4. quality (benchmarks/quality.py): centralized against federated runs and random init, 3 seeds;
+4. quality (benchmarks/quality.py): centralized against federated runs and random init, 3 seeds; 4b and 4c
+   FedAdam's settings (quality.py --sweep at 240 updates, fedadam_sweep.py at 1,600 over seeds);
 6. GPU: 1 and 5 with the Base recipe in fp16, and a round of two, then four, clients sharing the GPU,
    when there is an NVIDIA GPU (`--sections gpu`; 11b, activation_memory_gpu, too);
 7.-17. benchmarks/distill_student.py, checkpoint_features.py, deployment.py, server_memory.py,
    activation_memory.py, faults_privacy.py, demo.py, superb.py, learning_curve.py, finetune.py and
-   broken_runs.py, each a script of its own (quality --sweep, learning_curve and finetune, about an hour or
+   broken_runs.py, each a script of its own (quality --sweep, fedadam_sweep, learning_curve and finetune, an hour or
    more, only when named).
 
     .venv/bin/python benchmarks/run_all.py [--rounds 5] [--local-updates 10] [--sections overhead quality ...]
@@ -45,6 +46,7 @@ SECTIONS = {
     "prepare_vs_fairseq": "3. Data preparation against fairseq simple_kmeans, 0.5 to 8 h",
     "quality": "4. Quality: federated against centralized, over seeds",
     "quality_sweep": "4b. FedAdam's server lr, tau and local updates (quality.py --sweep)",
+    "fedadam_sweep": "4c. FedAdam's server lr, tau and local updates again at 1,600 updates, over seeds",
     "gpu": "6. GPU (Base recipe, fp16)",
     "distill_student": "7. Teacher against distilled student",
     "checkpoint_features": "8. Iteration-2 feature extraction",
@@ -60,7 +62,7 @@ SECTIONS = {
     "broken_runs": "17. Broken runs beside the reference curves: another codebook, a server lr 100 times too high",
 }
 # sections too long for a default run (hours on 2 cores): run by name
-LONG_SECTIONS = {"quality_sweep", "learning_curve", "finetune"}
+LONG_SECTIONS = {"quality_sweep", "fedadam_sweep", "learning_curve", "finetune"}
 # sections that need an NVIDIA GPU (skipped, with a line saying so, on a machine without one)
 GPU_SECTIONS = {"gpu", "activation_memory_gpu"}
 # sections that are a script of their own (benchmarks/<name>.py unless SCRIPT_OF names another), with the arguments
@@ -69,6 +71,7 @@ OWN_SCRIPTS = {
     "prepare_vs_fairseq": ["--hours", "0.5", "2", "8"],
     "quality": [],
     "quality_sweep": ["--sweep"],
+    "fedadam_sweep": [],
     "distill_student": [],
     "checkpoint_features": ["--toy", "{toy}"],
     "deployment": [],
