@@ -92,7 +92,9 @@ def table(per_seed: Dict[int, Dict[str, Dict]], args: argparse.Namespace) -> Lis
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (strategy, eta, tau, k), seeds, spreads in sorted(rows, key=lambda r: -r[2]["masked_accuracy"]["mean"]):
-        cells = [f"{spreads[m]['mean']:.3f} ± {spreads[m]['sd']:.3f}" for m in MEASURES]
+        cells = [
+            f"{spreads[m]['mean']:.3f}" + (f" ± {spreads[m]['sd']:.3f}" if len(seeds) > 1 else "") for m in MEASURES
+        ]
         server = [f"{eta:g}", f"{tau:g}"] if eta is not None else ["—", "—"]
         rounds = args.updates // (k * args.clients)
         lines.append(
@@ -150,8 +152,9 @@ def main() -> None:
             f"Speaker non-IID, {args.clients} clients, {args.updates:,} fairseq updates in all per run (every "
             f"client's, summed), one learning-rate schedule to the end; corpus of {args.speakers} train speakers, "
             f"{args.minutes:g} min; tiny recipe; scored on 4 held-out speakers (majority cluster 0.042). Every "
-            f"config at seed {first}; the default (first row of `CONFIGS`: `fedhubert pretrain`'s) and the "
-            f"{args.confirm} best others also at seeds {', '.join(map(str, others))}: mean ± sd over those.",
+            f"config at seed {first}; `fedhubert pretrain`'s default (FedAdam, eta 0.01, tau 1e-6) and the "
+            f"{args.confirm} best other(s) by masked accuracy at seed {first} also at seeds "
+            f"{', '.join(map(str, others))}: mean ± sd over the seeds each ran at.",
             "",
             *result["table"],
             "",
