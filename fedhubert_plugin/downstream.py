@@ -212,13 +212,11 @@ def superb_task(
     console = Path(exp) / "console.log"  # s3prl's prints and progress bars, when the command runs quiet
     with console_to(console):
         evaluated = train_and_test(spec, ckpt, exp, config, ",,".join([*paths, *overrides]))
-    tested = reported_scores(spec, Path(exp), console, spec.test_split)
-    score = spec.best(tested) if spec.every_checkpoint else tested[-1]
-    chosen = evaluated[tested.index(score)] if spec.every_checkpoint else evaluated[-1]
+    tested = reported_scores(spec, Path(exp), console, spec.test_split)  # one score per checkpoint of ``evaluated``
+    index = tested.index(spec.best(tested)) if spec.every_checkpoint else -1
+    score, chosen = tested[index], evaluated[index]
     if spec.every_checkpoint:  # SUPERB scores the best checkpoint's predictions
-        shutil.copy(
-            Path(exp) / f"{spec.test_split}_predict_{chosen.stem}.txt", Path(exp) / f"{spec.test_split}_predict.txt"
-        )
+        shutil.copy(kept_predictions(exp, spec.test_split, chosen), Path(exp) / f"{spec.test_split}_predict.txt")
     weights = as_s3prl_state(load_checkpoint(ckpt), ckpt)["model_weight"]
     result = {
         "metric": spec.metric,
@@ -272,8 +270,7 @@ def train_and_test(spec: SuperbTask, ckpt: Path, exp: Path, config: Path, paths:
     if spec.every_checkpoint:
         for state in states:
             run_downstream(["-m", "evaluate", "-t", spec.test_split, "-e", str(state)])
-            predictions = Path(exp) / f"{spec.test_split}_predict.txt"
-            shutil.copy(predictions, predictions.with_name(f"{predictions.stem}_{state.stem}.txt"))
+            shutil.copy(Path(exp) / f"{spec.test_split}_predict.txt", kept_predictions(exp, spec.test_split, state))
         return states
     # dev-best.ckpt, ASR's dev-clean-best.ckpt, diarization's best-states-dev.ckpt
     best = next(chain(Path(exp).glob("*-best.ckpt"), Path(exp).glob("best-states-*.ckpt")), None)
@@ -283,6 +280,11 @@ def train_and_test(spec: SuperbTask, ckpt: Path, exp: Path, config: Path, paths:
     if spec.downstream == "diarization":
         write_rttm(exp)
     return [best]
+
+
+def kept_predictions(exp: Path, split: str, state: Path) -> Path:
+    """Where the predictions of one tested checkpoint are kept (``test_predict_states-40.txt``)."""
+    return Path(exp) / f"{split}_predict_{state.stem}.txt"
 
 
 def write_rttm(exp: Path, threshold: float = 0.5, median: int = 11) -> Path:

@@ -16,6 +16,24 @@ from fedhubert_plugin.superb import SuperbConfig, run_superb, task_data, write_s
 from fedhubert_plugin.toy_data import DEV_SUBSET
 
 
+def superb_one_task(federated_run: Path, toy: Path, task: str, out: Path, *extra: str) -> Path:
+    """`fedhubert superb` of ``task`` on the federated checkpoint, named ``fed``, with ``toy``'s data, its predictions
+    packaged (``--submit fed``); the task's experiment folder."""
+    ckpt = federated_run / "server" / "checkpoint_best.pt"
+    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(toy), "--tasks", task, "--out", str(out)]
+    assert main([*argv, *extra, "--submit", "fed"]) == 0
+    return out / task / "fed"
+
+
+def one_toy_folder(folder: Path, **corpora: Path) -> Path:
+    """``folder`` laid out as `fedhubert toy-data --superb` writes it, each corpus linked from the session's
+    fixtures (``LibriSpeech=...``, ``pr=...``)."""
+    folder.mkdir()
+    for name, source in corpora.items():
+        (folder / name).symlink_to(source)
+    return folder
+
+
 @pytest.mark.e2e
 def test_superb_tables_each_checkpoint_beside_hubert_base_and_a_rerun_resumes(federated_run, superb_corpora, tmp_path):
     toy = Path(superb_corpora.fluent_commands_root).parent
@@ -101,11 +119,8 @@ def test_a_task_without_data_is_named_with_the_paths_it_takes(tmp_path):
 
 @pytest.mark.e2e
 def test_emotion_recognition_runs_the_five_folds_and_tables_their_mean(federated_run, superb_corpora, tmp_path):
-    toy = Path(superb_corpora.iemocap_root).parent
-    ckpt = federated_run / "server" / "checkpoint_best.pt"
     out = tmp_path / "superb"
-    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(toy), "--tasks", "er", "--out", str(out)]
-    assert main([*argv, "--submit", "fed"]) == 0
+    superb_one_task(federated_run, Path(superb_corpora.iemocap_root).parent, "er", out)
     folds = []
     for n in range(1, 6):
         exp = out / "er" / "fed" / f"fold{n}"
@@ -140,15 +155,9 @@ def test_phoneme_recognition_decodes_every_test_utterance_into_the_lexicons_phon
 ):
     import editdistance
 
-    toy = tmp_path / "toy"  # one folder, as `fedhubert toy-data --superb` writes it
-    toy.mkdir()
-    (toy / "LibriSpeech").symlink_to(toy_corpus / "LibriSpeech")
-    (toy / "pr").symlink_to(superb_corpora.pr_files)
+    toy = one_toy_folder(tmp_path / "toy", LibriSpeech=toy_corpus / "LibriSpeech", pr=Path(superb_corpora.pr_files))
     out = tmp_path / "superb"
-    ckpt = federated_run / "server" / "checkpoint_best.pt"
-    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(toy), "--tasks", "pr", "--out", str(out)]
-    assert main([*argv, "--submit", "fed"]) == 0
-    exp = out / "pr" / "fed"
+    exp = superb_one_task(federated_run, toy, "pr", out)
     lexicon = dict(line.split(" ", 1) for line in (toy / "pr" / "lexicon.txt").read_text().splitlines())
     phones = set((toy / "pr" / "phoneme.txt").read_text().split())
     expected = {}
@@ -176,10 +185,7 @@ def test_speaker_verification_tests_every_saved_checkpoint_and_reports_the_best_
 
     root = Path(superb_corpora.voxceleb1_root)
     out = tmp_path / "superb"
-    ckpt = federated_run / "server" / "checkpoint_best.pt"
-    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(root.parent), "--tasks", "asv", "--out", str(out)]
-    assert main([*argv, "--submit", "fed"]) == 0
-    exp = out / "asv" / "fed"
+    exp = superb_one_task(federated_run, root.parent, "asv", out)
     states = sorted(exp.glob("states-*.ckpt"))
     assert len(states) == 4  # asv_tiny saves every 10 of its 40 steps, and each one is tested
     trials = [line.split() for line in (root / "veri_test.txt").read_text().splitlines()]
@@ -211,10 +217,7 @@ def test_speaker_diarization_predicts_every_test_recording_and_writes_its_rttm(f
 
     root = Path(superb_corpora.diarization_root)
     out = tmp_path / "superb"
-    ckpt = federated_run / "server" / "checkpoint_best.pt"
-    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(root.parent), "--tasks", "sd", "--out", str(out)]
-    assert main([*argv, "--submit", "fed"]) == 0
-    exp = out / "sd" / "fed"
+    exp = superb_one_task(federated_run, root.parent, "sd", out)
     recordings = {line.split()[0] for line in (root / "test" / "wav.scp").read_text().splitlines()}
     predictions = {path.stem: path for path in (exp / "scoring" / "predictions").glob("*.h5")}
     assert predictions.keys() == recordings  # what SUPERB scores: a prediction for every test recording
@@ -241,19 +244,13 @@ def test_asr_with_a_language_model_decodes_test_clean_with_s3prls_kenlm_decoder(
 
     from tests.helpers import write_bigram_lm
 
-    toy = tmp_path / "toy"
-    toy.mkdir()
-    (toy / "LibriSpeech").symlink_to(toy_corpus / "LibriSpeech")
-    (toy / "asr").symlink_to(superb_corpora.asr_files)
+    toy = one_toy_folder(tmp_path / "toy", LibriSpeech=toy_corpus / "LibriSpeech", asr=Path(superb_corpora.asr_files))
     transcripts = {}
     for trans in (toy_corpus / "LibriSpeech").rglob("*.trans.txt"):
         transcripts.update(line.split(" ", 1) for line in trans.read_text().splitlines())
     lm, lexicon = write_bigram_lm([text.split() for text in transcripts.values()], tmp_path)
     out = tmp_path / "superb"
-    ckpt = federated_run / "server" / "checkpoint_best.pt"
-    argv = ["superb", "--checkpoint", f"fed={ckpt}", "--toy", str(toy), "--tasks", "asr", "--out", str(out)]
-    assert main([*argv, "--asr-lm", str(lm), "--asr-lexicon", str(lexicon), "--submit", "fed"]) == 0
-    exp = out / "asr" / "fed"
+    exp = superb_one_task(federated_run, toy, "asr", out, "--asr-lm", str(lm), "--asr-lexicon", str(lexicon))
     hyps = dict(line.partition(" ")[::2] for line in (exp / "test-clean-LM-hyp.ark").read_text().splitlines())
     refs = dict(line.partition(" ")[::2] for line in (exp / "test-clean-LM-ref.ark").read_text().splitlines())
     assert hyps.keys() == refs.keys() and all(refs[u] == transcripts[u] for u in refs)  # every test utterance
@@ -266,6 +263,12 @@ def test_asr_with_a_language_model_decodes_test_clean_with_s3prls_kenlm_decoder(
     with zipfile.ZipFile(out / "submission" / "predict.zip") as package:
         assert package.read("predict/asr_lm_public/predict.ark") == (exp / "test-clean-LM-hyp.ark").read_bytes()
         assert "predict/asr_public/predict.ark" in package.namelist()
-    alone = SuperbConfig(checkpoint=[f"fed={ckpt}"], out=out, tasks=["asr"], toy=toy, asr_lm=lm)
+    alone = SuperbConfig(
+        checkpoint=[f"fed={federated_run / 'server' / 'checkpoint_best.pt'}"],
+        out=out,
+        tasks=["asr"],
+        toy=toy,
+        asr_lm=lm,
+    )
     with pytest.raises(ValueError, match="--asr-lm and --asr-lexicon go together"):
         run_superb(alone)
