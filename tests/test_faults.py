@@ -5,6 +5,7 @@ import shutil
 import signal
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,41 @@ def test_folding_replies_as_they_come_aggregates_like_the_list_of_all_replies(na
     for key in reference:
         np.testing.assert_allclose(streamed[key], listed[key], atol=1e-6)  # float32 rounding of the two sums
     assert streamed_metrics == pytest.approx(listed_metrics) and streamed_clients == listed_clients
+
+
+class ReadyGrid(Nodes):
+    """A grid on which every reply is ready as soon as the messages are pushed; it counts the replies it
+    made that are still alive."""
+
+    def __init__(self, count: int):
+        super().__init__(count)
+        self.replies, self.made = {}, weakref.WeakSet()
+
+    def push_messages(self, messages):
+        self.replies = {f"sent-{i}": m for i, m in enumerate(messages)}  # Flower sets the ids as it pushes
+        return list(self.replies)
+
+    def pull_messages(self, message_ids):
+        ready = [i for i in message_ids if i in self.replies]
+        pulled = [Message(reply("client_000", {"w": [1.0]}).content, reply_to=self.replies.pop(i)) for i in ready]
+        self.made.update(pulled)
+        return pulled
+
+
+def test_replies_that_arrive_together_are_read_one_at_a_time(in_a_run):
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedhubert_plugin.federation.server.streaming import replies_as_they_come
+
+    grid = ReadyGrid(4)
+    messages = list(
+        FedAvg(min_available_nodes=4).configure_train(1, record_of({"w": np.ones(1)}), ConfigRecord({}), grid)
+    )
+    alive = []
+    for answer in replies_as_they_come(grid, messages, timeout=5):
+        alive.append(len(grid.made))  # each reply is a model's size: the one being read, and no other
+        del answer
+    assert alive == [1, 1, 1, 1] and not grid.replies
 
 
 @pytest.mark.e2e

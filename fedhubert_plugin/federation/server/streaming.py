@@ -24,6 +24,7 @@ from fedhubert_plugin.federation.wire import ARRAYS, METRICS, view_of
 
 STREAMING_STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedadagrad")
 PULL_INTERVAL = 0.2  # seconds between polls of the grid for replies
+FOLD_CHUNK = 1 << 20  # values of a tensor folded into the sum at a time (an 8 MiB float64 working copy)
 
 
 def streams(settings) -> bool:
@@ -32,17 +33,23 @@ def streams(settings) -> bool:
 
 
 def replies_as_they_come(grid: Grid, messages: Iterable[Message], timeout: float) -> Iterator[Message]:
-    """Push ``messages``; yield each reply as it arrives, until all are in or ``timeout`` seconds passed."""
-    waiting = set(grid.push_messages(messages))
+    """Push ``messages``; yield each reply as it arrives, until all are in or ``timeout`` seconds passed.
+
+    The grid is asked for one message id at a time: Flower's pull inflates every reply it returns,
+    so asking for all the waiting ids would hold every reply that arrived since the last poll."""
+    waiting = list(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
-        pulled = list(grid.pull_messages(list(waiting)))
-        while pulled:
-            reply = pulled.pop(0)
-            waiting.discard(reply.metadata.reply_to_message_id)
+        arrived = False
+        for message_id in list(waiting):
+            reply = next(iter(grid.pull_messages([message_id])), None)
+            if reply is None:
+                continue
+            waiting.remove(message_id)
+            arrived = True
             yield reply
             del reply  # a reply is a model's size: not held while the next one is read
-        if waiting:
+        if waiting and not arrived:
             time.sleep(PULL_INTERVAL)
 
 
@@ -62,12 +69,15 @@ class RunningMean:
         metrics = reply.content[METRICS]
         weight = float(metrics[self.key])
         for name, array in reply.content[ARRAYS].items():
-            update = np.subtract(view_of(array), self.sent[name], dtype=np.float64)
-            update *= weight
-            if name in self.updates:
-                self.updates[name] += update
-            else:
-                self.updates[name] = update
+            received, sent = view_of(array).reshape(-1), self.sent[name].reshape(-1)
+            if name not in self.updates:
+                self.updates[name] = np.zeros(received.size, np.float64)
+            total = self.updates[name]
+            for start in range(0, received.size, FOLD_CHUNK):  # float64 working copies of a chunk, not a tensor
+                part = slice(start, start + FOLD_CHUNK)
+                update = np.subtract(received[part], sent[part], dtype=np.float64)
+                update *= weight
+                total[part] += update
         for name, value in metrics.items():
             if name != self.key:
                 self.metrics[name] = self.metrics.get(name, 0.0) + float(value) * weight
@@ -79,7 +89,7 @@ class RunningMean:
 
     def pop_mean(self, name: str) -> np.ndarray:
         """The mean of tensor ``name`` in float32, its sum given up: the sums shrink as the means are taken."""
-        mean = self.updates.pop(name)
+        mean = self.updates.pop(name).reshape(self.sent[name].shape)
         mean /= self.weight
         mean += self.sent[name]
         return mean.astype(np.float32)
