@@ -1,7 +1,7 @@
-"""Learning curves (issue 30): centralized fairseq against FedAdam speaker non-IID, at equal total updates.
+"""Learning curves (issue 30): centralized fairseq against FedAvg and FedAdam speaker non-IID, at equal total updates.
 
 The quality benchmark's corpus (16 train speakers, 31 min, 4 held-out speakers) and prepared data. Per seed, one
-centralized ``fairseq-hydra-train`` run and one federated run (4 clients, FedAdam, speaker non-IID), each with its
+centralized ``fairseq-hydra-train`` run and a federated run per strategy (4 clients, speaker non-IID), each with its
 learning-rate schedule sized to the last point and a checkpoint at every point (fairseq's
 ``save_interval_updates``; the server's round checkpoints). At every point, on the held-out speakers:
 
@@ -10,10 +10,14 @@ learning-rate schedule sized to the last point and a checkpoint at every point (
 - the speaker probe of the best layer and the best transformer layer (``fedhubert_plugin.speaker_probe``).
 
 Results: ``results/learning_curve.{json,md}`` and ``results/learning_curve.png`` (one panel per measure against
-updates, a band over seeds). Every run and every score is kept under ``--work``: a second call resumes.
+updates, a band over seeds). Every run and every score is kept under ``--work``: a second call resumes. Each run
+kind of ``REFERENCE_KINDS`` trained under ``--work`` also becomes its reference curve in
+``fedhubert_plugin/reference_curves.json`` (``docs/training-curves.md``); the other kinds' stored curves are kept.
 
     .venv/bin/python benchmarks/learning_curve.py            # 3,200 updates, seeds 0 1 2: about 2 h on 2 cores
     .venv/bin/python benchmarks/learning_curve.py --updates 1000 --seeds 0
+    .venv/bin/python benchmarks/learning_curve.py --strategies fedavg --no-centralized   # one kind's curve only
+    .venv/bin/python benchmarks/learning_curve.py --render   # results/learning_curve.{md,png} from its .json
 """
 
 import argparse
@@ -35,7 +39,7 @@ from fedhubert_plugin.federation.schedule import scheduled_overrides
 from fedhubert_plugin.federation.server.runlog import read_metrics, updates_behind
 from fedhubert_plugin.probe import probe
 from fedhubert_plugin.reference_curve import MEASURES as CURVE_MEASURES
-from fedhubert_plugin.reference_curve import REFERENCE_FILE
+from fedhubert_plugin.reference_curve import REFERENCE_FILE, reference_curves
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 
 matplotlib.use("Agg")
@@ -43,7 +47,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 logger = logging.getLogger("learning_curve")
 
-RUNS = ("centralized", "fedadam")  # the reference curves' run kinds; --strategies adds federated runs
+REFERENCE_KINDS = ("centralized", "fedavg", "fedadam")  # the run kinds with reference curves
 # measure -> what it is, in the table and the plot
 MEASURES = {
     "masked_accuracy": "masked accuracy",
@@ -115,36 +119,35 @@ def validation_series(name: str, save: Path) -> Dict[str, List[float]]:
     return series
 
 
-def finished_seeds(work: Path) -> List[int]:
-    """The seeds whose runs of every reference kind (``RUNS``) are trained under ``work``, whatever this call runs."""
-    done = [
-        {int(p.parent.name.rsplit("_seed", 1)[1]) for p in (work / "runs").glob(f"{n}_seed*/checkpoints.json")}
-        for n in RUNS
-    ]
-    return sorted(set.intersection(*done))
+def finished_seeds(work: Path, name: str) -> List[int]:
+    """The seeds whose run ``name`` is trained under ``work``, whatever this call runs."""
+    return sorted(
+        int(p.parent.name.rsplit("_seed", 1)[1]) for p in (work / "runs").glob(f"{name}_seed*/checkpoints.json")
+    )
 
 
-def write_reference(args: argparse.Namespace) -> Dict:
-    """``fedhubert_plugin/reference_curves.json``: each run kind's validation curves on a grid of 20 points, the
-    band (min, max) and mean over every seed trained under ``args.work``; ``docs/training-curves.png`` draws
-    them."""
-    seeds = finished_seeds(args.work)
+def write_reference(args: argparse.Namespace, names: List[str]) -> Dict:
+    """``fedhubert_plugin/reference_curves.json``: the validation curves of each reference kind among ``names``
+    trained under ``args.work`` (on a grid of 20 points: the band (min, max) and mean over its seeds, and where they
+    come from); the stored curves of the other kinds are kept. ``docs/training-curves.png`` draws them."""
     grid = np.linspace(args.updates / 20, args.updates, 20)
-    runs = {}
-    for name in RUNS:
+    reference = reference_curves() if REFERENCE_FILE.is_file() else {"recipe": "tiny", "runs": {}}
+    for name in [n for n in names if n in REFERENCE_KINDS and finished_seeds(args.work, n)]:
+        seeds = finished_seeds(args.work, name)
         found = [validation_series(name, args.work / "runs" / f"{name}_seed{seed}") for seed in seeds]
-        runs[name] = {"updates": [int(u) for u in grid]}
+        run = {"updates": [int(u) for u in grid]}
         for measure in CURVE_MEASURES:
             values = np.array([np.interp(grid, s["updates"], s[measure]) for s in found])
-            runs[name][measure] = {
+            run[measure] = {
                 edge: [round(float(v), 4) for v in getattr(values, edge)(axis=0)] for edge in ("min", "max", "mean")
             }
-    reference = {
-        "recipe": "tiny",
-        "source": f"benchmarks/learning_curve.py, seeds {', '.join(map(str, seeds))}, {args.speakers} train "
-        f"speakers, {args.minutes:g} min; fedadam: {args.clients} clients, {args.local_updates} local updates a round",
-        "runs": runs,
-    }
+        how = "" if name == "centralized" else f", {args.clients} clients, {args.local_updates} local updates a round"
+        run["source"] = (
+            f"benchmarks/learning_curve.py, seeds {', '.join(map(str, seeds))}, {args.speakers} train speakers, "
+            f"{args.minutes:g} min{how}"
+        )
+        reference["runs"][name] = run
+    reference["runs"] = {kind: reference["runs"][kind] for kind in REFERENCE_KINDS if kind in reference["runs"]}
     REFERENCE_FILE.write_text(json.dumps(reference, indent=1) + "\n")
     plot_reference(reference, REPO / "docs" / "training-curves.png")
     return reference
@@ -162,7 +165,7 @@ def plot_reference(reference: Dict, out: Path) -> Path:
         ax.set_xlabel("fairseq updates in all")
         ax.set_title(labels[measure], fontsize=10)
         ax.legend(fontsize=8)
-    fig.suptitle(f"tiny recipe, reference curves ({reference['source']})", fontsize=9)
+    fig.suptitle("tiny recipe, reference curves: band over seeds and mean (docs/training-curves.md)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -233,6 +236,16 @@ def updates_to_reach(target: float, at: List[int], values: List[float]) -> Optio
     return math.ceil(math.exp((target - intercept) / slope) / 100) * 100 if slope > 0 else None
 
 
+def extrapolated(seed: int, goal: float, at: List[int], curve: List[float]) -> str:
+    """Where seed ``seed``'s ``curve`` (its values at ``at``), straight in log updates, reaches ``goal``."""
+    reach = updates_to_reach(goal, at, curve)
+    if reach is None:
+        return f" (seed {seed}'s curve does not rise: " + ", ".join(f"{v:.3f}" for v in curve) + ")"
+    if reach > 10 * at[-1]:
+        return f" (seed {seed}'s curve, straight in log updates, stays below it to {10 * at[-1]:,})"
+    return f" (seed {seed}'s curve, straight in log updates, reaches it near {reach:,})"
+
+
 def targets(per_seed: Dict[int, Dict], at: List[int], majority: float, names: List[str]) -> List[str]:
     """Issue 30's targets at the last point, met or missed per seed, with the extrapolation where missed."""
     last, lines = at[-1], []
@@ -244,14 +257,7 @@ def targets(per_seed: Dict[int, Dict], at: List[int], majority: float, names: Li
         line = f"- {name}, {what}: {cells}: {'met' if len(met) == len(values) else '**missed**'}"
         if len(met) < len(values):
             seed = min(values, key=lambda s: values[s] - goal[s])
-            curve = [per_seed[seed][f"{name}@{p}"][measure] for p in at]
-            reach = updates_to_reach(goal[seed], at, curve)
-            if reach is None:
-                line += " (not rising)"
-            elif reach > 10 * last:
-                line += f" (seed {seed}'s curve, straight in log updates, stays below it to {10 * last:,})"
-            else:
-                line += f" (seed {seed}'s curve, straight in log updates, reaches it near {reach:,})"
+            line += extrapolated(seed, goal[seed], at, [per_seed[seed][f"{name}@{p}"][measure] for p in at])
         lines.append(line)
 
     for name in names:
@@ -261,10 +267,17 @@ def targets(per_seed: Dict[int, Dict], at: List[int], majority: float, names: Li
         pnmi = {seed: scores["MFCC"]["pnmi"] for seed, scores in per_seed.items()}
         verdict(name, "transformer_pnmi", pnmi, "best transformer layer's k-means PNMI > MFCC's")
     for strategy, measure in itertools.product(names[1:], ("masked_accuracy", "transformer_phone_accuracy")):
-        ratios = [s[f"{strategy}@{last}"][measure] / s[f"centralized@{last}"][measure] for s in per_seed.values()]
-        ok = "met" if min(ratios) >= 0.95 else "**missed**"
-        cells = ", ".join(f"{r:.3f}" for r in ratios)
-        lines.append(f"- {strategy} / centralized, {MEASURES[measure]}, per seed: {cells}: target ≥ 0.95, {ok}")
+        ratios = {
+            seed: [s[f"{strategy}@{p}"][measure] / s[f"centralized@{p}"][measure] for p in at]
+            for seed, s in per_seed.items()
+        }
+        line = f"- {strategy} / centralized, {MEASURES[measure]}, per seed: "
+        line += ", ".join(f"{r[-1]:.3f}" for r in ratios.values()) + ": target ≥ 0.95, "
+        if min(r[-1] for r in ratios.values()) >= 0.95:
+            lines.append(line + "met")
+            continue
+        seed = min(ratios, key=lambda s: ratios[s][-1])
+        lines.append(line + "**missed**" + extrapolated(seed, 0.95, at, ratios[seed]))
     return lines
 
 
@@ -348,31 +361,42 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--speakers", type=int, default=16)
     parser.add_argument("--minutes", type=float, default=31)
-    parser.add_argument("--strategies", nargs="+", default=["fedadam"], help="federated runs; fedadam first")
+    parser.add_argument("--strategies", nargs="+", default=["fedavg", "fedadam"], help="federated runs")
     parser.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    parser.add_argument(
+        "--no-centralized",
+        action="store_true",
+        help="train only the --strategies runs and write their reference curves; score nothing",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/fedhubert-curves"))
+    parser.add_argument("--render", action="store_true", help="write the results again from the stored .json")
     args = parser.parse_args()
+    if args.render:
+        return render()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     points(args)  # checked before anything runs
     toy = corpus(args)
     data = prepared_train(toy, args.work, "speaker", args.clients)
     heldout = heldout_shard(data, toy / "LibriSpeech", args.work / "data" / "heldout_speaker")
-    names = ["centralized", *args.strategies]
+    names = args.strategies if args.no_centralized else ["centralized", *args.strategies]
     runs = {(name, seed): train(name, seed, data, args) for seed in args.seeds for name in names}
     logger.info("trained: %s", json.dumps({f"{n}_seed{s}": c for (n, s), c in runs.items()}))
-    write_reference(args)
-    if args.train_only:
+    write_reference(args, names)
+    if args.train_only or args.no_centralized:
         return
     at, majority = points(args), majority_rate(heldout)
     per_seed = {
         seed: score_seed(seed, {name: runs[name, seed] for name in names}, toy, heldout, args.work)
         for seed in args.seeds
     }
+    write({"meta": machine_meta(), "points": at, "majority_rate": majority, "per_seed": per_seed}, args, names)
+
+
+def write(result: Dict, args: argparse.Namespace, names: List[str]) -> None:
+    """results/learning_curve.{json,md,png} from the scores of ``result`` (its table and targets made here)."""
+    per_seed, at, majority = result["per_seed"], result["points"], result["majority_rate"]
     result = {
-        "meta": machine_meta(),
-        "points": at,
-        "majority_rate": majority,
-        "per_seed": per_seed,
+        **result,
         "table": table(per_seed, at, majority, names),
         "targets": targets(per_seed, at, majority, names),
     }
@@ -382,6 +406,13 @@ def main() -> None:
     text = markdown(result, args)
     (RESULTS / "learning_curve.md").write_text(text)
     print(text)
+
+
+def render() -> None:
+    """results/learning_curve.{md,png} again from the stored .json (no run)."""
+    stored = json.loads((RESULTS / "learning_curve.json").read_text())
+    args = argparse.Namespace(**stored.pop("args"))
+    write(stored, args, ["centralized", *args.strategies])
 
 
 if __name__ == "__main__":
