@@ -2,10 +2,10 @@
 
 Stand-in clients keep the model's parameters (Base: 95 M, 361 MiB in float32; Large: 317 M) and make
 training free (``server_memory_app/standin.py``): a round goes through the real wire format and our
-screening and aggregation (``rounds.train_round``, FedAdam). Each configuration runs in its own
-process and reports the server's peak RSS during the rounds above its RSS before the first round
-(sampled every 20 ms), in model sizes, split into the process's own heap (anonymous memory) and
-shared memory mapped into it, and the round's seconds.
+screening and aggregation (``rounds.train_round``; FedAdam, and deployed also FedAvg, the default). Each
+configuration runs in its own process and reports the server's live heap at its peak (tracemalloc), its peak
+RSS during the rounds above its RSS before the first round (sampled every 20 ms), in model sizes, split into
+the process's own heap (anonymous memory) and shared memory mapped into it, and the round's seconds.
 
 - Simulation, Base at 2 to 64 clients per round (Large: 2 and 4): replies folded as they arrive
   (streaming) against the list of every reply (what FedMedian, Krum or DP still hold). The server
@@ -16,7 +16,7 @@ shared memory mapped into it, and the round's seconds.
   ServerApp's own process, as a federation runs it, apart from the SuperLink and the SuperNodes.
 
     .venv/bin/python benchmarks/server_memory.py [--clients 2 8 16 32 64] [--large-clients 2 4]
-        [--deployed-clients 2 4] [--rounds 2]
+        [--deployed-clients 2 4] [--deployed-strategies fedadam fedavg] [--rounds 2]
     .venv/bin/python benchmarks/server_memory.py --render   # results/server_memory.md again from its .json
 """
 
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from common import REPO, RESULTS, machine_meta, memory_of_this_machine_gib, write_results
+from common import REPO, RESULTS, machine_meta, memory_of_this_machine_gib, provenance, write_results
 
 CHILD = "--child"
 APP = Path(__file__).parent / "server_memory_app"  # the Flower app that ``--deployment`` runs
@@ -69,7 +69,7 @@ def simulated(clients: int, streaming: bool, rounds: int, size: str) -> Dict:
     return above_start(result)
 
 
-def deployed(clients: int, rounds: int, size: str) -> Dict:
+def deployed(clients: int, rounds: int, size: str, strategy: str) -> Dict:
     """One configuration deployed on loopback (``flwr run`` of ``server_memory_app``): the ServerApp's own
     process, apart from the SuperLink and the SuperNodes."""
     from fedhubert_plugin.testing.loopback import LoopbackFederation
@@ -82,7 +82,7 @@ def deployed(clients: int, rounds: int, size: str) -> Dict:
             federation.start_superlink()
             for i in range(clients):
                 federation.start_supernode(f"supernode_{i}", Path(tmp))
-            config = f'clients={clients} rounds={rounds} model="{size}" out="{out}"'
+            config = f'clients={clients} rounds={rounds} model="{size}" strategy="{strategy}" out="{out}"'
             done = federation.flwr("run", str(APP), "loopback", "--stream", "--run-config", config, timeout=3600)
             if done.returncode or not out.exists():
                 return {"failed": (done.stdout + done.stderr).strip().splitlines()[-1][:200]}
@@ -96,37 +96,53 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="*", default=[2, 8, 16, 32, 64], help="Base, both aggregations")
     parser.add_argument("--large-clients", type=int, nargs="*", default=[2, 4], help="Large, streaming")
     parser.add_argument("--deployed-clients", type=int, nargs="*", default=[2, 4], help="Base, deployed on loopback")
+    parser.add_argument("--deployed-strategies", nargs="*", default=["fedadam", "fedavg"], help="deployed rows")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(CHILD, nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(CHILD, nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--render", action="store_true", help="write the .md again from the stored .json (no run)")
+    parser.add_argument(
+        "--keep-simulation", action="store_true", help="run only the deployed rows; keep the stored simulation rows"
+    )
     args = parser.parse_args()
     if args.render:
         stored = json.loads((RESULTS / "server_memory.json").read_text())
         write(stored["rows"], stored["meta"])
         return
     if args.child:
-        clients, mode, size, runtime = args.child
+        clients, mode, size, runtime, strategy = args.child
         if runtime == "simulation":
             print(json.dumps(simulated(int(clients), mode == "stream", args.rounds, size)))
         else:
-            print(json.dumps(deployed(int(clients), args.rounds, size)))
+            print(json.dumps(deployed(int(clients), args.rounds, size, strategy)))
         return
-    runs = [("base", n, mode, "simulation") for n in args.clients for mode in ("stream", "list")]
-    runs += [("large", n, "stream", "simulation") for n in args.large_clients]
-    runs += [("base", n, "stream", "deployment") for n in args.deployed_clients]
+    runs = [("base", n, mode, "simulation", "fedadam") for n in args.clients for mode in ("stream", "list")]
+    runs += [("large", n, "stream", "simulation", "fedadam") for n in args.large_clients]
     rows, list_ran_out_at = [], None
-    for size, clients, mode, runtime in runs:
+    if args.keep_simulation:
+        runs, rows = [], stored_simulation_rows()
+    runs += [("base", n, "stream", "deployment", s) for s in args.deployed_strategies for n in args.deployed_clients]
+    for size, clients, mode, runtime, strategy in runs:
         if mode == "list" and list_ran_out_at:  # more replies than the ones that did not fit
             rows.append({"failed": f"not run: out of memory already at {list_ran_out_at} clients"})
         else:
-            child = [CHILD, str(clients), mode, size, runtime, "--rounds", str(args.rounds)]
+            child = [CHILD, str(clients), mode, size, runtime, strategy, "--rounds", str(args.rounds)]
             done = subprocess.run([sys.executable, __file__, *child], capture_output=True, text=True, cwd=REPO)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else failed(done))
-        rows[-1].update(model=size, clients=clients, streaming=mode == "stream", runtime=runtime)
+        rows[-1].update(model=size, clients=clients, streaming=mode == "stream", runtime=runtime, strategy=strategy)
         if mode == "list" and rows[-1].get("failed", "").startswith("out of memory"):
             list_ran_out_at = clients
         print(rows[-1], flush=True)
     write(rows)
+
+
+def stored_simulation_rows() -> List[Dict]:
+    """The simulation rows of ``results/server_memory.json``, each with the provenance of the run that measured it."""
+    stored = json.loads((RESULTS / "server_memory.json").read_text())
+    return [
+        {**row, "run": row.get("run") or provenance(stored["meta"])}
+        for row in stored["rows"]
+        if row.get("runtime", "simulation") == "simulation"
+    ]
 
 
 def failed(done: subprocess.CompletedProcess) -> Dict:
@@ -148,7 +164,7 @@ def write(rows: List[Dict], meta: Optional[Dict] = None) -> None:
     ]
     for row in rows:
         size, runtime = row.get("model", "base"), row.get("runtime", "simulation")
-        how = "streaming" if row["streaming"] else "list of replies"
+        how = ("streaming" if row["streaming"] else "list of replies") + f", {row.get('strategy', 'fedadam')}"
         first = f"| {runtime} | {size} ({model_mib[size]:.0f} MiB) | {row['clients']} | {how} |"
         if "failed" in row:
             table.append(f"{first} {row['failed']} | | | | | |")
@@ -169,12 +185,15 @@ def write(rows: List[Dict], meta: Optional[Dict] = None) -> None:
     if len(streamed) > 1 and streamed[-1]["clients"] >= 32:  # from fewer, a line through noise
         table += ["", extrapolation(streamed, meta)]
     note = (
-        "Stand-in clients (no training) with HuBERT Base's and Large's tensors, FedAdam. Simulation: 2 client "
+        "Stand-in clients (no training) with HuBERT Base's and Large's tensors. Simulation: 2 client "
         "actors at a time (Large: 1); the server process also hosts Flower's in-memory SuperLink, whose message "
         "store holds what is sent and received until it is pulled, and those copies are in its heap. Deployment: "
         "a SuperLink (state in memory) and a SuperNode per client on loopback; the figures are the ServerApp's own "
         "process."
     )
+    earlier = sorted({row["run"] for row in rows if "run" in row})
+    if earlier:
+        note += " The simulation rows come from an earlier run: " + "; ".join(earlier)
     print(write_results("server_memory", rows, table, note, meta))
 
 

@@ -1,7 +1,8 @@
 """Stand-in clients and a ServerApp that measures its own memory, for ``benchmarks/server_memory.py``.
 
 A stand-in client makes training free: it replies with the weights it received plus small noise,
-through the real wire format. The ServerApp runs FedAdam rounds with our screening and aggregation
+through the real wire format. The ServerApp runs rounds (FedAdam, or the run config's strategy) with our
+screening and aggregation
 (``rounds.train_round``), samples its own resident memory every 20 ms and traces what Python and
 numpy allocate (``tracemalloc``). Simulation imports
 these; ``flwr run`` deploys this folder as a Flower app (``pyproject.toml``), where the ServerApp
@@ -25,7 +26,15 @@ from fedhubert_plugin.federation.server.rounds import train_round
 from fedhubert_plugin.federation.server.screening import ScreenedStrategy
 from fedhubert_plugin.federation.server.strategies import base_strategy
 from fedhubert_plugin.federation.settings import FederationSettings
-from fedhubert_plugin.federation.wire import ARRAYS, NUM_EXAMPLES, ClientConfig, arrays_of, client_reply, record_of
+from fedhubert_plugin.federation.wire import (
+    ARRAYS,
+    NUM_EXAMPLES,
+    ClientConfig,
+    arrays_of,
+    client_reply,
+    record_of,
+    views_of,
+)
 from fedhubert_plugin.recipes import recipe_initial_model
 
 
@@ -68,12 +77,17 @@ def initial_weights(size: str) -> List[Dict[str, np.ndarray]]:
     return [recipe_initial_model(size, ["common.cpu=true"], 50.0, 500)[1]]
 
 
-def measured_rounds(grid: Grid, initial: List[Dict[str, np.ndarray]], clients: int, rounds: int, streaming: bool):
-    """FedAdam rounds from ``initial``: the model's MiB, the RSS at the start and its peak, the mean round seconds."""
-    settings = FederationSettings(num_server_rounds=rounds, min_available_nodes=clients, min_train_nodes=clients)
+def measured_rounds(
+    grid: Grid, initial: List[Dict[str, np.ndarray]], clients: int, rounds: int, streaming: bool, strategy="fedadam"
+):
+    """Rounds of ``strategy`` from ``initial``: the model's MiB, the RSS at the start and its peak, the mean round
+    seconds."""
+    settings = FederationSettings(
+        num_server_rounds=rounds, strategy=strategy, min_available_nodes=clients, min_train_nodes=clients
+    )
     wait_for_nodes(grid, clients, 600)
     strategy = ScreenedStrategy(base_strategy(settings), 0.0, clients, 3600, streaming=streaming)
-    current, seconds = initial.pop(), []
+    current, seconds = views_of(record_of(initial.pop())), []  # held once, as the server holds them
     model_mb = sum(v.nbytes for v in current.values()) / 2**20
     start_rss, sampler = rss_mb(), PeakSampler()
     sampler.start()
@@ -104,5 +118,6 @@ server_app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     config = context.run_config
     initial = initial_weights(str(config["model"]))
-    result = measured_rounds(grid, initial, int(config["clients"]), int(config["rounds"]), streaming=True)
+    clients, rounds, strategy = int(config["clients"]), int(config["rounds"]), str(config["strategy"])
+    result = measured_rounds(grid, initial, clients, rounds, streaming=True, strategy=strategy)
     Path(str(config["out"])).write_text(json.dumps(result))

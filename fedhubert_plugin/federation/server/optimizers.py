@@ -13,11 +13,12 @@ the public face and change only how memory is held:
 
 At the server that is the global model, two moments, the sum (two sizes: in float32, the order
 replies arrive in changed the weights of a resumed run by up to 2.5e-6) and the one reply being
-folded in, plus Flower's own copy while it reads a reply (its chunks, then the Array they make):
-seven model sizes whatever the number of clients, as long as replies come one at a time. Flower's
-pull returns every reply ready at a poll, so replies that arrive together are held together
-(``benchmarks/results/server_memory.md``). The arithmetic is Flower's, in float32 from the float32
-mean, as Flower's own strategies compute it on float32 weights (``tests/test_optimizers.py``).
+folded in: six model sizes whatever the number of clients, since the grid is asked for one reply
+at a time (``streaming.replies_as_they_come``). Flower's deployment transport adds one while it
+reads a reply: its ``inflate_object_from_contents`` keeps every chunk of the message until the
+message's last Array is made (``benchmarks/results/server_memory.md``). The arithmetic is Flower's,
+in float32 from the float32 mean, as Flower's own strategies compute it on float32 weights
+(``tests/test_optimizers.py``).
 """
 
 from typing import Iterable, Optional, Tuple

@@ -246,11 +246,13 @@ def run_round(
 
 def run_rounds(grid: Grid, settings: FederationSettings, strategy: Strategy) -> None:
     """Rounds until ``settings.num_server_rounds``, after those a resumed run already completed."""
-    log = RunLog(settings.server_dir, reference_curves() if Path(settings.recipe).stem == "tiny" else None)
+    tiny = Path(settings.recipe).stem == "tiny"  # the recipe the reference curves are of
+    log = RunLog(settings.server_dir, reference_curves()["runs"].get(settings.strategy) if tiny else None)
     schedule = plan_schedule(settings)
     logger.info("%s", schedule.describe(settings))
     cfg, weights = initial_model(settings, schedule)
     progress, weights = resume(settings, strategy, log, weights, schedule)
+    weights = views_of(record_of(weights))  # held once: as the bytes round 1 sends, not beside them
     settings.save(settings.server_dir / "settings.json")
     stopped: List[Dict] = []  # a round that raised: its rejections, for the participation table
     bar = progress_bar(total=settings.num_server_rounds, initial=progress.round_done, desc="rounds", unit="round")
