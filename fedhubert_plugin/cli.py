@@ -119,7 +119,7 @@ COMMANDS = {
         (FederationSettings,),
         "federated HuBERT pretraining of the prepared clients (Flower simulation, fairseq trainers)",
         "Each round every client trains the global model with fairseq's Trainer on its own shard; "
-        "the server aggregates (FedAdam by default) and checkpoints SAVE/server/. Trailing KEY=VALUE "
+        "the server aggregates (FedAvg by default) and checkpoints SAVE/server/. Trailing KEY=VALUE "
         "arguments are fairseq/hydra overrides of the recipe (e.g. model.encoder_layers=4).",
     ),
     "distill": Command(

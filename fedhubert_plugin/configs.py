@@ -22,12 +22,14 @@ from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.options import REQUIRED, option
 from fedhubert_plugin.targets import FEATURES, KMEANS_MODES
 
-# `fedhubert distill` starts the student from its teacher's weights: the server lr chosen for pretraining
-# from scratch (0.01, benchmarks/results/quality_sweep.md) overshoots there (the validation loss rose
-# over 3 rounds in tests/test_distill.py); 1e-3 does not
-DISTILL_DEFAULTS = {"recipe": "student", "eta": 1e-3}
-# `fedhubert finetune` starts from pretrained weights too: the same server lr as distillation
-FINETUNE_DEFAULTS = {"recipe": "tiny_ctc", "eta": 1e-3}
+# `fedhubert distill` starts the student from its teacher's weights, with FedAdam (as measured in
+# tests/test_distill.py and benchmarks/finetune.py; pretraining's FedAvg default was measured from scratch only):
+# FedAdam's server lr for pretraining from scratch (0.01, benchmarks/results/quality_sweep.md) overshoots there
+# (the validation loss rose over 3 rounds in tests/test_distill.py); 1e-3 does not
+FROM_TRAINED_SERVER = {"strategy": "fedadam", "eta": 1e-3}
+DISTILL_DEFAULTS = {"recipe": "student", **FROM_TRAINED_SERVER}
+# `fedhubert finetune` starts from pretrained weights too: the same server optimizer as distillation
+FINETUNE_DEFAULTS = {"recipe": "tiny_ctc", **FROM_TRAINED_SERVER}
 
 
 @dataclass

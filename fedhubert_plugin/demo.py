@@ -3,7 +3,7 @@
 Phases (each logs ``[phase i/7]``, ``i/8`` with fine-tuning; the tools underneath show their own progress bars):
 1. data: the toy corpus (espeak-ng voices), or the given LibriSpeech and Speech Commands;
 2. prepare: speaker non-IID clients, MFCC, federated k-means through Flower;
-3. pretrain: federated HuBERT (fairseq trainers on Flower, FedAdam);
+3. pretrain: federated HuBERT (fairseq trainers on Flower, FedAvg);
 4. distill: federated distillation of the global model into a smaller student;
    (with ``--finetune-rounds``: federated CTC fine-tuning of the global model on the clients' transcripts);
 5. downstream: s3prl keyword spotting, and phoneme recognition on the toy corpus (train, then test
@@ -24,8 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from fedhubert_plugin.configs import (
-    DISTILL_DEFAULTS,
-    FINETUNE_DEFAULTS,
+    FROM_TRAINED_SERVER,
     DemoConfig,
     DistillConfig,
     from_prepared_data,
@@ -117,8 +116,7 @@ def prepare_phase(cfg: DemoConfig, data: Dict) -> Path:
 
 
 def federation_phase(cfg: DemoConfig, prepared: Path, save_dir: Path, recipe: str, rounds: int, **values: Any) -> Path:
-    """A federated run (pretraining or distillation), resumed when OUT holds part of it; ``values`` set more
-    settings."""
+    """A federated run, resumed when OUT holds part of it; ``values`` set more settings."""
     gpus = 1.0 / cfg.num_clients if torch.cuda.is_available() else 0.0
     settings = from_prepared_data(
         str(prepared),
@@ -175,7 +173,7 @@ def federated_runs(cfg: DemoConfig, phases: Phases, prepared: Path) -> Dict[str,
         cfg.out / "distill",
         student_recipe,
         cfg.distill_rounds,
-        eta=DISTILL_DEFAULTS["eta"],
+        **FROM_TRAINED_SERVER,
         **teacher.settings(overrides),
     )
     finetune = None
@@ -188,7 +186,7 @@ def federated_runs(cfg: DemoConfig, phases: Phases, prepared: Path) -> Dict[str,
             cfg.out / "finetune",
             str(find_recipe(PAIRED[cfg.recipe][2])),
             cfg.finetune_rounds,
-            eta=FINETUNE_DEFAULTS["eta"],
+            **FROM_TRAINED_SERVER,
             init_from=str(teacher.teacher),
         )
     return {"pretrain": pretrain, "distill": distill, "finetune": finetune}
@@ -273,6 +271,7 @@ def make_report(
     plot_run(pretrain_lines, "federated pretraining", cfg.out / "pretrain.png")
     plot_run(distill_lines, "federated distillation", cfg.out / "distill.png")
     plot_against_reference(pretrain_lines, reference_curves(), cfg.out / "reference.png")
+    strategy = json.loads((pretrain / "server" / "settings.json").read_text())["strategy"]
     sections = {
         "Data and clients": f"Prepared data: `{prepared}`: speaker non-IID partition, MFCC k-means targets "
         f"learned federated (only per-cluster sums and counts left the clients).\n\n"
@@ -280,7 +279,7 @@ def make_report(
         "Federated pretraining": f"![pretraining](pretrain.png)\n\n{rounds_table(pretrain_lines)}\n\n"
         f"Checkpoints: `{pretrain / 'server'}`; TensorBoard: `{pretrain / 'server' / 'tb'}`.",
         "Pretraining against the reference curves": "![reference](reference.png)\n\n"
-        + reference_summary(pretrain_lines, reference_curves()),
+        + reference_summary(pretrain_lines, reference_curves(), strategy),
         "Federated distillation": f"![distillation](distill.png)\n\n{rounds_table(distill_lines)}\n\n"
         "KD loss per round: "
         + ", ".join(f"{line['train'].get('kd_loss', float('nan')):.3f}" for line in distill_lines),

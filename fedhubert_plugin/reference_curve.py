@@ -1,10 +1,10 @@
 """Where a run sits against the reference learning curves of the tiny recipe (``docs/training-curves.md``).
 
-``reference_curves.json`` holds them: per run kind (``centralized``, ``fedadam``), the validation loss and masked
-and unmasked accuracy against the updates made in all (every client's, summed), as the band over seeds of
-``benchmarks/learning_curve.py``'s runs (its corpus: 16 train speakers, 31 min; FedAdam over 4 clients, speaker
-non-IID, 10 local updates a round). A run on other data or with other settings sits elsewhere; the band says what
-healthy training of this recipe looked like.
+``reference_curves.json`` holds them: per run kind (``centralized``, and the federated strategies ``fedavg`` and
+``fedadam``), the validation loss and masked and unmasked accuracy against the updates made in all (every client's,
+summed), as the band over seeds of ``benchmarks/learning_curve.py``'s runs (its corpus: 16 train speakers, 31 min;
+4 clients, speaker non-IID, 10 local updates a round; each kind's ``source`` says which). A run on other data or
+with other settings sits elsewhere; the band says what healthy training of this recipe looked like.
 """
 
 import json
@@ -18,16 +18,16 @@ MEASURES = ("loss", "acc_masked", "acc_unmasked")
 
 
 def reference_curves(path: Path = REFERENCE_FILE) -> Dict:
-    """The stored curves (``{"recipe", "source", "runs": {kind: {"updates": [...], measure: {"min", "max",
+    """The stored curves (``{"recipe", "runs": {kind: {"source", "updates": [...], measure: {"min", "max",
     "mean"}}}}``)."""
     return json.loads(Path(path).read_text())
 
 
-def reference_band(kind: str, updates: int, curves: Dict) -> Optional[Dict[str, list]]:
-    """Each measure's [min, max] over the reference seeds (``curves``, as ``reference_curves`` reads them) at
-    ``updates``, linear between the stored points; None beyond the stored updates."""
-    curve = curves["runs"][kind]
-    if not curve["updates"][0] <= updates <= curve["updates"][-1]:
+def reference_band(curve: Optional[Dict], updates: int) -> Optional[Dict[str, list]]:
+    """Each measure's [min, max] over the reference seeds of one run kind's ``curve`` (an entry of
+    ``reference_curves()["runs"]``) at ``updates``, linear between the stored points; None beyond the stored
+    updates, or without a curve."""
+    if not curve or not curve["updates"][0] <= updates <= curve["updates"][-1]:
         return None
     return {
         measure: [float(np.interp(updates, curve["updates"], curve[measure][edge])) for edge in ("min", "max")]

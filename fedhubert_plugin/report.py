@@ -59,8 +59,7 @@ def plot_against_reference(lines: List[Dict], curves: Dict, out: Path) -> Path:
     behind, validated = updates_behind(lines), validations(lines)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, measure in zip(axes, ("loss", "acc_masked")):
-        for kind, color in (("centralized", "tab:green"), ("fedadam", "tab:blue")):
-            curve = curves["runs"][kind]
+        for (kind, curve), color in zip(curves["runs"].items(), ("tab:green", "tab:orange", "tab:blue")):
             ax.fill_between(
                 curve["updates"], curve[measure]["min"], curve[measure]["max"], color=color, alpha=0.3, label=kind
             )
@@ -73,19 +72,24 @@ def plot_against_reference(lines: List[Dict], curves: Dict, out: Path) -> Path:
     return save_figure(fig, "this run against the tiny recipe's reference curves (band: min-max over seeds)", out)
 
 
-def reference_summary(lines: List[Dict], curves: Dict) -> str:
-    """What the run learned, said beside the reference curves: its validation loss from the initial model to the
-    last, and its masked accuracy against the band at its updates and against twice the references' first point."""
+def reference_summary(lines: List[Dict], curves: Dict, kind: str) -> str:
+    """What the run of ``kind`` (its strategy) learned, said beside the reference curves: its validation loss from
+    the initial model to the last, and its masked accuracy against its kind's band at its updates and against twice
+    the references' first point."""
     behind, validated = updates_behind(lines), validations(lines)
     first, last = validated[min(validated)]["metrics"], validated[max(validated)]["metrics"]
     updates, acc = behind.get(max(validated), 0), last.get("acc_masked", math.nan)
-    band = reference_band("fedadam", updates, curves)
-    where = (
-        f"the FedAdam reference's band there: valid loss {band['loss'][0]:.3f}–{band['loss'][1]:.3f}, masked acc "
-        f"{band['acc_masked'][0]:.3f}–{band['acc_masked'][1]:.3f}"
-        if band
-        else f"before the references' first stored point ({curves['runs']['fedadam']['updates'][0]:,} updates)"
-    )
+    curve = curves["runs"].get(kind)
+    band = reference_band(curve, updates)
+    if band:
+        where = (
+            f"the {kind} reference's band there: valid loss {band['loss'][0]:.3f}–{band['loss'][1]:.3f}, masked acc "
+            f"{band['acc_masked'][0]:.3f}–{band['acc_masked'][1]:.3f}"
+        )
+    elif curve:
+        where = f"outside the {kind} reference's stored updates ({curve['updates'][0]:,}–{curve['updates'][-1]:,})"
+    else:
+        where = f"no reference curve is stored for {kind}"
     twice = {kind: 2 * run["acc_masked"]["mean"][0] for kind, run in curves["runs"].items()}
     if acc >= min(twice.values()):
         masked = f"Masked accuracy {acc:.3f}, at least twice the references' at their first point."

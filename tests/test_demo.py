@@ -65,6 +65,7 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restor
     # the run beside the tiny recipe's reference curves: 2 rounds of 4 clients x 2 updates, 16 updates in all
     against = sections["Pretraining against the reference curves"]
     assert "The last validated model has 16 updates behind it" in against and (out / "reference.png").is_file()
+    assert "outside the fedavg reference's stored updates" in against  # the default strategy's curve
     assert re.search(r"valid loss fell from \d+\.\d+ \(the initial model\) to \d+\.\d+", against)
     clients = table_rows(sections["Data and clients"])
     assert len(clients) == 4 and all(int(row[2]) > 0 for row in clients)

@@ -8,7 +8,7 @@ import torch
 
 from fedhubert_plugin.checkpoints import load_checkpoint, matching_layer
 from fedhubert_plugin.cli import main
-from fedhubert_plugin.configs import DISTILL_DEFAULTS, DistillConfig
+from fedhubert_plugin.configs import FROM_TRAINED_SERVER, DistillConfig
 from fedhubert_plugin.criterions.hubert_distillation import (
     cluster_logits_of,
     cluster_logits_of_student,
@@ -144,6 +144,7 @@ def test_init_from_teacher_starts_the_student_from_the_teachers_fitting_tensors(
     save, teacher = distilled
     settings = FederationSettings(**json.loads((save / "server" / "settings.json").read_text()))
     assert settings.init_from == str(teacher.resolve())
+    assert (settings.strategy, settings.eta) == ("fedadam", 1e-3)  # not pretraining's FedAvg: from trained weights
     _, started = initial_model(settings, plan_schedule(settings))
     _, fresh = recipe_initial_model(settings.recipe, settings.overrides, settings.label_rate, settings.n_clusters)
     teacher_weights = {k: v.numpy() for k, v in load_checkpoint(teacher)["model"].items()}
@@ -180,7 +181,7 @@ def test_distillation_resumes_like_pretraining(distilled, prepared, tmp_path):
             overrides=overrides,
             init_from=str(teacher),
             resume=resume,
-            eta=DISTILL_DEFAULTS["eta"],  # as `fedhubert distill` ran it
+            **FROM_TRAINED_SERVER,  # as `fedhubert distill` runs it
         )
 
     simulate_pretraining(settings(2, False), num_clients=4)

@@ -3,19 +3,15 @@
 import logging
 
 from fedhubert_plugin.federation.server.runlog import RunLog, read_metrics
+from fedhubert_plugin.federation.settings import FederationSettings
 from fedhubert_plugin.reference_curve import reference_band, reference_curves
 
-REFERENCE = {
-    "recipe": "tiny",
+REFERENCE = {  # one run kind's curve
     "source": "a test",
-    "runs": {
-        "fedadam": {
-            "updates": [40, 120],
-            "loss": {"min": [7.0, 5.0], "max": [8.0, 6.0], "mean": [7.5, 5.5]},
-            "acc_masked": {"min": [0.02, 0.10], "max": [0.04, 0.20], "mean": [0.03, 0.15]},
-            "acc_unmasked": {"min": [0.02, 0.10], "max": [0.04, 0.20], "mean": [0.03, 0.15]},
-        }
-    },
+    "updates": [40, 120],
+    "loss": {"min": [7.0, 5.0], "max": [8.0, 6.0], "mean": [7.5, 5.5]},
+    "acc_masked": {"min": [0.02, 0.10], "max": [0.04, 0.20], "mean": [0.03, 0.15]},
+    "acc_unmasked": {"min": [0.02, 0.10], "max": [0.04, 0.20], "mean": [0.03, 0.15]},
 }
 
 
@@ -53,13 +49,15 @@ def test_validations_carry_the_updates_behind_their_model_and_the_reference_band
     )
 
 
-def test_the_stored_reference_curves_rise_and_cover_both_run_kinds():
+def test_the_stored_reference_curves_rise_and_cover_every_run_kind():
     curves = reference_curves()
-    assert curves["recipe"] == "tiny" and set(curves["runs"]) == {"centralized", "fedadam"}
+    # every strategy a user can pick by default or in the benchmarks has its curve
+    assert curves["recipe"] == "tiny" and set(curves["runs"]) == {"centralized", "fedavg", "fedadam"}
+    assert FederationSettings().strategy in curves["runs"]
     for curve in curves["runs"].values():
         assert curve["updates"] == sorted(curve["updates"]) and len(curve["updates"]) == 20
         for measure in ("loss", "acc_masked", "acc_unmasked"):
             assert all(lo <= hi for lo, hi in zip(curve[measure]["min"], curve[measure]["max"]))
         masked = curve["acc_masked"]["mean"]
         assert masked[-1] > 2 * masked[0] and curve["loss"]["mean"][-1] < curve["loss"]["mean"][0]
-    assert reference_band("fedadam", 10**9, curves) is None  # beyond the curves: nothing to say
+    assert reference_band(curves["runs"]["fedavg"], 10**9) is None  # beyond the curves: nothing to say

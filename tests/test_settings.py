@@ -89,9 +89,12 @@ def test_run_config_values_become_typed_settings_with_absolute_paths(tmp_path, m
     [
         (
             {"strategy": "fedprox"},
-            "--strategy (run config strategy): unknown strategy 'fedprox'; choose one of fedadam",
+            "--strategy (run config strategy): unknown strategy 'fedprox'; choose one of fedavg",
         ),
-        ({"secure_aggregation": True}, "--secure-aggregation (run config secure-aggregation): SecAgg+"),
+        (
+            {"secure_aggregation": True, "strategy": "fedadam"},
+            "--secure-aggregation (run config secure-aggregation): SecAgg+",
+        ),
         ({"dp_clipping_norm": 0.1, "local_epochs": 1}, "--dp-clipping-norm (run config dp-clipping-norm)"),
         ({"local_updates": 0}, "--local-updates (run config local-updates)"),
         ({"init_from": "/nowhere/teacher.pt"}, "--init-from (run config init-from): /nowhere/teacher.pt not found"),

@@ -19,7 +19,7 @@ from fedhubert_plugin.files import atomic_write_json
 from fedhubert_plugin.options import dashed, mapping_defaults, mapping_values, option
 
 MAX_UPDATE, WARMUP = "optimization.max_update", "lr_scheduler.warmup_updates"  # the schedule's recipe keys
-STRATEGIES = ("fedadam", "fedavg", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
+STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
 TRANSPORT_DTYPES = ("float32", "float16")
 
 
@@ -88,7 +88,7 @@ class FederationSettings:
     n_clusters: int = setting(100, "k-means clusters of the targets (CLI: read from DATA_ROOT/prepare.json)", cli=False)
     num_server_rounds: int = setting(3, "federated rounds", required=True, aliases=("--rounds",))
     strategy: str = setting(
-        "fedadam",
+        "fedavg",
         "Flower strategy; fedmedian, fedtrimmedavg, krum and multikrum resist a few bad clients",
         choices=STRATEGIES,
     )

@@ -154,7 +154,8 @@ class RunLog:
     """Writes a run's metrics (JSON lines and TensorBoard in fairseq's ``tb/train``, ``tb/valid`` layout) and state."""
 
     def __init__(self, server_dir: Path, reference: Optional[Dict] = None):
-        """``reference``: the recipe's reference curves (``reference_curve``), to log each validation beside."""
+        """``reference``: the reference curve of the run's kind (an entry of ``reference_curve.reference_curves()
+        ["runs"]``), to log each validation beside."""
         from tensorboardX import SummaryWriter  # the writer fairseq uses
 
         self.server_dir = Path(server_dir)
@@ -197,11 +198,11 @@ class RunLog:
 
     def place_on_reference(self, line: Dict) -> None:
         """Give each validation of ``line`` the updates behind its model and, within the reference curves, their
-        band there (FedAdam's)."""
+        band there."""
         self.updates_behind = updates_behind([line], self.updates_behind)
         for validation in line["validations"]:
             validation["updates"] = self.updates_behind.get(validation["model_round"], 0)
-            band = reference_band("fedadam", validation["updates"], self.reference)
+            band = reference_band(self.reference, validation["updates"])
             if band:
                 validation["reference"] = band
 

@@ -1,6 +1,6 @@
 """The server's aggregation: Flower's strategies by name, wrapped for differential privacy and screening.
 
-- Server optimizers: ``fedadam`` (default), ``fedyogi``, ``fedadagrad``, ``fedavg``: Flower's
+- Server optimizers: ``fedavg`` (default), ``fedadam``, ``fedyogi``, ``fedadagrad``: Flower's
   classes, holding memory in place (``optimizers``).
 - Robust to a few bad clients: ``fedmedian`` (coordinate-wise median), ``fedtrimmedavg``
   (drops the ``trimmed_beta`` largest and smallest values per coordinate), ``krum`` and
