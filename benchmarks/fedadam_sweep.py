@@ -9,9 +9,11 @@ there) on the quality corpus, speaker non-IID, 4 clients:
   transformer layer's phone probe and PNMI);
 - the default (the first of ``CONFIGS``) and the ``--confirm`` best others by masked accuracy at the other seeds.
 
-Results: ``results/fedadam_sweep.{json,md}``.
+Results: ``results/fedadam_sweep.{json,md}``. ``--fedavg-reference`` writes the FedAvg runs' validation curves
+as the reference curve of ``fedhubert pretrain``'s default strategy (``docs/training-curves.md``) instead.
 
     .venv/bin/python benchmarks/fedadam_sweep.py      # about 2 hours on 2 CPU cores
+    .venv/bin/python benchmarks/fedadam_sweep.py --fedavg-reference
 """
 
 import argparse
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from common import RESULTS, machine_meta, provenance
+from learning_curve import reference_kind, store_reference
 from quality import corpus, heldout_shard, masked_accuracy, prepared_train, spread, train
 
 from fedhubert_plugin.probe import probe
@@ -28,7 +31,7 @@ from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 
 logger = logging.getLogger("fedadam_sweep")
 
-# (strategy, server lr, tau, local updates); the first is `fedhubert pretrain`'s default
+# (strategy, server lr, tau, local updates); the first is FedAdam's default settings, the last FedAvg
 CONFIGS: List[Tuple[str, Optional[float], Optional[float], int]] = [
     ("fedadam", 0.01, 1e-6, 10),
     ("fedadam", 0.03, 1e-3, 10),
@@ -122,6 +125,19 @@ def against_default(per_seed: Dict[int, Dict[str, Dict]]) -> List[str]:
     return lines
 
 
+def write_fedavg_reference(data: Path, args: argparse.Namespace) -> None:
+    """The FedAvg runs (``CONFIGS``' last, every seed; trained here if missing) as the fedavg reference curve of
+    ``fedhubert_plugin/reference_curves.json`` (``docs/training-curves.md``)."""
+    fedavg = CONFIGS[-1]
+    saves = [run(fedavg, seed, data, args).parents[1] for seed in args.seeds]
+    source = (
+        f"benchmarks/fedadam_sweep.py's FedAvg runs, seeds {', '.join(map(str, args.seeds))}, {args.speakers} train "
+        f"speakers, {args.minutes:g} min, {args.clients} clients, {fedavg[3]} local updates a round, "
+        f"{args.updates:,} updates in all"
+    )
+    store_reference({"fedavg": reference_kind("fedavg", saves, args.updates, source)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speakers", type=int, default=16)
@@ -131,11 +147,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--confirm", type=int, default=1, help="the best others also run at every seed")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fedhubert-quality"))
+    parser.add_argument(
+        "--fedavg-reference", action="store_true", help="write the FedAvg runs' curves as the fedavg reference; stop"
+    )
     args = parser.parse_args()
     args.recipe_overrides = []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     toy = corpus(args)
     data = prepared_train(toy, args.work, "speaker", args.clients)
+    if args.fedavg_reference:
+        return write_fedavg_reference(data, args)
     heldout = heldout_shard(data, toy / "LibriSpeech", args.work / "data" / "heldout_speaker")
     first, *others = args.seeds
     per_seed = {first: seed_scores(CONFIGS, first, data, heldout, toy, args)}

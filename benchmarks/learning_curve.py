@@ -126,31 +126,44 @@ def finished_seeds(work: Path, name: str) -> List[int]:
     )
 
 
-def write_reference(args: argparse.Namespace, names: List[str]) -> Dict:
-    """``fedhubert_plugin/reference_curves.json``: the validation curves of each reference kind among ``names``
-    trained under ``args.work`` (on a grid of 20 points: the band (min, max) and mean over its seeds, and where they
-    come from); the stored curves of the other kinds are kept. ``docs/training-curves.png`` draws them."""
-    grid = np.linspace(args.updates / 20, args.updates, 20)
+def reference_kind(name: str, saves: List[Path], updates: int, source: str) -> Dict:
+    """One run kind's reference curve from its runs (``saves``, one per seed): the validation curves on a grid of 20
+    points up to ``updates``, their band (min, max) and mean over the runs, and where they come from."""
+    grid = np.linspace(updates / 20, updates, 20)
+    found = [validation_series(name, save) for save in saves]
+    run = {"source": source, "updates": [int(u) for u in grid]}
+    for measure in CURVE_MEASURES:
+        values = np.array([np.interp(grid, s["updates"], s[measure]) for s in found])
+        run[measure] = {
+            edge: [round(float(v), 4) for v in getattr(values, edge)(axis=0)] for edge in ("min", "max", "mean")
+        }
+    return run
+
+
+def store_reference(kinds: Dict[str, Dict]) -> Dict:
+    """``fedhubert_plugin/reference_curves.json`` with the curves of ``kinds`` (``reference_kind``'s) in place of
+    their stored ones, the other kinds' kept; ``docs/training-curves.png`` draws them."""
     reference = reference_curves() if REFERENCE_FILE.is_file() else {"recipe": "tiny", "runs": {}}
-    for name in [n for n in names if n in REFERENCE_KINDS and finished_seeds(args.work, n)]:
-        seeds = finished_seeds(args.work, name)
-        found = [validation_series(name, args.work / "runs" / f"{name}_seed{seed}") for seed in seeds]
-        run = {"updates": [int(u) for u in grid]}
-        for measure in CURVE_MEASURES:
-            values = np.array([np.interp(grid, s["updates"], s[measure]) for s in found])
-            run[measure] = {
-                edge: [round(float(v), 4) for v in getattr(values, edge)(axis=0)] for edge in ("min", "max", "mean")
-            }
-        how = "" if name == "centralized" else f", {args.clients} clients, {args.local_updates} local updates a round"
-        run["source"] = (
-            f"benchmarks/learning_curve.py, seeds {', '.join(map(str, seeds))}, {args.speakers} train speakers, "
-            f"{args.minutes:g} min{how}"
-        )
-        reference["runs"][name] = run
-    reference["runs"] = {kind: reference["runs"][kind] for kind in REFERENCE_KINDS if kind in reference["runs"]}
+    runs = {**reference["runs"], **kinds}
+    reference["runs"] = {kind: runs[kind] for kind in REFERENCE_KINDS if kind in runs}
     REFERENCE_FILE.write_text(json.dumps(reference, indent=1) + "\n")
     plot_reference(reference, REPO / "docs" / "training-curves.png")
     return reference
+
+
+def write_reference(args: argparse.Namespace, names: List[str]) -> Dict:
+    """The reference curve of each reference kind among ``names`` trained under ``args.work``, over its seeds."""
+    kinds = {}
+    for name in [n for n in names if n in REFERENCE_KINDS and finished_seeds(args.work, n)]:
+        seeds = finished_seeds(args.work, name)
+        how = "" if name == "centralized" else f", {args.clients} clients, {args.local_updates} local updates a round"
+        source = (
+            f"benchmarks/learning_curve.py, seeds {', '.join(map(str, seeds))}, {args.speakers} train speakers, "
+            f"{args.minutes:g} min{how}"
+        )
+        saves = [args.work / "runs" / f"{name}_seed{seed}" for seed in seeds]
+        kinds[name] = reference_kind(name, saves, args.updates, source)
+    return store_reference(kinds)
 
 
 def plot_reference(reference: Dict, out: Path) -> Path:
