@@ -120,7 +120,15 @@ def test_demo_runs_every_phase_and_reports_real_numbers(tmp_path, capsys, restor
     assert all(0.0 < float(row[7].split()[0]) <= 1.0 and row[7].split()[1].startswith("(") for row in probed)
     for row in probed[1:]:
         assert int(row[4]) == layers[row[0]] >= 1 and float(row[5]) <= float(row[2]) and 0.0 < float(row[6]) < 1.0
-    assert "against random init" in sections["What pretraining bought: phone probe"]
+    # the verdict gives the teacher's gain over random init per measure, and says "did not beat" only when none is > 0
+    verdict = sections["What pretraining bought: phone probe"]
+    gains = {name: float(gain) for name, gain in re.findall(r"([A-Za-z][A-Za-z' ]*?) ([+-]\d\.\d{3})", verdict)}
+    teacher_row, random_row = probed[1], probed[-1]
+    assert gains["phone accuracy"] == pytest.approx(float(teacher_row[2]) - float(random_row[2]), abs=0.0015)
+    assert gains["KS accuracy"] == pytest.approx(float(downstream[0][2]) - float(downstream[-1][2]), abs=0.0015)
+    beaten = max(gains.values()) > 0
+    assert ("Teacher against random init" in verdict) == beaten
+    assert ("did not beat random init on any measure" in verdict) == (not beaten)
     assert json.loads((out / "probe" / "probe.json").read_text())[1]["name"] == "teacher (federated HuBERT)"
     phases = table_rows(sections["Time per phase"])
     assert len(phases) == 7 and all(float(row[1]) > 0 for row in phases)
