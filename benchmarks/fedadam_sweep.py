@@ -7,13 +7,21 @@ there) on the quality corpus, speaker non-IID, 4 clients:
 
 - every run of ``CONFIGS`` at the first seed, scored on the held-out speakers (masked accuracy, the best
   transformer layer's phone probe and PNMI);
-- the default (the first of ``CONFIGS``) and the ``--confirm`` best others by masked accuracy at the other seeds.
+- the default (the first of ``CONFIGS``) and the ``--confirm`` best others by masked accuracy at the other seeds;
+- at every seed, centralized ``fairseq-hydra-train`` with one FedAvg round's batches in each update
+  (``optimization.update_freq`` = clients): the FedAvg runs' sequential updates, lr schedule and compute, without
+  federation. FedAvg's global model takes a quarter of the updates in all, each from four clients' batches, so
+  this, not a centralized run of as many updates in all, is what speaker non-IID federation alone costs.
+
+``--keep-stored`` starts from the scores stored in ``results/fedadam_sweep.json`` (the runs themselves are not
+kept), so that only what they lack is trained.
 
 Results: ``results/fedadam_sweep.{json,md}``. ``--fedavg-reference`` writes the FedAvg runs' validation curves
 as the reference curve of ``fedhubert pretrain``'s default strategy (``docs/training-curves.md``) instead.
 
     .venv/bin/python benchmarks/fedadam_sweep.py      # about 2 hours on 2 CPU cores
     .venv/bin/python benchmarks/fedadam_sweep.py --fedavg-reference
+    .venv/bin/python benchmarks/fedadam_sweep.py --keep-stored      # the large-batch baseline only: 40 min
 """
 
 import argparse
@@ -22,10 +30,11 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from common import RESULTS, machine_meta, provenance
+from common import RESULTS, fairseq_train, machine_meta, provenance
 from learning_curve import reference_kind, store_reference
-from quality import corpus, heldout_shard, masked_accuracy, prepared_train, spread, train
+from quality import corpus, heldout_shard, masked_accuracy, prepared_train, spread, train, union_shard
 
+from fedhubert_plugin.federation.schedule import scheduled_overrides
 from fedhubert_plugin.probe import probe
 from fedhubert_plugin.toy_data import DEV_SUBSET, TRAIN_SUBSET
 
@@ -40,6 +49,7 @@ CONFIGS: List[Tuple[str, Optional[float], Optional[float], int]] = [
     ("fedavg", None, None, 10),
 ]
 MEASURES = ("masked_accuracy", "transformer_phone_accuracy", "transformer_pnmi")
+LARGE_BATCH = "centralized_large_batch"  # centralized, one FedAvg round's batches per update
 
 
 def config_name(config: Tuple) -> str:
@@ -59,6 +69,20 @@ def run(config: Tuple, seed: int, data: Path, args: argparse.Namespace) -> Path:
     return Path(train(name, ("speaker", flags), seed, {"speaker": data}, run_args)["checkpoint"])
 
 
+def large_batch_run(seed: int, data: Path, args: argparse.Namespace) -> Path:
+    """Centralized fairseq on every client's data, ``args.clients`` batches per update (fairseq's ``update_freq``),
+    for ``args.updates / args.clients`` updates under the schedule the FedAvg clients get: its last checkpoint."""
+    save = args.work / "runs" / f"sweep{args.updates}_{LARGE_BATCH}_seed{seed}"
+    done = save / "result.json"
+    if not done.is_file():
+        updates = args.updates // args.clients
+        overrides = ["common.cpu=true", f"common.seed={seed}", f"optimization.update_freq=[{args.clients}]"]
+        shard = union_shard(data, args.work / "central_data")
+        result = fairseq_train(shard, save, updates, "tiny", scheduled_overrides("tiny", overrides, updates))
+        done.write_text(json.dumps(result) + "\n")
+    return Path(json.loads(done.read_text())["checkpoint"])
+
+
 def scores(models: Dict[str, Path], heldout: Path, toy: Path, seed: int) -> Dict[str, Dict[str, float]]:
     """Held-out masked accuracy and the best transformer layer's phone probe and PNMI of each model."""
     found = {name: {"masked_accuracy": masked_accuracy(path, heldout)} for name, path in models.items()}
@@ -75,10 +99,28 @@ def seed_scores(configs: List[Tuple], seed: int, data: Path, heldout: Path, toy:
     kept = args.work / f"sweep{args.updates}_scores_seed{seed}.json"
     found = json.loads(kept.read_text()) if kept.is_file() else {}
     todo = {config_name(c): run(c, seed, data, args) for c in configs if config_name(c) not in found}
+    if LARGE_BATCH not in found:
+        todo[LARGE_BATCH] = large_batch_run(seed, data, args)
     if todo:
         found.update(scores(todo, heldout, toy, seed))
         kept.write_text(json.dumps(found) + "\n")
-    return {config_name(c): found[config_name(c)] for c in configs}
+    return {name: found[name] for name in [*map(config_name, configs), LARGE_BATCH]}
+
+
+def restore_stored_scores(args: argparse.Namespace) -> str:
+    """The per-seed scores of ``results/fedadam_sweep.json`` (same ``--updates``) into the work folder's score
+    files, where these lack them; the provenance of the run that trained them."""
+    stored = json.loads((RESULTS / "fedadam_sweep.json").read_text())
+    if stored["args"]["updates"] != args.updates:
+        raise SystemExit(
+            f"{RESULTS / 'fedadam_sweep.json'} is at {stored['args']['updates']} updates; drop --keep-stored"
+        )
+    for seed, stored_scores in stored["per_seed"].items():
+        kept = args.work / f"sweep{args.updates}_scores_seed{seed}.json"
+        found = json.loads(kept.read_text()) if kept.is_file() else {}
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps({**stored_scores, **found}) + "\n")
+    return stored.get("stored_from") or provenance(stored["meta"])
 
 
 def table(per_seed: Dict[int, Dict[str, Dict]], args: argparse.Namespace) -> List[str]:
@@ -87,8 +129,7 @@ def table(per_seed: Dict[int, Dict[str, Dict]], args: argparse.Namespace) -> Lis
     for config in CONFIGS:
         name = config_name(config)
         seeds = [seed for seed in per_seed if name in per_seed[seed]]
-        spreads = {m: spread([per_seed[seed][name][m] for seed in seeds]) for m in MEASURES}
-        rows.append((config, seeds, spreads))
+        rows.append((config, seeds, spread_of(per_seed, name)))
     lines = [
         "| strategy | server lr (eta) | tau | local updates × rounds | seeds | masked accuracy | "
         "phone probe, best transformer layer | PNMI, best transformer layer |",
@@ -105,7 +146,21 @@ def table(per_seed: Dict[int, Dict[str, Dict]], args: argparse.Namespace) -> Lis
             + " | ".join(cells)
             + " |"
         )
+    baseline = spread_of(per_seed, LARGE_BATCH)
+    lines.append(
+        f"| centralized, {args.clients} batches per update | — | — | {args.updates // args.clients:,} updates | "
+        + ", ".join(map(str, per_seed))
+        + " | "
+        + " | ".join(f"{baseline[m]['mean']:.3f} ± {baseline[m]['sd']:.3f}" for m in MEASURES)
+        + " |"
+    )
     return lines
+
+
+def spread_of(per_seed: Dict[int, Dict[str, Dict]], name: str) -> Dict[str, Dict[str, float]]:
+    """Each measure's spread over the seeds ``name`` ran at."""
+    seeds = [seed for seed in per_seed if name in per_seed[seed]]
+    return {m: spread([per_seed[seed][name][m] for seed in seeds]) for m in MEASURES}
 
 
 def against_default(per_seed: Dict[int, Dict[str, Dict]]) -> List[str]:
@@ -122,6 +177,18 @@ def against_default(per_seed: Dict[int, Dict[str, Dict]]) -> List[str]:
                 f"- {name} − {default}, {measure.replace('_', ' ')}, per seed: "
                 f"{', '.join(f'{d:+.3f}' for d in diffs)} (better on {better} of {len(diffs)})"
             )
+    return lines
+
+
+def against_large_batch(per_seed: Dict[int, Dict[str, Dict]]) -> List[str]:
+    """FedAvg over the centralized run with as many sequential updates and batches, seed by seed."""
+    fedavg, lines = config_name(CONFIGS[-1]), []
+    for measure in MEASURES:
+        ratios = [per_seed[s][fedavg][measure] / per_seed[s][LARGE_BATCH][measure] for s in per_seed]
+        lines.append(
+            f"- {fedavg} / centralized with a round's batches per update, {measure.replace('_', ' ')}, per seed: "
+            + ", ".join(f"{r:.3f}" for r in ratios)
+        )
     return lines
 
 
@@ -150,6 +217,9 @@ def main() -> None:
     parser.add_argument(
         "--fedavg-reference", action="store_true", help="write the FedAvg runs' curves as the fedavg reference; stop"
     )
+    parser.add_argument(
+        "--keep-stored", action="store_true", help="start from the scores in results/fedadam_sweep.json"
+    )
     args = parser.parse_args()
     args.recipe_overrides = []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
@@ -158,6 +228,7 @@ def main() -> None:
     if args.fedavg_reference:
         return write_fedavg_reference(data, args)
     heldout = heldout_shard(data, toy / "LibriSpeech", args.work / "data" / "heldout_speaker")
+    stored_from = restore_stored_scores(args) if args.keep_stored else None
     first, *others = args.seeds
     per_seed = {first: seed_scores(CONFIGS, first, data, heldout, toy, args)}
     ranked = sorted(CONFIGS[1:], key=lambda c: -per_seed[first][config_name(c)]["masked_accuracy"])
@@ -165,21 +236,29 @@ def main() -> None:
     for seed in others:
         per_seed[seed] = seed_scores(confirmed, seed, data, heldout, toy, args)
     result = {"meta": machine_meta(), "per_seed": per_seed, "table": table(per_seed, args), "args": vars(args)}
+    if stored_from:
+        result["stored_from"] = stored_from
     result["against_default"] = against_default(per_seed)
+    result["against_large_batch"] = against_large_batch(per_seed)
     text = "\n".join(
         [
             provenance(result["meta"]),
+            f"\nThe runs whose scores were kept (`--keep-stored`) trained in: {stored_from}" if stored_from else "",
             "",
             f"Speaker non-IID, {args.clients} clients, {args.updates:,} fairseq updates in all per run (every "
             f"client's, summed), one learning-rate schedule to the end; corpus of {args.speakers} train speakers, "
             f"{args.minutes:g} min; tiny recipe; scored on 4 held-out speakers (majority cluster 0.042). Every "
-            f"config at seed {first}; `fedhubert pretrain`'s default (FedAdam, eta 0.01, tau 1e-6) and the "
-            f"{args.confirm} best other(s) by masked accuracy at seed {first} also at seeds "
-            f"{', '.join(map(str, others))}: mean ± sd over the seeds each ran at.",
+            f"config at seed {first}; FedAdam's default (eta 0.01, tau 1e-6; `fedhubert pretrain`'s before FedAvg) "
+            f"and the {args.confirm} best other(s) by masked accuracy at seed {first} also at seeds "
+            f"{', '.join(map(str, others))}: mean ± sd over the seeds each ran at. The last row: centralized "
+            f"`fairseq-hydra-train` with {args.clients} batches per update (`optimization.update_freq`) for "
+            f"{args.updates // args.clients:,} updates, the FedAvg clients' schedule: the sequential updates, batches "
+            f"and schedule of a FedAvg run, without federation.",
             "",
             *result["table"],
             "",
             *result["against_default"],
+            *result["against_large_batch"],
         ]
     )
     RESULTS.mkdir(exist_ok=True)

@@ -46,7 +46,8 @@ SECTIONS = {
     "prepare_vs_fairseq": "3. Data preparation against fairseq simple_kmeans, 0.5 to 8 h",
     "quality": "4. Quality: federated against centralized, over seeds",
     "quality_sweep": "4b. FedAdam's server lr, tau and local updates (quality.py --sweep)",
-    "fedadam_sweep": "4c. FedAdam's server lr, tau and local updates again at 1,600 updates, over seeds",
+    "fedadam_sweep": "4c. FedAdam's server lr, tau and local updates again at 1,600 updates, over seeds; FedAvg "
+    "against centralized with as many sequential updates and batches",
     "gpu": "6. GPU (Base recipe, fp16)",
     "distill_student": "7. Teacher against distilled student",
     "checkpoint_features": "8. Iteration-2 feature extraction",
