@@ -41,7 +41,7 @@ def above_start(row: Dict) -> Dict:
         **row,
         # round 1 also holds the initial weights (allocated before tracing began); later rounds hold only what
         # was allocated since
-        "live_in_models": max(row["live_peaks_mb"][0] + row["model_mb"], *row["live_peaks_mb"][1:]) / row["model_mb"],
+        "live_in_models": max([row["live_peaks_mb"][0] + row["model_mb"], *row["live_peaks_mb"][1:]]) / row["model_mb"],
         **{
             f"{kind}_above_start_in_models": (row["peak_mb"][kind] - row["start_mb"][kind]) / row["model_mb"]
             for kind in ("rss", "anon", "shmem")
