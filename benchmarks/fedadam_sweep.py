@@ -124,43 +124,43 @@ def restore_stored_scores(args: argparse.Namespace) -> str:
 
 
 def table(per_seed: Dict[int, Dict[str, Dict]], args: argparse.Namespace) -> List[str]:
-    """Markdown: one row per config, best first by mean masked accuracy; mean ± sd over the seeds it ran at."""
-    rows = []
-    for config in CONFIGS:
-        name = config_name(config)
-        seeds = [seed for seed in per_seed if name in per_seed[seed]]
-        rows.append((config, seeds, spread_of(per_seed, name)))
+    """Markdown: one row per config, best first by mean masked accuracy, then the large-batch baseline; mean ± sd
+    over the seeds each ran at."""
     lines = [
         "| strategy | server lr (eta) | tau | local updates × rounds | seeds | masked accuracy | "
         "phone probe, best transformer layer | PNMI, best transformer layer |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (strategy, eta, tau, k), seeds, spreads in sorted(rows, key=lambda r: -r[2]["masked_accuracy"]["mean"]):
-        cells = [
-            f"{spreads[m]['mean']:.3f}" + (f" ± {spreads[m]['sd']:.3f}" if len(seeds) > 1 else "") for m in MEASURES
-        ]
+    for config in sorted(CONFIGS, key=lambda c: -spread_of(per_seed, config_name(c))["masked_accuracy"]["mean"]):
+        strategy, eta, tau, k = config
         server = [f"{eta:g}", f"{tau:g}"] if eta is not None else ["—", "—"]
         rounds = args.updates // (k * args.clients)
-        lines.append(
-            f"| {strategy} | {' | '.join(server)} | {k} × {rounds} | {', '.join(map(str, seeds))} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    baseline = spread_of(per_seed, LARGE_BATCH)
+        scores = seeds_and_scores(per_seed, config_name(config))
+        lines.append(f"| {strategy} | {' | '.join(server)} | {k} × {rounds} | {scores} |")
     lines.append(
         f"| centralized, {args.clients} batches per update | — | — | {args.updates // args.clients:,} updates | "
-        + ", ".join(map(str, per_seed))
-        + " | "
-        + " | ".join(f"{baseline[m]['mean']:.3f} ± {baseline[m]['sd']:.3f}" for m in MEASURES)
-        + " |"
+        f"{seeds_and_scores(per_seed, LARGE_BATCH)} |"
     )
     return lines
 
 
+def ran_at(per_seed: Dict[int, Dict[str, Dict]], name: str) -> List[int]:
+    """The seeds ``name`` ran at."""
+    return [seed for seed in per_seed if name in per_seed[seed]]
+
+
 def spread_of(per_seed: Dict[int, Dict[str, Dict]], name: str) -> Dict[str, Dict[str, float]]:
     """Each measure's spread over the seeds ``name`` ran at."""
-    seeds = [seed for seed in per_seed if name in per_seed[seed]]
-    return {m: spread([per_seed[seed][name][m] for seed in seeds]) for m in MEASURES}
+    return {m: spread([per_seed[seed][name][m] for seed in ran_at(per_seed, name)]) for m in MEASURES}
+
+
+def seeds_and_scores(per_seed: Dict[int, Dict[str, Dict]], name: str) -> str:
+    """A table row's seeds cell and its score cells: the mean, and ± sd where ``name`` ran at several seeds."""
+    seeds = ran_at(per_seed, name)
+    cells = [
+        f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if len(seeds) > 1 else "") for s in spread_of(per_seed, name).values()
+    ]
+    return " | ".join([", ".join(map(str, seeds)), *cells])
 
 
 def against_default(per_seed: Dict[int, Dict[str, Dict]]) -> List[str]:

@@ -154,8 +154,10 @@ def store_reference(kinds: Dict[str, Dict]) -> Dict:
 def write_reference(args: argparse.Namespace, names: List[str]) -> Dict:
     """The reference curve of each reference kind among ``names`` trained under ``args.work``, over its seeds."""
     kinds = {}
-    for name in [n for n in names if n in REFERENCE_KINDS and finished_seeds(args.work, n)]:
+    for name in [n for n in names if n in REFERENCE_KINDS]:
         seeds = finished_seeds(args.work, name)
+        if not seeds:
+            continue
         how = "" if name == "centralized" else f", {args.clients} clients, {args.local_updates} local updates a round"
         source = (
             f"benchmarks/learning_curve.py, seeds {', '.join(map(str, seeds))}, {args.speakers} train speakers, "

@@ -90,14 +90,14 @@ def reference_summary(lines: List[Dict], curves: Dict, kind: str) -> str:
         where = f"outside the {kind} reference's stored updates ({curve['updates'][0]:,}–{curve['updates'][-1]:,})"
     else:
         where = f"no reference curve is stored for {kind}"
-    twice = {kind: 2 * run["acc_masked"]["mean"][0] for kind, run in curves["runs"].items()}
+    twice = {name: 2 * run["acc_masked"]["mean"][0] for name, run in curves["runs"].items()}
     if acc >= min(twice.values()):
         masked = f"Masked accuracy {acc:.3f}, at least twice the references' at their first point."
     else:
-        reached = [(kind, first_reaching(kind, "acc_masked", value, curves)) for kind, value in twice.items()]
+        reached = [(name, first_reaching(name, "acc_masked", value, curves)) for name, value in twice.items()]
         masked = (
             f"Not shown at this size: masked accuracy {acc:.3f}. The references' masked accuracy doubles its first "
-            "point's after " + " and ".join(f"{u:,} updates ({kind})" for kind, u in reached if u) + ", more than "
+            "point's after " + " and ".join(f"{u:,} updates ({name})" for name, u in reached if u) + ", more than "
             "a 5-minute demo on 2 cores trains."
         )
     return (

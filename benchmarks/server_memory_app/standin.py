@@ -1,12 +1,11 @@
 """Stand-in clients and a ServerApp that measures its own memory, for ``benchmarks/server_memory.py``.
 
 A stand-in client makes training free: it replies with the weights it received plus small noise,
-through the real wire format. The ServerApp runs rounds (FedAdam, or the run config's strategy) with our
-screening and aggregation
-(``rounds.train_round``), samples its own resident memory every 20 ms and traces what Python and
-numpy allocate (``tracemalloc``). Simulation imports
-these; ``flwr run`` deploys this folder as a Flower app (``pyproject.toml``), where the ServerApp
-has its own process, apart from the SuperLink's.
+through the real wire format. The ServerApp runs rounds (FedAdam, or the run config's strategy) with
+our screening and aggregation (``rounds.train_round``), samples its own resident memory every 20 ms
+and traces what Python and numpy allocate (``tracemalloc``). Simulation imports these; ``flwr run``
+deploys this folder as a Flower app (``pyproject.toml``), where the ServerApp has its own process,
+apart from the SuperLink's.
 """
 
 import json
@@ -78,12 +77,17 @@ def initial_weights(size: str) -> List[Dict[str, np.ndarray]]:
 
 
 def measured_rounds(
-    grid: Grid, initial: List[Dict[str, np.ndarray]], clients: int, rounds: int, streaming: bool, strategy="fedadam"
+    grid: Grid,
+    initial: List[Dict[str, np.ndarray]],
+    clients: int,
+    rounds: int,
+    streaming: bool,
+    strategy_name: str = "fedadam",
 ):
-    """Rounds of ``strategy`` from ``initial``: the model's MiB, the RSS at the start and its peak, the mean round
+    """Rounds of ``strategy_name`` from ``initial``: the model's MiB, the RSS at the start and its peak, the mean round
     seconds."""
     settings = FederationSettings(
-        num_server_rounds=rounds, strategy=strategy, min_available_nodes=clients, min_train_nodes=clients
+        num_server_rounds=rounds, strategy=strategy_name, min_available_nodes=clients, min_train_nodes=clients
     )
     wait_for_nodes(grid, clients, 600)
     strategy = ScreenedStrategy(base_strategy(settings), 0.0, clients, 3600, streaming=streaming)
@@ -119,5 +123,5 @@ def main(grid: Grid, context: Context) -> None:
     config = context.run_config
     initial = initial_weights(str(config["model"]))
     clients, rounds, strategy = int(config["clients"]), int(config["rounds"]), str(config["strategy"])
-    result = measured_rounds(grid, initial, clients, rounds, streaming=True, strategy=strategy)
+    result = measured_rounds(grid, initial, clients, rounds, streaming=True, strategy_name=strategy)
     Path(str(config["out"])).write_text(json.dumps(result))
