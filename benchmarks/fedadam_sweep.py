@@ -110,11 +110,12 @@ def seed_scores(configs: List[Tuple], seed: int, data: Path, heldout: Path, toy:
 def restore_stored_scores(args: argparse.Namespace) -> str:
     """The per-seed scores of ``results/fedadam_sweep.json`` (same ``--updates``) into the work folder's score
     files, where these lack them; the provenance of the run that trained them."""
-    stored = json.loads((RESULTS / "fedadam_sweep.json").read_text())
+    path = RESULTS / "fedadam_sweep.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: --keep-stored starts from a stored sweep; drop it to run the whole sweep")
+    stored = json.loads(path.read_text())
     if stored["args"]["updates"] != args.updates:
-        raise SystemExit(
-            f"{RESULTS / 'fedadam_sweep.json'} is at {stored['args']['updates']} updates; drop --keep-stored"
-        )
+        raise SystemExit(f"{path} is at {stored['args']['updates']} updates; drop --keep-stored")
     for seed, stored_scores in stored["per_seed"].items():
         kept = args.work / f"sweep{args.updates}_scores_seed{seed}.json"
         found = json.loads(kept.read_text()) if kept.is_file() else {}
